@@ -1,0 +1,43 @@
+"""Masklets of a propagation run as PNG masks: ``python -m jobs.export prefix=URI format=davis|sav_png``."""
+
+from __future__ import annotations
+
+import logging
+import sys
+
+import hydra
+from omegaconf import DictConfig, OmegaConf
+
+from pipeline.scoring import find_predictions, read_prediction, select_videos
+from pipeline.export import EXPORT_FORMATS, export_masklets
+from pipeline.storage import join_uri
+
+log = logging.getLogger("export")
+
+
+@hydra.main(config_path="../conf", config_name="export", version_base="1.3")
+def main(cfg: DictConfig) -> None:
+    """Export every selected video; a video that fails is reported and the others go on (exit 1 at the end)."""
+    so = OmegaConf.to_container(cfg.storage_options, resolve=True)
+    if cfg.format not in EXPORT_FORMATS:
+        raise SystemExit(f"format must be one of {EXPORT_FORMATS}, got {cfg.format!r}")
+    out = cfg.out or join_uri(cfg.prefix, f"export_{cfg.format}")
+    try:
+        sources = select_videos(find_predictions(cfg.prefix, so), cfg.videos, cfg.prefix)
+    except ValueError as e:
+        raise SystemExit(str(e)) from e
+    failed = 0
+    for video_id, uri in sources.items():
+        try:
+            n = export_masklets(read_prediction(uri, video_id, so), out, cfg.format, so)
+            log.info("video %s: %d PNGs", video_id, n)
+        except (ValueError, OSError) as e:
+            log.error("video %s: export failed: %s", video_id, e)
+            failed += 1
+    print(f"exported {len(sources) - failed} videos to {out} ({cfg.format}); {failed} failed")
+    if failed:
+        sys.exit(1)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,35 @@
+"""Prompt manifest from SA-V JSON or PNG mask folders: ``python -m jobs.make_manifest annotations=… manifest=…``."""
+
+from __future__ import annotations
+
+import logging
+import sys
+
+import hydra
+from omegaconf import DictConfig, OmegaConf
+
+from pipeline.prompting import PromptSpec, manifest_bytes, manifest_from_annotations
+from pipeline.storage import write_bytes
+
+log = logging.getLogger("make_manifest")
+
+
+@hydra.main(config_path="../conf", config_name="make_manifest", version_base="1.3")
+def main(cfg: DictConfig) -> None:
+    """Read every annotated video under ``annotations``, write ``manifest``, report skipped videos."""
+    so = OmegaConf.to_container(cfg.storage_options, resolve=True)
+    spec = PromptSpec(**OmegaConf.to_container(cfg.prompts, resolve=True))
+    rows, failed = manifest_from_annotations(cfg.annotations, spec, cfg.video_uri, list(cfg.kinds),
+                                             int(cfg.frame_step), so)
+    for video_id, reason in failed.items():
+        log.error("skipped video %s: %s", video_id, reason)
+    if not rows:
+        log.error("no prompt rows from %s (%d videos skipped); nothing written", cfg.annotations, len(failed))
+        sys.exit(1)
+    write_bytes(cfg.manifest, manifest_bytes(rows), so)
+    videos = {r["video_id"] for r in rows}
+    print(f"wrote {cfg.manifest}: {len(rows)} rows, {len(videos)} videos, {len(failed)} skipped")
+
+
+if __name__ == "__main__":
+    main()

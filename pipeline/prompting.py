@@ -1,0 +1,131 @@
+"""Prompt manifest rows from annotated masklets: masks as they are, boxes around them, or points sampled in them.
+
+Conventions: a box is ``[x0, y0, x1, y1]`` on pixel edges (the mask's columns ``x0 .. x1-1``, rows ``y0 .. y1-1``);
+a point is a pixel centre ``[col + 0.5, row + 0.5]``, positive (label 1). Points are drawn without replacement by
+a generator seeded from (seed, video_id, obj_id, frame_idx), so a row never depends on which other rows are made.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+from dataclasses import dataclass
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from pipeline.masklets import Masklets, decode_rle
+
+FRAME_MODES = ("first", "all")
+PROMPT_KINDS = ("mask", "box", "points")
+
+MANIFEST_SCHEMA = pa.schema([
+    ("video_id", pa.string()),
+    ("video_uri", pa.string()),
+    ("obj_id", pa.int64()),
+    ("frame_idx", pa.int64()),
+    ("points", pa.list_(pa.list_(pa.float64()))),
+    ("point_labels", pa.list_(pa.int32())),
+    ("box", pa.list_(pa.float64())),
+    ("mask", pa.struct([("size", pa.list_(pa.int32())), ("counts", pa.string())])),
+])
+
+
+@dataclass(frozen=True)
+class PromptSpec:
+    """Which annotated frames become prompts (``first`` appearance or ``all``) and in which form."""
+
+    frames: str = "first"
+    kind: str = "mask"
+    num_points: int = 1
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        if self.frames not in FRAME_MODES:
+            raise ValueError(f"prompt frames must be one of {FRAME_MODES}, got {self.frames!r}")
+        if self.kind not in PROMPT_KINDS:
+            raise ValueError(f"prompt kind must be one of {PROMPT_KINDS}, got {self.kind!r}")
+        if self.num_points < 1:
+            raise ValueError(f"num_points must be >= 1, got {self.num_points}")
+
+
+def mask_box(mask: np.ndarray) -> list[float]:
+    """Pixel-edge box ``[x0, y0, x1, y1]`` of a non-empty mask."""
+    rows = np.flatnonzero(mask.any(axis=1))
+    cols = np.flatnonzero(mask.any(axis=0))
+    return [float(cols[0]), float(rows[0]), float(cols[-1] + 1), float(rows[-1] + 1)]
+
+
+def _rng(seed: int, video_id: str, obj_id: int, frame_idx: int) -> np.random.Generator:
+    video_key = int.from_bytes(hashlib.sha1(video_id.encode()).digest()[:8], "little")
+    return np.random.default_rng([seed, video_key, obj_id, frame_idx])
+
+
+def sample_points(mask: np.ndarray, n: int, rng: np.random.Generator) -> list[list[float]]:
+    """Up to ``n`` distinct pixel centres of a non-empty mask, as ``[x, y]``."""
+    flat = np.flatnonzero(mask)
+    picks = rng.choice(flat.size, size=min(n, flat.size), replace=False)
+    rows, cols = np.divmod(flat[np.sort(picks)], mask.shape[1])
+    return [[float(c) + 0.5, float(r) + 0.5] for r, c in zip(rows, cols)]
+
+
+def prompt_rows(m: Masklets, video_uri: str, spec: PromptSpec) -> list[dict]:
+    """Manifest rows of one video: per object, its first non-empty annotated frame or every non-empty one."""
+    rows = []
+    for j, obj in enumerate(m.obj_ids):
+        for pos, frame_idx in enumerate(m.frame_indices):
+            rle = m.rles[pos][j]
+            mask = decode_rle(rle)
+            if not mask.any():
+                continue
+            row = {"video_id": m.video_id, "video_uri": video_uri, "obj_id": int(obj), "frame_idx": int(frame_idx),
+                   "points": None, "point_labels": None, "box": None, "mask": None}
+            if spec.kind == "mask":
+                row["mask"] = {"size": [int(v) for v in rle["size"]], "counts": rle["counts"]}
+            elif spec.kind == "box":
+                row["box"] = mask_box(mask)
+            else:
+                points = sample_points(mask, spec.num_points, _rng(spec.seed, m.video_id, int(obj), int(frame_idx)))
+                row["points"] = points
+                row["point_labels"] = [1] * len(points)
+            rows.append(row)
+            if spec.frames == "first":
+                break
+    return sorted(rows, key=lambda r: (r["frame_idx"], r["obj_id"]))
+
+
+def manifest_table(rows: list[dict]) -> pa.Table:
+    """The rows as a manifest table with the exact column types of the manifest contract."""
+    return pa.Table.from_pylist(rows, schema=MANIFEST_SCHEMA)
+
+
+def manifest_bytes(rows: list[dict]) -> bytes:
+    """The manifest as Parquet file bytes (for a whole-object put)."""
+    buf = io.BytesIO()
+    pq.write_table(manifest_table(rows), buf)
+    return buf.getvalue()
+
+
+def manifest_from_annotations(root: str, spec: PromptSpec, video_uri: str, kinds: list[str], frame_step: int,
+                              storage_options: dict | None = None) -> tuple[list[dict], dict[str, str]]:
+    """Rows for every video annotated under ``root`` and the videos that could not be read (id → reason).
+
+    ``video_uri`` is a pattern such as ``{video_id}.mp4``; one unreadable video does not stop the others.
+    """
+    from pipeline.annotations import AnnotationError, find_annotations, read_annotation
+
+    rows: list[dict] = []
+    failed: dict[str, str] = {}
+    for video_id, uris in find_annotations(root, storage_options, kinds).items():
+        try:
+            m = read_annotation(uris, video_id, storage_options, frame_step)
+        except (AnnotationError, FileNotFoundError) as e:
+            failed[video_id] = str(e)
+            continue
+        try:
+            uri = video_uri.format(video_id=video_id)
+        except (KeyError, IndexError) as e:
+            raise ValueError(f"video_uri pattern {video_uri!r} may only use {{video_id}}") from e
+        rows.extend(prompt_rows(m, uri, spec))
+    return rows, failed

@@ -1,0 +1,147 @@
+"""Dataset-level evaluation: pair ground-truth and predicted videos, score each video in a Ray task, tabulate.
+
+Predictions are either the output prefix of a propagation job (``masklets/{video_id}.json|parquet``) or a folder
+of per-video PNG folders (DAVIS or SA-V layout). Ground truth is a folder of SA-V JSON files or PNG folders.
+Each task reads its own files; only per-object score rows come back to the driver.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import logging
+from dataclasses import dataclass, field
+
+import numpy as np
+import ray
+
+from pipeline.annotations import find_annotations, read_annotation, read_png_video
+from pipeline.evaluation import ObjectScore, evaluate_video
+from pipeline.masklets import Masklets, read_masklets
+from pipeline.storage import join_uri, list_sizes
+
+log = logging.getLogger(__name__)
+
+_MASKLET_EXTS = (".json", ".parquet")
+
+
+@dataclass
+class EvalReport:
+    """Per-object scores of every evaluated video, videos that failed (id → reason), videos lacking predictions."""
+
+    scores: list[ObjectScore] = field(default_factory=list)
+    failed: dict[str, str] = field(default_factory=dict)
+    missing: list[str] = field(default_factory=list)
+
+    def means(self) -> tuple[float, float, float]:
+        """Global (J&F, J, F) in percent: unweighted means over all objects of all videos (nan if none)."""
+        if not self.scores:
+            return float("nan"), float("nan"), float("nan")
+        j = float(np.mean([s.j for s in self.scores]))
+        f = float(np.mean([s.f for s in self.scores]))
+        return (j + f) / 2, j, f
+
+
+def find_predictions(pred: str, storage_options: dict | None = None) -> dict[str, str]:
+    """video_id → prediction URI: masklet files under ``pred/masklets/``, else the PNG folders under ``pred``."""
+    masklets_dir = join_uri(pred, "masklets")
+    files = {n: s for n, s in list_sizes(masklets_dir, storage_options).items() if n.endswith(_MASKLET_EXTS)}
+    if files:
+        return {n.rsplit(".", 1)[0]: join_uri(masklets_dir, n) for n in sorted(files)}
+    return {n: join_uri(pred, n) for n, size in sorted(list_sizes(pred, storage_options).items()) if size is None}
+
+
+def select_videos(found: dict[str, str], wanted: list[str] | None, prefix: str) -> dict[str, str]:
+    """The requested videos among those ``find_predictions`` found (all when ``wanted`` is None)."""
+    if not found:
+        raise ValueError(f"{prefix}: no predictions found (masklets/{{video_id}}.json|parquet or PNG folders)")
+    if wanted is None:
+        return found
+    unknown = [v for v in wanted if v not in found]
+    if unknown:
+        raise ValueError(f"{prefix}: no predictions for videos {unknown}")
+    return {v: found[v] for v in wanted}
+
+
+def read_prediction(uri: str, video_id: str, storage_options: dict | None = None) -> Masklets:
+    """Predicted masklets of one video from a masklet file or a PNG folder."""
+    if uri.endswith(_MASKLET_EXTS):
+        return read_masklets(uri, storage_options)
+    return read_png_video(uri, storage_options, video_id)
+
+
+def evaluate_one(video_id: str, gt_uris: list[str], pred_uri: str, storage_options: dict | None,
+                 skip_first_last: bool, frame_step: int) -> list[ObjectScore]:
+    """Read one video's ground truth and prediction and score it."""
+    gt = read_annotation(gt_uris, video_id, storage_options, frame_step)
+    pred = read_prediction(pred_uri, video_id, storage_options)
+    return evaluate_video(gt, pred, skip_first_last)
+
+
+@ray.remote(num_cpus=1)
+def _evaluate_task(video_id: str, gt_uris: list[str], pred_uri: str, storage_options: dict | None,
+                   skip_first_last: bool, frame_step: int) -> tuple[str, list[ObjectScore], str | None]:
+    try:
+        return video_id, evaluate_one(video_id, gt_uris, pred_uri, storage_options, skip_first_last, frame_step), None
+    except Exception as e:  # one bad video must not stop the evaluation; the reason goes to the report
+        return video_id, [], f"{type(e).__name__}: {e}"
+
+
+def evaluate_dataset(gt: str, pred: str, storage_options: dict | None = None, *, skip_first_last: bool = True,
+                     strict: bool = True, frame_step: int = 4, ray_address: str | None = None,
+                     num_cpus: int | None = None) -> EvalReport:
+    """Score every ground-truth video against its prediction, one Ray task per video.
+
+    ``strict``: every ground-truth video must have a prediction (else ValueError listing the missing ones);
+    otherwise missing videos are reported and skipped. Ray: joins ``ray_address`` or starts a local instance.
+    """
+    gt_videos = find_annotations(gt, storage_options)
+    preds = find_predictions(pred, storage_options)
+    missing = sorted(set(gt_videos) - set(preds))
+    if missing and strict:
+        raise ValueError(f"{pred}: no predictions for {len(missing)} ground-truth video(s): {missing[:20]}")
+    report = EvalReport(missing=missing)
+    todo = [v for v in gt_videos if v in preds]
+    if not todo:
+        return report
+    if not ray.is_initialized():
+        if ray_address is None:  # "local": a new instance, never a cluster some other process started here
+            ray.init(address="local", num_cpus=num_cpus, include_dashboard=False)
+        else:
+            ray.init(address=ray_address)
+    refs = [_evaluate_task.remote(v, gt_videos[v], preds[v], storage_options, skip_first_last, frame_step)
+            for v in todo]
+    while refs:
+        ready, refs = ray.wait(refs, num_returns=1)
+        video_id, rows, error = ray.get(ready[0])
+        if error is not None:
+            log.error("video %s: evaluation failed: %s", video_id, error)
+            report.failed[video_id] = error
+        report.scores.extend(rows)
+    report.scores.sort(key=lambda s: (s.video_id, s.obj_id))
+    return report
+
+
+def objects_csv(scores: list[ObjectScore]) -> str:
+    """CSV of per-object scores (unrounded percentages)."""
+    buf = io.StringIO()
+    w = csv.writer(buf, lineterminator="\n")
+    w.writerow(["video_id", "obj_id", "J&F", "J", "F", "frames"])
+    for s in scores:
+        w.writerow([s.video_id, s.obj_id, repr(s.jf), repr(s.j), repr(s.f), s.frames])
+    return buf.getvalue()
+
+
+def videos_csv(scores: list[ObjectScore]) -> str:
+    """CSV of per-video scores: means over each video's objects (unrounded percentages)."""
+    by_video: dict[str, list[ObjectScore]] = {}
+    for s in scores:
+        by_video.setdefault(s.video_id, []).append(s)
+    buf = io.StringIO()
+    w = csv.writer(buf, lineterminator="\n")
+    w.writerow(["video_id", "J&F", "J", "F", "objects"])
+    for video_id, rows in sorted(by_video.items()):
+        j = float(np.mean([s.j for s in rows]))
+        f = float(np.mean([s.f for s in rows]))
+        w.writerow([video_id, repr((j + f) / 2), repr(j), repr(f), len(rows)])
+    return buf.getvalue()

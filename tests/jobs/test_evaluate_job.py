@@ -1,0 +1,170 @@
+"""Dataset evaluation: locating GT and predictions (JSON, masklet files, PNG folders), CSVs, the job on Ray."""
+
+from __future__ import annotations
+
+import csv
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from pipeline.annotations import read_sav_json
+from pipeline.scoring import evaluate_dataset, evaluate_one, find_predictions
+from pipeline.evaluation import evaluate_video
+from pipeline.export import export_masklets
+from pipeline.masklets import Masklets, decode_rle, encode_rles, masklets_to_bytes
+from tests.jobs.jobdata import SAV_EXAMPLE
+
+
+def _every_frame_prediction(gt: Masklets, video_id: str, shift: int) -> Masklets:
+    """All 24 fps frames: GT masks (object 1 shifted right by ``shift`` px) on GT frames, full masks elsewhere."""
+    full = encode_rles(np.ones((len(gt.obj_ids), gt.height, gt.width), dtype=bool))
+    gt_pos = {f: i for i, f in enumerate(gt.frame_indices)}
+    rles = []
+    for f in range(gt.frame_count):
+        if f not in gt_pos:
+            rles.append(full)
+            continue
+        frame = list(gt.rles[gt_pos[f]])
+        frame[1] = encode_rles(np.roll(decode_rle(frame[1]), shift, axis=1)[None])[0]
+        rles.append(frame)
+    n = gt.frame_count
+    return Masklets(video_id, n, gt.height, gt.width, list(gt.obj_ids), list(range(n)), rles,
+                    [[1.0] * len(gt.obj_ids)] * n, [0] * len(gt.obj_ids), {"model": "test"})
+
+
+def _copy_gt(gt_dir: Path, video_id: str) -> None:
+    d = json.loads((SAV_EXAMPLE / "sav_000001_manual.json").read_text())
+    d["video_id"] = video_id
+    (gt_dir / f"{video_id}_manual.json").write_text(json.dumps(d))
+
+
+def test_job_scores_gt_frames_and_reports_missing_and_failed(tmp_path: Path, run_job) -> None:
+    gt_dir, pred = tmp_path / "gt", tmp_path / "run"
+    gt_dir.mkdir()
+    for v in ("sav_000001", "sav_000002", "sav_000003"):
+        _copy_gt(gt_dir, v)
+    gt = read_sav_json(str(gt_dir / "sav_000001_manual.json"))
+    good = _every_frame_prediction(gt, "sav_000001", shift=6)
+    (pred / "masklets").mkdir(parents=True)
+    (pred / "masklets" / "sav_000001.json").write_bytes(masklets_to_bytes(good, "sav_json"))
+    short = Masklets("sav_000003", 483, gt.height, gt.width, gt.obj_ids, gt.frame_indices[:50], gt.rles[:50],
+                     gt.scores[:50], gt.first_appeared)
+    (pred / "masklets" / "sav_000003.parquet").write_bytes(masklets_to_bytes(short, "parquet"))
+
+    proc = run_job("evaluate", f"pred={pred}", f"gt={gt_dir}", "strict=false", "cluster.num_cpus=1", check=False)
+    assert proc.returncode == 1, proc.stdout + proc.stderr
+    lines = proc.stdout.strip().splitlines()
+    assert any(line.startswith("FAILED sav_000003: ValueError: video sav_000003: prediction lacks")
+               for line in lines)
+    assert "5 objects in 1 videos; 1 failed, 1 without prediction" in proc.stdout
+
+    expected = evaluate_video(gt, good)
+    j = np.mean([s.j for s in expected])
+    f = np.mean([s.f for s in expected])
+    tag, jf_s, j_tag, j_s, f_tag, f_s = lines[-1].split()
+    assert (tag, j_tag, f_tag) == ("J&F", "J", "F")
+    assert float(j_s) == pytest.approx(j) and float(f_s) == pytest.approx(f)
+    assert float(jf_s) == pytest.approx((j + f) / 2)
+    assert 0 < j < 100 and 0 < f < 100
+    by_obj = {s.obj_id: s for s in expected}
+    assert by_obj[0].j == 100 and by_obj[1].j < 100        # full masks off the GT frames were never scored
+
+    with open(pred / "eval_objects.csv") as fh:
+        rows = list(csv.DictReader(fh))
+    assert [int(r["obj_id"]) for r in rows] == [0, 1, 2, 3, 4]
+    assert float(rows[1]["J"]) == by_obj[1].j              # unrounded
+    with open(pred / "eval_videos.csv") as fh:
+        (video,) = list(csv.DictReader(fh))
+    assert video["video_id"] == "sav_000001" and float(video["J"]) == pytest.approx(j)
+
+
+def test_strict_names_videos_without_prediction(tmp_path: Path) -> None:
+    gt_dir = tmp_path / "gt"
+    gt_dir.mkdir()
+    _copy_gt(gt_dir, "vid_a")
+    _copy_gt(gt_dir, "vid_b")
+    (tmp_path / "run" / "masklets").mkdir(parents=True)
+    (tmp_path / "run" / "masklets" / "vid_a.json").write_text("{}")
+    with pytest.raises(ValueError, match=r"no predictions for 1 ground-truth video\(s\): \['vid_b'\]"):
+        evaluate_dataset(str(gt_dir), str(tmp_path / "run"), strict=True)
+
+
+def _toy(video_id: str, frames: list[int], seed: int) -> Masklets:
+    rng = np.random.default_rng(seed)
+    rles = []
+    for t in frames:
+        masks = np.zeros((2, 32, 48), dtype=bool)
+        masks[0, 4 + t % 5: 14 + t % 5, 5:20] = True
+        masks[1, 16:28, 20 + rng.integers(0, 6): 40] = True
+        rles.append(encode_rles(masks))
+    return Masklets(video_id, max(frames) + 1, 32, 48, [1, 2], frames, rles, [[1.0, 1.0]] * len(frames), [0, 0])
+
+
+def test_png_ground_truth_and_png_predictions(tmp_path: Path) -> None:
+    gt = _toy("toy", [0, 4, 8, 12, 16], seed=0)
+    pred = _toy("toy", list(range(17)), seed=1)
+    export_masklets(gt, str(tmp_path / "gt"), "sav_png")
+    export_masklets(pred, str(tmp_path / "pred"), "davis")
+    assert find_predictions(str(tmp_path / "pred")) == {"toy": str(tmp_path / "pred" / "toy")}
+    got = evaluate_one("toy", [str(tmp_path / "gt" / "toy")], str(tmp_path / "pred" / "toy"), None, True, 4)
+    assert got == evaluate_video(gt, pred)
+    assert [s.frames for s in got] == [3, 3]
+
+
+def test_s3_ground_truth_predictions_and_png_folders(s3_server: dict) -> None:
+    from pipeline.annotations import find_annotations, read_png_video
+    from pipeline.storage import write_bytes
+
+    so = s3_server["storage_options"]
+    root = f"s3://{s3_server['make_bucket']('evaluate')}"
+    gt = _toy("toy", [0, 4, 8, 12], seed=0)
+    pred = _toy("toy", list(range(13)), seed=2)
+    write_bytes(f"{root}/gt/toy.json", masklets_to_bytes(gt, "sav_json"), so)
+    write_bytes(f"{root}/run/masklets/toy.parquet", masklets_to_bytes(pred, "parquet"), so)
+    gt_uris = find_annotations(f"{root}/gt", so)
+    preds = find_predictions(f"{root}/run", so)
+    assert gt_uris == {"toy": [f"{root}/gt/toy.json"]} and preds == {"toy": f"{root}/run/masklets/toy.parquet"}
+    assert evaluate_one("toy", gt_uris["toy"], preds["toy"], so, True, 4) == evaluate_video(gt, pred)
+    export_masklets(pred, f"{root}/png", "sav_png", so)
+    assert find_predictions(f"{root}/png", so) == {"toy": f"{root}/png/toy"}
+    assert read_png_video(f"{root}/png/toy", so).rles == pred.rles
+
+
+@pytest.mark.slow
+def test_manifest_propagate_evaluate_render_export(tmp_path: Path, run_job) -> None:
+    """The tools around the main job, chained on a real propagation run (random tiny model at 128 px)."""
+    from pipeline.masklets import to_sav_json
+    from tests.helpers import make_video, synthetic_frames
+
+    frames = synthetic_frames(16, 64, 96)
+    make_video(tmp_path / "videos" / "synth.mp4", frames)
+    square = np.all(frames == (250, 250, 30), axis=-1)              # [T, H, W] the moving square
+    annotated = list(range(0, 16, 4))
+    gt = Masklets("synth", 16, 64, 96, [0], annotated, [encode_rles(square[t][None]) for t in annotated],
+                  [[1.0]] * len(annotated), [0])
+    sav = to_sav_json(gt)
+    del sav["frame_indices"]                                        # official SA-V layout: every 4th frame implied
+    (tmp_path / "gt").mkdir()
+    (tmp_path / "gt" / "synth_manual.json").write_text(json.dumps(sav))
+
+    manifest = tmp_path / "manifest.parquet"
+    run_job("make_manifest", f"annotations={tmp_path / 'gt'}", f"manifest={manifest}")
+    out = tmp_path / "run"
+    run_job("propagate", "model=sam2.1_hiera_tiny", "model.checkpoint=random", "model.image_size=128",
+            "model.device=cpu", "model.dtype=float32", f"data.manifest={manifest}", f"data.root={tmp_path / 'videos'}",
+            f"output.uri={out}", "cluster.num_workers=1", "cluster.address=local")
+    proc = run_job("evaluate", f"pred={out}", f"gt={tmp_path / 'gt'}", "cluster.num_cpus=1")
+    assert proc.stdout.strip().splitlines()[-1].startswith("J&F ")
+    run_job("render", f"prefix={out}", f"manifest={manifest}", f"data_root={tmp_path / 'videos'}")
+    assert len(_decode_frames(out / "render" / "synth.mp4")) == 16
+    run_job("export", f"prefix={out}", "format=sav_png")
+    assert len(list((out / "export_sav_png" / "synth" / "000").glob("*.png"))) == 16
+
+
+def _decode_frames(path: Path) -> list:
+    import av
+
+    with av.open(str(path)) as container:
+        return list(container.decode(video=0))
