@@ -1,0 +1,222 @@
+"""Masklets of one video (one mask per object per output frame) and their file formats.
+
+Masks are held as COCO RLE (``{"size": [H, W], "counts": str}``, pycocotools' compressed string form) so a
+masklet costs a few hundred bytes per object-frame, never a bitmap. Two on-disk forms:
+
+* SA-V JSON (``to_sav_json``): the SA-V annotation layout plus ``frame_indices``, ``object_scores`` and
+  ``provenance``; ``masklet_first_appeared_frame`` follows SA-V and is a position in the ``masklet`` list
+  (equal to the frame index when every frame is output), -1 for an object whose mask is never non-empty.
+* Parquet (``to_parquet_table``): one row per object-frame; video-level fields live in the schema metadata.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+from dataclasses import dataclass, field
+from typing import Any, Sequence
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+from pycocotools import mask as mask_utils
+
+from pipeline.storage import read_bytes
+
+_PARQUET_META_KEY = b"sam2.masklets"
+
+
+@dataclass
+class Masklets:
+    """Dense masklets of one video: ``rles[i][j]`` is object ``obj_ids[j]`` on frame ``frame_indices[i]``."""
+
+    video_id: str
+    frame_count: int
+    height: int
+    width: int
+    obj_ids: list[int]
+    frame_indices: list[int]
+    rles: list[list[dict]]
+    scores: list[list[float]]
+    first_appeared: list[int]
+    provenance: dict = field(default_factory=dict)
+
+
+def encode_rle(mask: np.ndarray) -> dict:
+    """COCO RLE of one boolean HxW mask, counts as a str (JSON-ready)."""
+    return encode_rles(np.asarray(mask)[None])[0]
+
+
+def encode_rles(masks: np.ndarray) -> list[dict]:
+    """COCO RLEs of N boolean masks given as an [N, H, W] array (one pycocotools call for all)."""
+    masks = np.asarray(masks)
+    if masks.ndim != 3:
+        raise ValueError(f"expected masks of shape [N, H, W], got {masks.shape}")
+    fortran = np.asfortranarray(masks.transpose(1, 2, 0), dtype=np.uint8)
+    rles = mask_utils.encode(fortran)
+    return [{"size": [int(r["size"][0]), int(r["size"][1])], "counts": r["counts"].decode("ascii")} for r in rles]
+
+
+def decode_rle(rle: dict) -> np.ndarray:
+    """Boolean HxW mask of a COCO RLE (counts as str or bytes, compressed or an uncompressed int list)."""
+    size = [int(v) for v in rle["size"]]
+    counts = rle["counts"]
+    if isinstance(counts, list):
+        coded = mask_utils.frPyObjects({"size": size, "counts": counts}, size[0], size[1])
+    else:
+        coded = {"size": size, "counts": counts.encode("ascii") if isinstance(counts, str) else counts}
+    return mask_utils.decode(coded).astype(bool)
+
+
+class MaskletBuilder:
+    """Collects per-frame masks of a video in any frame order and builds ``Masklets`` sorted by frame.
+
+    Masks are RLE-encoded as they arrive, so memory holds only the compressed masklets.
+    """
+
+    def __init__(self, video_id: str, frame_count: int, height: int, width: int, obj_ids: Sequence[int],
+                 provenance: dict | None = None) -> None:
+        self.video_id = video_id
+        self.frame_count = frame_count
+        self.height = height
+        self.width = width
+        self.obj_ids = [int(o) for o in obj_ids]
+        self.provenance = dict(provenance or {})
+        self._frames: dict[int, tuple[list[dict], list[float], np.ndarray]] = {}
+
+    def add_frame(self, frame_idx: int, masks: np.ndarray, scores: Sequence[float]) -> None:
+        """Record boolean masks [n_obj, H, W] (order of ``obj_ids``) and object scores of one frame."""
+        masks = np.asarray(masks, dtype=bool)
+        if masks.shape != (len(self.obj_ids), self.height, self.width):
+            raise ValueError(f"video {self.video_id} frame {frame_idx}: masks of shape {masks.shape}, expected "
+                             f"{(len(self.obj_ids), self.height, self.width)}")
+        if len(scores) != len(self.obj_ids):
+            raise ValueError(f"video {self.video_id} frame {frame_idx}: {len(scores)} scores for "
+                             f"{len(self.obj_ids)} objects")
+        present = masks.reshape(len(self.obj_ids), -1).any(axis=1)
+        self._frames[int(frame_idx)] = (encode_rles(masks), [float(s) for s in scores], present)
+
+    def build(self) -> Masklets:
+        """The masklets over every frame added so far, in increasing frame order."""
+        order = sorted(self._frames)
+        first = [-1] * len(self.obj_ids)
+        for pos, f in enumerate(order):
+            for j, seen in enumerate(self._frames[f][2]):
+                if seen and first[j] < 0:
+                    first[j] = pos
+        return Masklets(
+            video_id=self.video_id, frame_count=self.frame_count, height=self.height, width=self.width,
+            obj_ids=list(self.obj_ids), frame_indices=order, rles=[self._frames[f][0] for f in order],
+            scores=[self._frames[f][1] for f in order], first_appeared=first, provenance=self.provenance,
+        )
+
+
+def to_sav_json(m: Masklets) -> dict:
+    """SA-V annotation dict of the masklets (JSON-serialisable)."""
+    return {
+        "video_id": m.video_id,
+        "video_frame_count": m.frame_count,
+        "video_height": m.height,
+        "video_width": m.width,
+        "masklet_id": list(m.obj_ids),
+        "masklet": m.rles,
+        "masklet_first_appeared_frame": list(m.first_appeared),
+        "masklet_num": len(m.obj_ids),
+        "frame_indices": list(m.frame_indices),
+        "object_scores": m.scores,
+        "provenance": m.provenance,
+    }
+
+
+def from_sav_json(d: dict) -> Masklets:
+    """Masklets from an SA-V style dict; official SA-V files (no frame_indices/scores) load too."""
+    rles = d["masklet"]
+    obj_ids = [int(o) for o in d["masklet_id"]]
+    frame_indices = d.get("frame_indices")
+    if frame_indices is None:
+        frame_indices = list(range(len(rles)))
+    scores = d.get("object_scores")
+    if scores is None:
+        scores = [[float("nan")] * len(obj_ids) for _ in rles]
+    return Masklets(
+        video_id=str(d["video_id"]), frame_count=int(d["video_frame_count"]), height=int(d["video_height"]),
+        width=int(d["video_width"]), obj_ids=obj_ids, frame_indices=[int(f) for f in frame_indices], rles=rles,
+        scores=scores, first_appeared=[int(f) for f in d.get("masklet_first_appeared_frame", [-1] * len(obj_ids))],
+        provenance=d.get("provenance") or {},
+    )
+
+
+def to_parquet_table(m: Masklets) -> pa.Table:
+    """One row per object-frame (video_id, frame_idx, obj_id, height, width, counts, score), zstd-friendly."""
+    n_obj, n_frames = len(m.obj_ids), len(m.frame_indices)
+    counts = [rle["counts"] for frame in m.rles for rle in frame]
+    scores = [s for frame in m.scores for s in frame]
+    table = pa.table({
+        "video_id": pa.array([m.video_id] * (n_obj * n_frames), pa.string()),
+        "frame_idx": pa.array(np.repeat(np.asarray(m.frame_indices, dtype=np.int64), n_obj)),
+        "obj_id": pa.array(np.tile(np.asarray(m.obj_ids, dtype=np.int64), n_frames)),
+        "height": pa.array(np.full(n_obj * n_frames, m.height, dtype=np.int32)),
+        "width": pa.array(np.full(n_obj * n_frames, m.width, dtype=np.int32)),
+        "counts": pa.array(counts, pa.string()),
+        "score": pa.array(scores, pa.float32()),
+    })
+    meta = {"video_id": m.video_id, "frame_count": m.frame_count, "height": m.height, "width": m.width,
+            "obj_ids": m.obj_ids, "frame_indices": m.frame_indices, "first_appeared": m.first_appeared,
+            "provenance": m.provenance}
+    return table.replace_schema_metadata({_PARQUET_META_KEY: json.dumps(meta).encode()})
+
+
+def from_parquet_table(table: pa.Table) -> Masklets:
+    """Masklets from a table written by ``to_parquet_table`` (needs its schema metadata)."""
+    raw = (table.schema.metadata or {}).get(_PARQUET_META_KEY)
+    if raw is None:
+        raise ValueError("Parquet table has no masklet metadata (not written by to_parquet_table)")
+    meta = json.loads(raw)
+    obj_ids, frame_indices = meta["obj_ids"], meta["frame_indices"]
+    h, w = meta["height"], meta["width"]
+    pos_f = {f: i for i, f in enumerate(frame_indices)}
+    pos_o = {o: j for j, o in enumerate(obj_ids)}
+    rles: list[list[Any]] = [[None] * len(obj_ids) for _ in frame_indices]
+    scores: list[list[float]] = [[float("nan")] * len(obj_ids) for _ in frame_indices]
+    cols = table.select(["frame_idx", "obj_id", "counts", "score"]).to_pydict()
+    for f, o, c, s in zip(cols["frame_idx"], cols["obj_id"], cols["counts"], cols["score"]):
+        i, j = pos_f[f], pos_o[o]
+        rles[i][j] = {"size": [h, w], "counts": c}
+        scores[i][j] = float(s)
+    missing = [(frame_indices[i], obj_ids[j]) for i, row in enumerate(rles) for j, r in enumerate(row) if r is None]
+    if missing:
+        raise ValueError(f"video {meta['video_id']}: Parquet masklets lack (frame, obj) rows {missing[:5]}")
+    return Masklets(video_id=meta["video_id"], frame_count=meta["frame_count"], height=h, width=w, obj_ids=obj_ids,
+                    frame_indices=frame_indices, rles=rles, scores=scores, first_appeared=meta["first_appeared"],
+                    provenance=meta["provenance"])
+
+
+def masklets_to_bytes(m: Masklets, fmt: str) -> bytes:
+    """Serialise for a whole-object put: ``sav_json`` → UTF-8 JSON, ``parquet`` → zstd Parquet file."""
+    if fmt == "sav_json":
+        return json.dumps(to_sav_json(m), separators=(",", ":")).encode()
+    if fmt == "parquet":
+        buf = io.BytesIO()
+        pq.write_table(to_parquet_table(m), buf, compression="zstd")
+        return buf.getvalue()
+    raise ValueError(f"unknown masklet format {fmt!r} (expected 'sav_json' or 'parquet')")
+
+
+def masklets_from_bytes(data: bytes, fmt: str) -> Masklets:
+    """Inverse of ``masklets_to_bytes``."""
+    if fmt == "sav_json":
+        return from_sav_json(json.loads(data))
+    if fmt == "parquet":
+        return from_parquet_table(pq.read_table(io.BytesIO(data)))
+    raise ValueError(f"unknown masklet format {fmt!r} (expected 'sav_json' or 'parquet')")
+
+
+def read_masklets(uri: str, storage_options: dict | None = None) -> Masklets:
+    """Read a masklet file (``.json`` SA-V or ``.parquet``) from any fsspec URI."""
+    if uri.endswith(".json"):
+        fmt = "sav_json"
+    elif uri.endswith(".parquet"):
+        fmt = "parquet"
+    else:
+        raise ValueError(f"{uri}: masklet file must end in .json or .parquet")
+    return masklets_from_bytes(read_bytes(uri, storage_options), fmt)
