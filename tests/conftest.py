@@ -11,9 +11,13 @@
 
 from __future__ import annotations
 
+import os
+
+# One BLAS/OpenMP thread per process: the suite runs on 2 cores next to Ray workers and an S3 server.
+os.environ.setdefault("OMP_NUM_THREADS", "1")
+
 import itertools
 import json
-import os
 import shutil
 import signal
 import socket

@@ -1,1 +1,7 @@
+"""Full-video propagation engine: a streaming, bounded-memory, object-batched re-implementation of the official
+SAM 2 video predictor's semantics on top of ``sam2core.modeling.SAM2Model``."""
 
+from .frames import ArrayFrameSource, FrameSource
+from .session import FrameResult, PromptError, SessionOptions, VideoSession
+
+__all__ = ["ArrayFrameSource", "FrameResult", "FrameSource", "PromptError", "SessionOptions", "VideoSession"]
