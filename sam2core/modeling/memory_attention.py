@@ -1,0 +1,78 @@
+"""Memory attention: conditions the current frame's features on memories of past frames and object pointers."""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from sam2core.modeling.common import Attention
+from sam2core.modeling.position_encoding import apply_rope, axial_rope_tables
+
+
+class RoPEAttention(Attention):
+    """Attention with 2-D axial rotary embedding on queries and on the leading spatial keys.
+
+    Keys may hold several frames of the same grid (the rotary table is repeated per frame) followed by
+    ``num_plain_keys`` tokens (object pointers) that stay unrotated.
+    """
+
+    def __init__(self, dim: int, feat_size: int, kv_dim: int | None = None, theta: float = 10000.0) -> None:
+        super().__init__(dim, num_heads=1, kv_dim=kv_dim)
+        cos, sin = axial_rope_tables(feat_size, dim, theta)
+        self.register_buffer("rope_cos", cos, persistent=False)
+        self.register_buffer("rope_sin", sin, persistent=False)
+
+    def forward(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, num_plain_keys: int = 0) -> torch.Tensor:
+        q, k, v = self.project(q, k, v)
+        q = apply_rope(q, self.rope_cos, self.rope_sin)
+        num_rotated = k.shape[-2] - num_plain_keys
+        frames = num_rotated // self.rope_cos.shape[0]
+        rotated = apply_rope(k[..., :num_rotated, :], self.rope_cos.repeat(frames, 1), self.rope_sin.repeat(frames, 1))
+        k = torch.cat((rotated, k[..., num_rotated:, :]), dim=-2)
+        return self.attend(q, k, v)
+
+
+class MemoryAttentionLayer(nn.Module):
+    """Pre-norm: RoPE self-attention, RoPE cross-attention to memory (keys carry memory position), ReLU FFN."""
+
+    def __init__(self, dim: int, mem_dim: int, feat_size: int, ffn_dim: int = 2048) -> None:
+        super().__init__()
+        self.self_attn = RoPEAttention(dim, feat_size)
+        self.cross_attn_image = RoPEAttention(dim, feat_size, kv_dim=mem_dim)
+        self.linear1 = nn.Linear(dim, ffn_dim)
+        self.linear2 = nn.Linear(ffn_dim, dim)
+        self.norm1 = nn.LayerNorm(dim)
+        self.norm2 = nn.LayerNorm(dim)
+        self.norm3 = nn.LayerNorm(dim)
+
+    def forward(
+        self, x: torch.Tensor, memory: torch.Tensor, memory_keys: torch.Tensor, num_ptr_tokens: int
+    ) -> torch.Tensor:
+        h = self.norm1(x)
+        x = x + self.self_attn(h, h, h)
+        x = x + self.cross_attn_image(self.norm2(x), memory_keys, memory, num_plain_keys=num_ptr_tokens)
+        return x + self.linear2(F.relu(self.linear1(self.norm3(x))))
+
+
+class MemoryAttention(nn.Module):
+    """Stack of memory-attention layers over ``[B, hw, C]`` tokens; memory tokens are ``[B, M, mem_dim]``."""
+
+    def __init__(self, dim: int, mem_dim: int, feat_size: int, num_layers: int = 4) -> None:
+        super().__init__()
+        self.layers = nn.ModuleList(MemoryAttentionLayer(dim, mem_dim, feat_size) for _ in range(num_layers))
+        self.norm = nn.LayerNorm(dim)
+
+    def forward(
+        self,
+        tokens: torch.Tensor,
+        tokens_pos: torch.Tensor,
+        memory: torch.Tensor,
+        memory_pos: torch.Tensor,
+        num_ptr_tokens: int = 0,
+    ) -> torch.Tensor:
+        x = tokens + 0.1 * tokens_pos
+        memory_keys = memory + memory_pos
+        for layer in self.layers:
+            x = layer(x, memory, memory_keys, num_ptr_tokens)
+        return self.norm(x)
