@@ -1,1 +1,24 @@
+"""sam2core: SAM 2 / SAM 2.1 models that load the official checkpoints, and a streaming full-video engine.
 
+Usable on its own (a notebook needs nothing else)::
+
+    from sam2core import build_model, VideoSession, ArrayFrameSource
+    model = build_model("sam2.1_hiera_tiny", "sam2.1_hiera_tiny.pt", device="cuda")
+    session = VideoSession(model, ArrayFrameSource(frames))       # frames: uint8 [N, H, W, 3]
+    session.add_points(0, obj_id=1, points=[[210, 350]], labels=[1])
+    for result in session.propagate():
+        masks = result.mask_logits > 0                            # [n_obj, H, W] for result.frame_idx
+"""
+
+from sam2core.build import build_model
+from sam2core.checkpoint import CheckpointError, CheckpointInfo, fetch, inspect_checkpoint, load_checkpoint
+from sam2core.config import CONFIGS, MODEL_NAMES, ModelConfig, get_config
+from sam2core.image_predictor import ImagePredictor
+from sam2core.modeling.sam2 import SAM2Model
+from sam2core.video import ArrayFrameSource, FrameResult, FrameSource, PromptError, SessionOptions, VideoSession
+
+__all__ = [
+    "ArrayFrameSource", "CONFIGS", "CheckpointError", "CheckpointInfo", "FrameResult", "FrameSource",
+    "ImagePredictor", "MODEL_NAMES", "ModelConfig", "PromptError", "SAM2Model", "SessionOptions", "VideoSession",
+    "build_model", "fetch", "get_config", "inspect_checkpoint", "load_checkpoint",
+]
