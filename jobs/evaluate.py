@@ -20,7 +20,7 @@ log = logging.getLogger("evaluate")
 @hydra.main(config_path="../conf", config_name="evaluate", version_base="1.3")
 def main(cfg: DictConfig) -> None:
     """Evaluate, write the CSVs, print the global scores; exit 1 if any video failed."""
-    so = OmegaConf.to_container(cfg.storage_options, resolve=True)
+    so = OmegaConf.to_container(cfg, resolve=True)["storage_options"]
     report = evaluate_dataset(
         cfg.gt, cfg.pred, so, skip_first_last=bool(cfg.skip_first_last), strict=bool(cfg.strict),
         frame_step=int(cfg.frame_step), ray_address=cfg.cluster.address, num_cpus=cfg.cluster.num_cpus,

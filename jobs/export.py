@@ -18,7 +18,7 @@ log = logging.getLogger("export")
 @hydra.main(config_path="../conf", config_name="export", version_base="1.3")
 def main(cfg: DictConfig) -> None:
     """Export every selected video; a video that fails is reported and the others go on (exit 1 at the end)."""
-    so = OmegaConf.to_container(cfg.storage_options, resolve=True)
+    so = OmegaConf.to_container(cfg, resolve=True)["storage_options"]
     if cfg.format not in EXPORT_FORMATS:
         raise SystemExit(f"format must be one of {EXPORT_FORMATS}, got {cfg.format!r}")
     out = cfg.out or join_uri(cfg.prefix, f"export_{cfg.format}")

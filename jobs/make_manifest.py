@@ -17,7 +17,7 @@ log = logging.getLogger("make_manifest")
 @hydra.main(config_path="../conf", config_name="make_manifest", version_base="1.3")
 def main(cfg: DictConfig) -> None:
     """Read every annotated video under ``annotations``, write ``manifest``, report skipped videos."""
-    so = OmegaConf.to_container(cfg.storage_options, resolve=True)
+    so = OmegaConf.to_container(cfg, resolve=True)["storage_options"]
     spec = PromptSpec(**OmegaConf.to_container(cfg.prompts, resolve=True))
     rows, failed = manifest_from_annotations(cfg.annotations, spec, cfg.video_uri, list(cfg.kinds),
                                              int(cfg.frame_step), so)

@@ -31,7 +31,7 @@ def locate_videos(video_ids: list[str], manifest: str | None, data_root: str, pa
 @hydra.main(config_path="../conf", config_name="render", version_base="1.3")
 def main(cfg: DictConfig) -> None:
     """Render every selected video; one that fails is reported and the others go on (exit 1 at the end)."""
-    so = OmegaConf.to_container(cfg.storage_options, resolve=True)
+    so = OmegaConf.to_container(cfg, resolve=True)["storage_options"]
     out = cfg.out or join_uri(cfg.prefix, "render")
     try:
         sources = select_videos(find_predictions(cfg.prefix, so), cfg.videos, cfg.prefix)

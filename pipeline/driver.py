@@ -183,7 +183,7 @@ def _run_on_ray(spec: JobSpec, todo: list[VideoTask], provenance: dict, sink: Si
     """Start or join Ray, build the worker pool, run every task; returns the video records and the workers."""
     cluster = spec.cluster
     if cluster.address is None and "RAY_ADDRESS" not in os.environ:  # RAY_ADDRESS: inside `ray job submit`
-        ray.init(num_cpus=os.cpu_count(), include_dashboard=False)
+        ray.init(address="local", num_cpus=os.cpu_count(), include_dashboard=False)
     else:
         ray.init(address=cluster.address)
     try:
