@@ -39,7 +39,7 @@ class DataSpec:
     name: str
     manifest: str
     root: str
-    decoder: str = "pyav"
+    decoder: str = "decord"
     on_invalid: str = "fail"
     storage_options: dict | None = None
 
