@@ -1,0 +1,93 @@
+"""Driver section: planning an SA-V-scale manifest, and the driver's cost per video when workers cost nothing.
+
+Planning = ``load_manifest`` (read, validate every row, group into tasks) of a synthetic ~51k-video manifest, timed
+with its peak RSS in a fresh process. Dispatch = the propagation job's own dispatch loop (``pipeline.driver._Pool``)
+feeding real planned tasks to Ray actors that honour the worker contract (``ready()``, ``process(task)``) but
+return a "done" record at once, so the wall time per video is what the driver and Ray add to each video.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import ray
+
+from jobs.bench.isolate import current_rss_bytes, peak_rss_bytes, run_isolated
+from jobs.bench.report import Figure, figure
+from jobs.bench.sav_manifest import ManifestShape, write_manifest
+from pipeline.driver import _Pool
+from pipeline.manifest import VideoTask, load_manifest
+from pipeline.sinks import make_sink
+
+GB = 1024 ** 3
+
+
+class NullWorker:
+    """The worker contract without the work: ``process`` returns a done record immediately."""
+
+    def __init__(self) -> None:
+        self.identity = {"node_id": ray.get_runtime_context().get_node_id(), "pid": os.getpid(),
+                         "device": "none", "dtype": "none"}
+
+    def ready(self) -> dict:
+        return self.identity
+
+    def process(self, task: VideoTask) -> dict:
+        return {"video_id": task.video_id, "status": "done", "frames": 0, "objects": task.num_objects,
+                "error": None, "retryable": False, "seconds": 0.0, **self.identity}
+
+
+def measure_plan(manifest: str, data_root: str) -> dict[str, Any]:
+    """Seconds and peak RSS of ``load_manifest`` (runs in a fresh process)."""
+    before = current_rss_bytes()
+    start = time.perf_counter()
+    plan = load_manifest(manifest, data_root)
+    seconds = time.perf_counter() - start
+    return {"seconds": seconds, "peak_rss": peak_rss_bytes(), "rss_before": before, "tasks": len(plan.tasks),
+            "rows": plan.num_rows, "dropped": len(plan.dropped)}
+
+
+def measure_dispatch(manifest: str, data_root: str, tasks: int, workers: int, depth: int) -> dict[str, Any]:
+    """Wall seconds for the dispatch loop to run ``tasks`` planned videos on ``workers`` no-op actors."""
+    todo = load_manifest(manifest, data_root).tasks[:tasks]
+    ray.init(num_cpus=workers, include_dashboard=False, log_to_driver=False)
+    try:
+        with tempfile.TemporaryDirectory(prefix="bench-dispatch-") as out:
+            sink = make_sink(out, "sav_json")  # the loop records failed videos there; no-op tasks never fail
+            actors = [ray.remote(NullWorker).options(num_cpus=1).remote() for _ in range(workers)]
+            ray.get([a.ready.remote() for a in actors])
+            start = time.perf_counter()
+            records = _Pool(actors, sink, depth, 1, 3600.0).run(todo)
+            seconds = time.perf_counter() - start
+    finally:
+        ray.shutdown()
+    done = sum(r["status"] == "done" for r in records)
+    if done != len(todo):
+        raise RuntimeError(f"dispatch benchmark: {len(todo) - done} of {len(todo)} no-op tasks did not finish")
+    return {"seconds": seconds, "tasks": len(todo)}
+
+
+def run_section(cfg: dict[str, Any], seed: int, threads: int, targets: dict[str, str]) -> list[Figure]:
+    """Plan time and peak memory at SA-V scale, then dispatch overhead per video."""
+    shape = ManifestShape(cfg["videos"], cfg["rows"], cfg["mask_fraction"], cfg["height"], cfg["width"], seed)
+    with tempfile.TemporaryDirectory(prefix="bench-driver-") as tmp:
+        manifest = str(write_manifest(Path(tmp) / "manifest.parquet", shape))
+        root = str(Path(tmp) / "videos")
+        plan = run_isolated(measure_plan, threads, manifest=manifest, data_root=root)
+        dispatch = run_isolated(measure_dispatch, threads, manifest=manifest, data_root=root,
+                                tasks=cfg["dispatch_tasks"], workers=cfg["dispatch_workers"],
+                                depth=cfg["tasks_per_worker"])
+    where = f"{plan['tasks']} videos, {plan['rows']} rows"
+    per_video_ms = 1000 * dispatch["seconds"] / dispatch["tasks"]
+    return [
+        figure("driver", f"plan manifest ({where})", plan["seconds"], "s", targets["plan_seconds"]),
+        figure("driver", "plan peak RSS", plan["peak_rss"] / GB, "GiB", targets["plan_peak_gib"],
+               note=f"process RSS before planning {plan['rss_before'] / GB:.2f} GiB"),
+        figure("driver", f"dispatch overhead ({dispatch['tasks']} videos, {cfg['dispatch_workers']} no-op "
+               f"workers x {cfg['tasks_per_worker']} in flight)", per_video_ms, "ms/video",
+               targets["dispatch_ms"]),
+    ]

@@ -1,0 +1,137 @@
+"""Worker section: how much of the engine's speed one pipeline worker keeps, end to end.
+
+The same mp4 (written with PyAV, served by a local SeaweedFS S3 server) and the same prompts (one box per object on
+frame 0) go through (a) the engine alone, on frames decoded beforehand and held in memory, and (b) one
+``PropagationWorker`` Ray actor calling ``process(task)``: download, decode, propagate, RLE-encode, write the
+masklet file and done marker to S3. Both times cover the prompts and the propagation ("both", as the worker runs).
+"""
+
+from __future__ import annotations
+
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import ray
+import torch
+
+from jobs.bench.isolate import run_isolated
+from jobs.bench.report import Figure, figure
+from jobs.bench.s3 import local_s3
+from jobs.bench.video import object_boxes, synthetic_video, write_mp4
+from pipeline.manifest import Prompt, VideoTask
+from pipeline.sources import open_video
+from pipeline.storage import write_bytes
+from pipeline.worker import ModelSpec, WorkerSpec, start_workers
+from sam2core.build import build_model
+from sam2core.video import ArrayFrameSource, SessionOptions, VideoSession
+
+BUCKET = "bench"
+
+
+@dataclass(frozen=True)
+class WorkerRun:
+    """One video (frames × objects at height × width) through a model at an image size."""
+
+    model: str
+    image_size: int
+    objects: int
+    frames: int
+    height: int
+    width: int
+    decoder: str
+    output_format: str
+    warmup: int
+    runs: int
+    seed: int
+
+
+def _device_and_dtype() -> tuple[str, str]:
+    return ("cuda", "bfloat16") if torch.cuda.is_available() else ("cpu", "float32")
+
+
+def _engine_seconds(run: WorkerRun, frames: np.ndarray, boxes: np.ndarray) -> float:
+    """Best time of prompts + propagation over frames already in memory."""
+    device, dtype = _device_and_dtype()
+    torch.manual_seed(run.seed)
+    model = build_model(run.model, image_size=run.image_size, device=device)
+    session = VideoSession(model, ArrayFrameSource(frames), SessionOptions(dtype=dtype))
+    best = float("inf")
+    for i in range(run.warmup + run.runs):
+        session.reset()
+        if device == "cuda":
+            torch.cuda.synchronize()
+        start = time.perf_counter()
+        for k, box in enumerate(boxes):
+            session.add_points(0, k, box=box)
+        for _ in session.propagate(direction="both"):
+            pass
+        if device == "cuda":
+            torch.cuda.synchronize()
+        if i >= run.warmup:
+            best = min(best, time.perf_counter() - start)
+    return best
+
+
+def _worker_seconds(run: WorkerRun, task: VideoTask, storage_options: dict) -> float:
+    """Best wall time of one ``PropagationWorker.process(task)`` call on a one-actor Ray instance."""
+    device, dtype = _device_and_dtype()
+    spec = WorkerSpec(
+        model=ModelSpec(run.model, None, run.image_size, device=device, dtype=dtype, seed=run.seed),
+        session={}, decoder=run.decoder, input_storage_options=storage_options,
+        output_uri=f"s3://{BUCKET}/out", output_format=run.output_format, output_storage_options=storage_options,
+        provenance={"model": run.model, "checkpoint": "random", "benchmark": True},
+    )
+    ray.init(num_cpus=1, num_gpus=int(device == "cuda"), include_dashboard=False, log_to_driver=False)
+    try:
+        (actor,) = start_workers(spec, 1, num_cpus=1, num_gpus=int(device == "cuda"), max_restarts=0,
+                                 max_task_retries=0)
+        ray.get(actor.ready.remote())
+        best = float("inf")
+        for i in range(run.warmup + run.runs):
+            start = time.perf_counter()
+            record = ray.get(actor.process.remote(task))
+            elapsed = time.perf_counter() - start
+            if record["status"] != "done":
+                raise RuntimeError(f"worker failed on the benchmark video: {record['error']}")
+            if i >= run.warmup:
+                best = min(best, elapsed)
+        return best
+    finally:
+        ray.shutdown()
+
+
+def measure(run: WorkerRun) -> dict[str, Any]:
+    """Engine-only and worker seconds for the same video and prompts (runs in a fresh process)."""
+    frames = synthetic_video(run.frames, run.objects, run.height, run.width)
+    boxes = object_boxes(run.objects, run.height, run.width)
+    with local_s3() as storage_options, tempfile.TemporaryDirectory(prefix="bench-worker-") as tmp:
+        local = write_mp4(Path(tmp) / "bench.mp4", frames)
+        uri = f"s3://{BUCKET}/videos/bench.mp4"
+        write_bytes(uri, local.read_bytes(), storage_options)
+        with open_video(str(local), decoder=run.decoder) as source:  # what the worker sees, decoded up front
+            decoded = np.stack(list(source.iter_frames(range(source.num_frames))))
+        engine = _engine_seconds(run, decoded, boxes)
+        prompts = tuple(Prompt(k, 0, None, None, [float(v) for v in box], None, k) for k, box in enumerate(boxes))
+        task = VideoTask("bench", uri, prompts, run.objects, float(run.objects))
+        worker = _worker_seconds(run, task, storage_options)
+    return {"frames": len(decoded), "engine_seconds": engine, "worker_seconds": worker}
+
+
+def run_section(cfg: dict[str, Any], model: str, seed: int, threads: int, keep_target: str) -> list[Figure]:
+    """Engine-only fps, worker fps and the fraction kept."""
+    run = WorkerRun(model, cfg["image_size"], cfg["objects"], cfg["frames"], cfg["height"], cfg["width"],
+                    cfg["decoder"], cfg["output_format"], cfg["warmup"], cfg["runs"], seed)
+    result = run_isolated(measure, threads, run=run)
+    where = (f"{model} {run.image_size}px, {run.objects} obj, {result['frames']} frames "
+             f"{run.width}x{run.height}, {_device_and_dtype()[0]}")
+    engine_fps = result["frames"] / result["engine_seconds"]
+    worker_fps = result["frames"] / result["worker_seconds"]
+    return [
+        figure("worker", f"engine-only fps ({where})", engine_fps, "frames/s"),
+        figure("worker", f"worker fps, S3 in/out ({where})", worker_fps, "frames/s"),
+        figure("worker", "worker/engine fps kept", worker_fps / engine_fps, "fraction", keep_target),
+    ]
