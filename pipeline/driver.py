@@ -201,7 +201,7 @@ def _run_on_ray(spec: JobSpec, todo: list[VideoTask], provenance: dict, sink: Si
         log.info("starting %d workers (%s CPU, %s GPU each)", count, cluster.cpus_per_worker, gpus)
         actors = start_workers(worker_spec, count, num_cpus=cluster.cpus_per_worker, num_gpus=gpus,
                                max_restarts=cluster.max_restarts, max_task_retries=cluster.max_task_retries)
-        pool = _Pool(actors, sink, cluster.tasks_per_worker, cluster.max_attempts, spec.log_every_s)
+        pool = WorkerPool(actors, sink, cluster.tasks_per_worker, cluster.max_attempts, spec.log_every_s)
         return pool.run(todo), pool.workers
     finally:
         ray.shutdown()
@@ -219,7 +219,7 @@ class WorkerStartError(RuntimeError):
     """Not one worker replica came up (bad device, checkpoint or environment on the nodes)."""
 
 
-class _Pool:
+class WorkerPool:
     """Streams tasks to actors, ``depth`` in flight per actor, retrying videos whose actor died.
 
     A video that died with its actor goes back to the front of the queue; the actor gets no more work until a

@@ -1,7 +1,7 @@
 """Driver section: planning an SA-V-scale manifest, and the driver's cost per video when workers cost nothing.
 
 Planning = ``load_manifest`` (read, validate every row, group into tasks) of a synthetic ~51k-video manifest, timed
-with its peak RSS in a fresh process. Dispatch = the propagation job's own dispatch loop (``pipeline.driver._Pool``)
+with its peak RSS in a fresh process. Dispatch = the propagation job's own dispatch loop (``pipeline.driver.WorkerPool``)
 feeding real planned tasks to Ray actors that honour the worker contract (``ready()``, ``process(task)``) but
 return a "done" record at once, so the wall time per video is what the driver and Ray add to each video.
 """
@@ -19,7 +19,7 @@ import ray
 from jobs.bench.isolate import current_rss_bytes, peak_rss_bytes, run_isolated
 from jobs.bench.report import Figure, figure
 from jobs.bench.sav_manifest import ManifestShape, write_manifest
-from pipeline.driver import _Pool
+from pipeline.driver import WorkerPool
 from pipeline.manifest import VideoTask, load_manifest
 from pipeline.sinks import make_sink
 
@@ -61,7 +61,7 @@ def measure_dispatch(manifest: str, data_root: str, tasks: int, workers: int, de
             actors = [ray.remote(NullWorker).options(num_cpus=1).remote() for _ in range(workers)]
             ray.get([a.ready.remote() for a in actors])
             start = time.perf_counter()
-            records = _Pool(actors, sink, depth, 1, 3600.0).run(todo)
+            records = WorkerPool(actors, sink, depth, 1, 3600.0).run(todo)
             seconds = time.perf_counter() - start
     finally:
         ray.shutdown()

