@@ -24,8 +24,18 @@ class RoPEAttention(Attention):
         self.register_buffer("rope_sin", sin, persistent=False)
 
     def forward(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, num_plain_keys: int = 0) -> torch.Tensor:
-        q, k, v = self.project(q, k, v)
-        q = apply_rope(q, self.rope_cos, self.rope_sin)
+        return self.forward_query_heads(self.query_heads(q), k, v, num_plain_keys)
+
+    def query_heads(self, q: torch.Tensor) -> torch.Tensor:
+        """Queries projected, split into heads and rotated: the part of ``forward`` that does not see the keys."""
+        return apply_rope(self.split_heads(self.q_proj(q)), self.rope_cos, self.rope_sin)
+
+    def forward_query_heads(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
+                            num_plain_keys: int = 0) -> torch.Tensor:
+        """``forward`` with queries already through ``query_heads`` (they may broadcast over the batch)."""
+        k, v = self.split_heads(self.k_proj(k)), self.split_heads(self.v_proj(v))
+        if q.shape[0] != k.shape[0]:
+            q = q.expand(k.shape[0], -1, -1, -1)
         num_rotated = k.shape[-2] - num_plain_keys
         frames = num_rotated // self.rope_cos.shape[0]
         rotated = apply_rope(k[..., :num_rotated, :], self.rope_cos.repeat(frames, 1), self.rope_sin.repeat(frames, 1))
@@ -49,9 +59,21 @@ class MemoryAttentionLayer(nn.Module):
     def forward(
         self, x: torch.Tensor, memory: torch.Tensor, memory_keys: torch.Tensor, num_ptr_tokens: int
     ) -> torch.Tensor:
+        return self.forward_from_prefix(self.shared_prefix(x), memory, memory_keys, num_ptr_tokens)
+
+
+    def shared_prefix(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """What ``forward`` computes before it reads the memory: the tokens after self-attention and the rotated
+        cross-attention queries. Equal for every object of a frame when this is the first layer."""
         h = self.norm1(x)
         x = x + self.self_attn(h, h, h)
-        x = x + self.cross_attn_image(self.norm2(x), memory_keys, memory, num_plain_keys=num_ptr_tokens)
+        return x, self.cross_attn_image.query_heads(self.norm2(x))
+
+    def forward_from_prefix(self, prefix: tuple[torch.Tensor, torch.Tensor], memory: torch.Tensor,
+                            memory_keys: torch.Tensor, num_ptr_tokens: int) -> torch.Tensor:
+        """``forward`` continued from ``shared_prefix`` (computed for one object, broadcast to the batch)."""
+        x, queries = prefix
+        x = x + self.cross_attn_image.forward_query_heads(queries, memory_keys, memory, num_plain_keys=num_ptr_tokens)
         return x + self.linear2(F.relu(self.linear1(self.norm3(x))))
 
 
@@ -74,5 +96,20 @@ class MemoryAttention(nn.Module):
         x = tokens + 0.1 * tokens_pos
         memory_keys = memory + memory_pos
         for layer in self.layers:
+            x = layer(x, memory, memory_keys, num_ptr_tokens)
+        return self.norm(x)
+
+    def shared_prefix(self, tokens: torch.Tensor, tokens_pos: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """The memory-independent start of ``forward`` for one frame's tokens ``[1, hw, C]``: computed once per
+        frame, shared by all objects through ``forward_from_prefix``."""
+        return self.layers[0].shared_prefix(tokens + 0.1 * tokens_pos)
+
+    def forward_from_prefix(self, prefix: tuple[torch.Tensor, torch.Tensor], memory: torch.Tensor,
+                            memory_pos: torch.Tensor, num_ptr_tokens: int = 0) -> torch.Tensor:
+        """``forward`` for a batch of objects ``memory [B, M, mem_dim]`` of the frame ``prefix`` was computed for."""
+        memory_keys = memory + memory_pos
+        first, *rest = self.layers
+        x = first.forward_from_prefix(prefix, memory, memory_keys, num_ptr_tokens)
+        for layer in rest:
             x = layer(x, memory, memory_keys, num_ptr_tokens)
         return self.norm(x)

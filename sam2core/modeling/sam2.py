@@ -292,7 +292,51 @@ class SAM2Model(nn.Module):
         its row of ``maskmem_tpos_enc``. ``obj_ptrs [B, P, C]`` with signed frame offsets ``ptr_offsets [P]``.
         """
         b, c, h, w = feat.shape
-        dtype = feat.dtype
+        memory, memory_pos, num_ptr_tokens = self._memory_tokens(memories, memory_tpos, obj_ptrs, ptr_offsets,
+                                                                 num_frames, feat.dtype)
+        out = self.memory_attention(
+            feat.flatten(2).transpose(1, 2),
+            pos.flatten(2).transpose(1, 2).to(feat.dtype),
+            memory,
+            memory_pos,
+            num_ptr_tokens,
+        )
+        return out.transpose(1, 2).reshape(b, c, h, w)
+
+    def memory_prefix(self, feat: torch.Tensor, pos: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """The part of ``attend_memory`` that only depends on one frame's features ``[1, C, h, w]``: compute it once
+        per frame and pass it to ``attend_memory_from_prefix`` for every object (or batch of objects)."""
+        tokens = feat.flatten(2).transpose(1, 2)
+        return self.memory_attention.shared_prefix(tokens, pos.flatten(2).transpose(1, 2).to(feat.dtype))
+
+    def attend_memory_from_prefix(
+        self,
+        prefix: tuple[torch.Tensor, torch.Tensor],
+        memories: list[torch.Tensor],
+        memory_tpos: list[int],
+        obj_ptrs: torch.Tensor | None,
+        ptr_offsets: torch.Tensor | None,
+        num_frames: int,
+    ) -> torch.Tensor:
+        """``attend_memory`` of the frame ``prefix`` belongs to, for the batch of objects of ``memories``."""
+        memory, memory_pos, num_ptr_tokens = self._memory_tokens(memories, memory_tpos, obj_ptrs, ptr_offsets,
+                                                                 num_frames, prefix[0].dtype)
+        out = self.memory_attention.forward_from_prefix(prefix, memory, memory_pos, num_ptr_tokens)
+        side = self.config.feat_size
+        return out.transpose(1, 2).reshape(out.shape[0], out.shape[2], side, side)
+
+    def _memory_tokens(
+        self,
+        memories: list[torch.Tensor],
+        memory_tpos: list[int],
+        obj_ptrs: torch.Tensor | None,
+        ptr_offsets: torch.Tensor | None,
+        num_frames: int,
+        dtype: torch.dtype,
+    ) -> tuple[torch.Tensor, torch.Tensor, int]:
+        """Memory tokens ``[B, M, mem]`` (spatial memories, then pointer tokens), their position code and the
+        number of pointer tokens."""
+        b = memories[0].shape[0] if memories else obj_ptrs.shape[0]
         mem_pos = self.memory_pos.to(dtype).flatten(1).t()
         tokens = [m.to(dtype).flatten(2).transpose(1, 2) for m in memories]
         positions = [(mem_pos + self.maskmem_tpos_enc[t].view(1, -1).to(dtype)).expand(b, -1, -1) for t in memory_tpos]
@@ -302,14 +346,7 @@ class SAM2Model(nn.Module):
             tokens.append(ptr_tokens)
             positions.append(ptr_pos)
             num_ptr_tokens = ptr_tokens.shape[1]
-        out = self.memory_attention(
-            feat.flatten(2).transpose(1, 2),
-            pos.flatten(2).transpose(1, 2).to(dtype),
-            torch.cat(tokens, dim=1),
-            torch.cat(positions, dim=1),
-            num_ptr_tokens,
-        )
-        return out.transpose(1, 2).reshape(b, c, h, w)
+        return torch.cat(tokens, dim=1), torch.cat(positions, dim=1), num_ptr_tokens
 
 
 def _stable_or_best(masks: torch.Tensor, iou: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

@@ -1,8 +1,10 @@
 """Frames in, image features out: a frame-source protocol, an in-memory source, and a look-ahead feature stream.
 
 The engine never holds the whole video. It asks a ``FrameSource`` for the frames of one propagation pass in order;
-a background thread decodes a few frames ahead (``prefetch``) while the model works, and the consumer side turns
-uint8 frames into model inputs on the model's device and encodes ``encoder_batch`` frames per image-encoder call.
+a background thread decodes a few frames ahead (``prefetch``) while the model works. A second one (``overlap``)
+turns them into model inputs on the model's device and encodes ``encoder_batch`` frames per image-encoder call while
+the caller tracks the previous frame: the encoder does not depend on tracking state, and torch releases the GIL, so
+on CPU both threads compute at once and on CUDA the encoder's kernels run on a stream of their own.
 """
 
 from __future__ import annotations
@@ -10,7 +12,7 @@ from __future__ import annotations
 import queue
 import threading
 from collections.abc import Iterator, Sequence
-from typing import Any, Protocol, runtime_checkable
+from typing import Any, Callable, Protocol, runtime_checkable
 
 import numpy as np
 import torch
@@ -49,10 +51,13 @@ class ArrayFrameSource:
 
 
 _END = object()
+_POLL_S = 0.1
 
 
 def host_frame(frame: np.ndarray | torch.Tensor, frame_idx: int, source: FrameSource, pin: bool) -> torch.Tensor:
     """Check one decoded frame against the source's size and make it a uint8 [H,W,3] CPU tensor (pinned for CUDA)."""
+    if isinstance(frame, np.ndarray) and not frame.flags.writeable:
+        frame = frame.copy()  # decoders may hand out read-only buffers; torch wants to own writable memory
     tensor = torch.as_tensor(frame)
     expected = (source.height, source.width, 3)
     if tensor.dtype != torch.uint8 or tuple(tensor.shape) != expected:
@@ -66,20 +71,23 @@ def to_device(frames: list[torch.Tensor], device: torch.device) -> torch.Tensor:
     return batch.to(device, non_blocking=True)
 
 
-class _Prefetcher:
-    """Decodes ``indices`` from ``source`` on a daemon thread into a bounded queue (at most ``depth`` frames),
-    already checked and (for CUDA) pinned."""
+class _Background:
+    """Runs ``produce()`` (an iterator) on a daemon thread into a queue of at most ``depth`` items.
 
-    def __init__(self, source: FrameSource, indices: Sequence[int], depth: int, pin: bool) -> None:
+    ``get`` returns the next item (``_END`` after the last one), re-raises the producer's exception, and raises
+    ``_Closed`` once ``close`` was called, so a stage that reads from another stage never blocks on it after shutdown.
+    """
+
+    def __init__(self, produce: Callable[[], Iterator[Any]], depth: int) -> None:
         self._queue: queue.Queue[Any] = queue.Queue(maxsize=max(1, depth))
         self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, args=(source, list(indices), pin), daemon=True)
+        self._thread = threading.Thread(target=self._run, args=(produce,), daemon=True)
         self._thread.start()
 
-    def _run(self, source: FrameSource, indices: list[int], pin: bool) -> None:
+    def _run(self, produce: Callable[[], Iterator[Any]]) -> None:
         try:
-            for frame_idx, frame in zip(indices, source.iter_frames(indices)):
-                if not self._put(host_frame(frame, frame_idx, source, pin)):
+            for item in produce():
+                if not self._put(item):
                     return
             self._put(_END)
         except BaseException as exc:  # handed to the consumer, which re-raises it
@@ -88,18 +96,22 @@ class _Prefetcher:
     def _put(self, item: Any) -> bool:
         while not self._stop.is_set():
             try:
-                self._queue.put(item, timeout=0.1)
+                self._queue.put(item, timeout=_POLL_S)
                 return True
             except queue.Full:
                 continue
         return False
 
-    def get(self) -> torch.Tensor:
-        item = self._queue.get()
+    def get(self) -> Any:
+        while True:
+            try:
+                item = self._queue.get(timeout=_POLL_S)
+                break
+            except queue.Empty:
+                if self._stop.is_set():
+                    raise _Closed() from None
         if isinstance(item, BaseException):
             raise item
-        if item is _END:
-            raise ValueError("the frame source yielded fewer frames than asked for")
         return item
 
     def close(self) -> None:
@@ -107,30 +119,95 @@ class _Prefetcher:
         self._thread.join(timeout=5.0)
 
 
-class FeatureStream:
-    """Image features for a sequence of frames, encoded ``batch`` frames per call, frames decoded ahead on a thread.
+class _Closed(Exception):
+    """Raised in a stage that reads from a stage that was closed (only ever seen by the background threads)."""
 
-    ``encode`` maps a [B,H,W,3] uint8 tensor on the model device to batched features supporting ``.index(i)``.
-    Iterating yields ``(frame_idx, features_of_that_frame)``; ``close`` stops the decoder thread early.
+
+def _decoded(source: FrameSource, indices: list[int], pin: bool) -> Iterator[torch.Tensor]:
+    for frame_idx, frame in zip(indices, source.iter_frames(indices)):
+        yield host_frame(frame, frame_idx, source, pin)
+
+
+def _feature_tensors(feats: Any) -> tuple[torch.Tensor, ...]:
+    return (feats.feat, feats.pos, *feats.high_res)
+
+
+class FeatureStream:
+    """Image features for a sequence of frames, encoded ``batch`` frames per call.
+
+    A daemon thread decodes up to ``prefetch`` frames ahead. With ``overlap`` a second one also preprocesses and
+    encodes the next batch while the caller tracks the current one (one batch waits in a queue, one is being
+    encoded; on CUDA on its own stream, handed over through an event). Without it the caller encodes. ``encode`` maps
+    a [B,H,W,3] uint8 tensor on the model device to batched features supporting ``.index(i)``. Iterating yields
+    ``(frame_idx, features_of_that_frame)``; errors name the frames; ``close`` stops the threads early.
     """
 
-    def __init__(self, source: FrameSource, indices: Sequence[int], encode: Any, device: torch.device,
-                 prefetch: int, batch: int) -> None:
+    def __init__(self, source: FrameSource, indices: Sequence[int], encode: Callable[[torch.Tensor], Any],
+                 device: torch.device, prefetch: int, batch: int, overlap: bool) -> None:
         self._indices = list(indices)
         self._encode = encode
         self._device = device
         self._batch = max(1, batch)
-        self._prefetcher = _Prefetcher(source, self._indices, max(prefetch, self._batch), device.type == "cuda")
+        self._frames = _Background(lambda: _decoded(source, self._indices, device.type == "cuda"),
+                                   max(prefetch, self._batch))
+        self._encoder = _Background(self._encoded_on_side_stream, 1) if overlap else None
+
+    def _chunks(self) -> Iterator[list[int]]:
+        for start in range(0, len(self._indices), self._batch):
+            yield self._indices[start:start + self._batch]
+
+    def _next_frame(self) -> torch.Tensor:
+        frame = self._frames.get()
+        if frame is _END:
+            raise ValueError("the frame source yielded fewer frames than asked for")
+        return frame
+
+    def _encoded(self) -> Iterator[tuple[list[int], Any]]:
+        """(frames, their features) per batch, on the calling thread."""
+        for chunk in self._chunks():
+            frames = to_device([self._next_frame() for _ in chunk], self._device)
+            try:
+                feats = self._encode(frames)
+            except Exception as exc:
+                where = f"frame {chunk[0]}" if len(chunk) == 1 else f"frames {chunk[0]}..{chunk[-1]}"
+                raise RuntimeError(f"{where}: image encoding failed: {exc}") from exc
+            yield chunk, feats
+
+    def _encoded_on_side_stream(self) -> Iterator[tuple[list[int], Any, torch.cuda.Event | None]]:
+        """``_encoded`` for the encoder thread: on CUDA its kernels run on a side stream and an event marks each
+        batch's completion, for the consumer's stream to wait on."""
+        if self._device.type != "cuda":
+            for chunk, feats in self._encoded():
+                yield chunk, feats, None
+            return
+        stream = torch.cuda.Stream(self._device)
+        with torch.cuda.stream(stream):
+            for chunk, feats in self._encoded():
+                done = torch.cuda.Event()
+                done.record(stream)
+                yield chunk, feats, done
+
+    def _receive(self) -> Iterator[tuple[list[int], Any]]:
+        """Batches from the encoder thread, made safe to use on the consumer's current CUDA stream."""
+        while (item := self._encoder.get()) is not _END:
+            chunk, feats, done = item
+            if done is not None:
+                current = torch.cuda.current_stream(self._device)
+                current.wait_event(done)
+                for tensor in _feature_tensors(feats):
+                    tensor.record_stream(current)  # freed only once the consumer's stream is done with it
+            yield chunk, feats
 
     def __iter__(self) -> Iterator[tuple[int, Any]]:
         try:
-            for start in range(0, len(self._indices), self._batch):
-                chunk = self._indices[start:start + self._batch]
-                feats = self._encode(to_device([self._prefetcher.get() for _ in chunk], self._device))
+            for chunk, feats in (self._receive() if self._encoder is not None else self._encoded()):
                 for i, frame_idx in enumerate(chunk):
                     yield frame_idx, feats.index(i) if len(chunk) > 1 else feats
         finally:
             self.close()
 
     def close(self) -> None:
-        self._prefetcher.close()
+        """Stop the decoder first: an encoder thread waiting for a frame then sees ``_Closed`` and ends."""
+        self._frames.close()
+        if self._encoder is not None:
+            self._encoder.close()

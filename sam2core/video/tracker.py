@@ -1,8 +1,10 @@
-"""Model steps of the video engine: prompt steps for one object, and a tracking step batched over objects.
+"""Model steps of the video engine: prompt steps for one object, and a tracking step for the objects of a frame.
 
-Objects whose memory plans have the same layout (same temporal slots, same pointer offsets) are stacked along the
-batch dimension and share one memory-attention, mask-decoder and memory-encoder call; the results equal those of one
-object at a time up to float rounding.
+On accelerators, objects whose memory plans have the same layout (same temporal slots, same pointer offsets) are
+stacked along the batch dimension and share one memory-attention, mask-decoder and memory-encoder call; the results
+equal those of one object at a time up to float rounding. On CPU each object gets its own calls: stacking measured
+slower there (the stacked memory keys and values no longer fit in cache). Either way the memory-independent start of
+memory attention is computed once per frame for all objects.
 """
 
 from __future__ import annotations
@@ -29,12 +31,14 @@ class Tracker:
         self.fill_hole_area = fill_hole_area
         self.apply_postprocessing = apply_postprocessing
         self.device = next(model.parameters()).device
+        self.stack_objects = self.device.type != "cpu"
 
     def _finish_masks(self, low_res: torch.Tensor) -> torch.Tensor:
         return fill_holes(low_res, self.fill_hole_area) if self.fill_hole_area > 0 else low_res
 
-    def _attend(self, feats: Any, plans: list[MemoryPlan], frame_idx: int, num_frames: int) -> torch.Tensor:
-        """Memory-conditioned features [B,256,h,w] for objects sharing one plan layout (``feats`` expanded to B)."""
+    def _attend(self, prefix: Any, plans: list[MemoryPlan], num_frames: int) -> torch.Tensor:
+        """Memory-conditioned features [B,256,h,w] for objects sharing one plan layout, from the frame's
+        ``memory_prefix`` (the memory-independent start of memory attention, computed once per frame)."""
         first = plans[0]
         if len(plans) == 1:
             memories = [m.memory for m in first.memories]
@@ -45,7 +49,7 @@ class Tracker:
             offsets = torch.tensor(first.offsets, dtype=torch.float32).to(self.device, non_blocking=True)
         else:
             ptrs, offsets = None, None
-        return self.model.attend_memory(feats.feat, feats.pos, memories, first.tpos, ptrs, offsets, num_frames)
+        return self.model.attend_memory_from_prefix(prefix, memories, first.tpos, ptrs, offsets, num_frames)
 
     def track(self, feats: Any, objects: list[ObjectState], frame_idx: int, reverse: bool, num_frames: int,
               keep_masks: bool) -> tuple[torch.Tensor, list[FrameOutput]]:
@@ -57,12 +61,13 @@ class Tracker:
         plans = [plan_memory(obj, frame_idx, reverse, num_frames, self.params) for obj in objects]
         groups: dict[Any, list[int]] = {}
         for i, plan in enumerate(plans):
-            groups.setdefault(plan.key, []).append(i)
+            groups.setdefault(plan.key if self.stack_objects else i, []).append(i)
         low_res: list[torch.Tensor | None] = [None] * len(objects)
         outputs: list[FrameOutput | None] = [None] * len(objects)
+        prefix = self.model.memory_prefix(feats.feat, feats.pos)
         for members in groups.values():
             group_feats = feats.expand(len(members))
-            pix = self._attend(group_feats, [plans[i] for i in members], frame_idx, num_frames)
+            pix = self._attend(prefix, [plans[i] for i in members], num_frames)
             out = self.model.decode_masks(pix, group_feats.high_res, None, None, None, multimask=True,
                                           stability_fallback=self.apply_postprocessing)
             memory, _ = self.model.encode_memory(group_feats.feat, out.high_res, out.object_score_logits,
@@ -85,7 +90,7 @@ class Tracker:
             pix = self.model.add_no_memory(feats.feat)
         else:
             plan = plan_memory(obj, frame_idx, reverse, num_frames, self.params)
-            pix = self._attend(feats, [plan], frame_idx, num_frames)
+            pix = self._attend(self.model.memory_prefix(feats.feat, feats.pos), [plan], num_frames)
         if prev_logits is not None:
             prev_logits = prev_logits.clamp(-PREV_MASK_CLAMP, PREV_MASK_CLAMP)
         out = self.model.decode_masks(pix, feats.high_res, prompt.coords, prompt.labels, prev_logits,

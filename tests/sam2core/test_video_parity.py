@@ -30,6 +30,11 @@ def _both(start: int | None = None) -> tuple:
     return ("propagate", start, "both", None)
 
 
+_REFINE = [("points", 0, 1, [_pt(0, 0)], [1], None, True),
+           ("points", 0, 2, [_pt(0, 1)], [1], None, True), _both(),
+           ("points", 6, 1, [_pt(6, 0, 2, 2)], [0], None, False),
+           ("points", 6, 1, [_pt(6, 1)], [0], None, False), _both()]
+
 CASES = {
     "single_point": Case([("points", 0, 1, [_pt(0, 0)], [1], None, True), _both()], num_frames=12),
     "pos_neg_points": Case([("points", 0, 3, [_pt(0, 0), _pt(0, 1)], [1, 0], None, True), _both()], num_frames=10),
@@ -51,12 +56,15 @@ CASES = {
                                   weights_seed=3),
     "absent_object_on_prompt_frame": Case([("points", 0, 1, [_pt(0, 0)], [1], None, True),
                                            ("mask", 0, 2, shape_mask(0, 1)), _both()], num_frames=8, weights_seed=4),
-    "refine_tracked_frame_then_repropagate": Case(
-        [("points", 0, 1, [_pt(0, 0)], [1], None, True),
-         ("points", 0, 2, [_pt(0, 1)], [1], None, True), _both(),
-         ("points", 6, 1, [_pt(6, 0, 2, 2)], [0], None, False),
-         ("points", 6, 1, [_pt(6, 1)], [0], None, False), _both()],
-        num_frames=12, options={"keep_history": True}),
+    "refine_tracked_frame_then_repropagate": Case(_REFINE, num_frames=12, options={"keep_history": True}),
+    "refine_tracked_frame_bounded": Case(_REFINE, num_frames=12),
+    # corrections on a backward- and a forward-tracked frame whose windows span both passes (echoes only: a second
+    # propagation from frame 9 would read stale memories of the first one in the official predictor)
+    "refine_both_directions_bounded": Case(
+        [("points", 9, 1, [_pt(9, 0)], [1], None, True), ("points", 9, 2, [_pt(9, 1)], [1], None, True), _both(),
+         ("points", 4, 2, [_pt(4, 1, 1, 1)], [0], None, False), ("points", 13, 1, [_pt(13, 2)], [0], None, True),
+         ("mask", 11, 2, shape_mask(11, 1))],
+        num_frames=16),
     "append_clicks_and_forward_only": Case(
         [("points", 2, 1, [_pt(2, 0)], [1], None, True), ("points", 2, 1, [_pt(2, 1)], [0], None, False),
          ("propagate", None, "forward", None), ("propagate", None, "backward", None)], num_frames=10),
