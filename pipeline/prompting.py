@@ -15,21 +15,12 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from pipeline.manifest import MANIFEST_SCHEMA
 from pipeline.masklets import Masklets, decode_rle
 
 FRAME_MODES = ("first", "all")
 PROMPT_KINDS = ("mask", "box", "points")
 
-MANIFEST_SCHEMA = pa.schema([
-    ("video_id", pa.string()),
-    ("video_uri", pa.string()),
-    ("obj_id", pa.int64()),
-    ("frame_idx", pa.int64()),
-    ("points", pa.list_(pa.list_(pa.float64()))),
-    ("point_labels", pa.list_(pa.int32())),
-    ("box", pa.list_(pa.float64())),
-    ("mask", pa.struct([("size", pa.list_(pa.int32())), ("counts", pa.string())])),
-])
 
 
 @dataclass(frozen=True)

@@ -291,21 +291,12 @@ class SAM2Model(nn.Module):
         ``memories[i]`` is ``[B, 64, h, w]`` (any float dtype; cast to the compute dtype) and ``memory_tpos[i]``
         its row of ``maskmem_tpos_enc``. ``obj_ptrs [B, P, C]`` with signed frame offsets ``ptr_offsets [P]``.
         """
-        b, c, h, w = feat.shape
-        memory, memory_pos, num_ptr_tokens = self._memory_tokens(memories, memory_tpos, obj_ptrs, ptr_offsets,
-                                                                 num_frames, feat.dtype)
-        out = self.memory_attention(
-            feat.flatten(2).transpose(1, 2),
-            pos.flatten(2).transpose(1, 2).to(feat.dtype),
-            memory,
-            memory_pos,
-            num_ptr_tokens,
-        )
-        return out.transpose(1, 2).reshape(b, c, h, w)
+        return self.attend_memory_from_prefix(self.memory_prefix(feat, pos), memories, memory_tpos, obj_ptrs,
+                                              ptr_offsets, num_frames)
 
     def memory_prefix(self, feat: torch.Tensor, pos: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """The part of ``attend_memory`` that only depends on one frame's features ``[1, C, h, w]``: compute it once
-        per frame and pass it to ``attend_memory_from_prefix`` for every object (or batch of objects)."""
+        """The part of ``attend_memory`` that only depends on the frame's features ``[B, C, h, w]``: with B = 1,
+        compute it once per frame and pass it to ``attend_memory_from_prefix`` for every object (or batch)."""
         tokens = feat.flatten(2).transpose(1, 2)
         return self.memory_attention.shared_prefix(tokens, pos.flatten(2).transpose(1, 2).to(feat.dtype))
 
