@@ -2,17 +2,15 @@
 
 from __future__ import annotations
 
-import logging
 import sys
 
 import hydra
 from omegaconf import DictConfig, OmegaConf
 
-from pipeline.scoring import find_predictions, read_prediction, select_videos
+from pipeline.scoring import each_video, find_predictions, read_prediction, select_videos
 from pipeline.export import EXPORT_FORMATS, export_masklets
 from pipeline.storage import join_uri
 
-log = logging.getLogger("export")
 
 
 @hydra.main(config_path="../conf", config_name="export", version_base="1.3")
@@ -26,14 +24,9 @@ def main(cfg: DictConfig) -> None:
         sources = select_videos(find_predictions(cfg.prefix, so), cfg.videos, cfg.prefix)
     except ValueError as e:
         raise SystemExit(str(e)) from e
-    failed = 0
-    for video_id, uri in sources.items():
-        try:
-            n = export_masklets(read_prediction(uri, video_id, so), out, cfg.format, so)
-            log.info("video %s: %d PNGs", video_id, n)
-        except (ValueError, OSError) as e:
-            log.error("video %s: export failed: %s", video_id, e)
-            failed += 1
+    failed = each_video(
+        sources, lambda video_id, uri: f"{export_masklets(read_prediction(uri, video_id, so), out, cfg.format, so)} PNGs",
+        "export")
     print(f"exported {len(sources) - failed} videos to {out} ({cfg.format}); {failed} failed")
     if failed:
         sys.exit(1)

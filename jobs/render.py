@@ -2,19 +2,17 @@
 
 from __future__ import annotations
 
-import logging
 import sys
 
 import hydra
 from omegaconf import DictConfig, OmegaConf
 
-from pipeline.scoring import find_predictions, read_prediction, select_videos
+from pipeline.scoring import each_video, find_predictions, read_prediction, select_videos
 from pipeline.manifest import load_manifest
 from pipeline.rendering import render_video
 from pipeline.sources import open_video
 from pipeline.storage import is_absolute_uri, join_uri, write_bytes
 
-log = logging.getLogger("render")
 _FOLDER_FPS = 24.0  # frame folders carry no rate; SA-V videos are 24 fps
 
 
@@ -38,22 +36,20 @@ def main(cfg: DictConfig) -> None:
     except ValueError as e:
         raise SystemExit(str(e)) from e
     videos = locate_videos(list(sources), cfg.manifest, cfg.data_root, cfg.video_uri, so)
-    failed = 0
-    for video_id, uri in sources.items():
-        try:
-            if video_id not in videos:
-                raise ValueError(f"not in manifest {cfg.manifest}")
-            m = read_prediction(uri, video_id, so)
-            with open_video(videos[video_id], so, decoder=cfg.decoder) as video:
-                fps = cfg.fps or video.fps or _FOLDER_FPS
-                mp4, sheet = render_video(m, video.iter_frames(m.frame_indices), fps, cfg.alpha, cfg.sheet.frames,
-                                          cfg.sheet.columns, cfg.sheet.width)
-            write_bytes(join_uri(out, f"{video_id}.mp4"), mp4, so)
-            write_bytes(join_uri(out, f"{video_id}_sheet.png"), sheet, so)
-            log.info("video %s: %d frames rendered", video_id, len(m.frame_indices))
-        except Exception as e:  # one bad video must not stop the others; each failure is named
-            log.error("video %s: render failed: %s", video_id, e)
-            failed += 1
+
+    def render(video_id: str, uri: str) -> str:
+        if video_id not in videos:
+            raise ValueError(f"not in manifest {cfg.manifest}")
+        m = read_prediction(uri, video_id, so)
+        with open_video(videos[video_id], so, decoder=cfg.decoder) as video:
+            fps = cfg.fps or video.fps or _FOLDER_FPS
+            mp4, sheet = render_video(m, video.iter_frames(m.frame_indices), fps, cfg.alpha, cfg.sheet.frames,
+                                      cfg.sheet.columns, cfg.sheet.width)
+        write_bytes(join_uri(out, f"{video_id}.mp4"), mp4, so)
+        write_bytes(join_uri(out, f"{video_id}_sheet.png"), sheet, so)
+        return f"{len(m.frame_indices)} frames rendered"
+
+    failed = each_video(sources, render, "render")
     print(f"rendered {len(sources) - failed} videos to {out}; {failed} failed")
     if failed:
         sys.exit(1)

@@ -10,6 +10,7 @@ from __future__ import annotations
 import csv
 import io
 import logging
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -61,6 +62,19 @@ def select_videos(found: dict[str, str], wanted: list[str] | None, prefix: str) 
     if unknown:
         raise ValueError(f"{prefix}: no predictions for videos {unknown}")
     return {v: found[v] for v in wanted}
+
+
+def each_video(sources: dict[str, str], action: Callable[[str, str], str], what: str) -> int:
+    """Run ``action(video_id, uri)`` (returns a log line) for every video; one that fails is logged by name and the
+    others go on. Returns how many failed."""
+    failed = 0
+    for video_id, uri in sources.items():
+        try:
+            log.info("video %s: %s", video_id, action(video_id, uri))
+        except Exception as e:  # noqa: BLE001 - one bad video must not stop the others
+            log.error("video %s: %s failed: %s", video_id, what, e)
+            failed += 1
+    return failed
 
 
 def read_prediction(uri: str, video_id: str, storage_options: dict | None = None) -> Masklets:
