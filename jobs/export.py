@@ -11,8 +11,6 @@ from pipeline.scoring import each_video, find_predictions, read_prediction, sele
 from pipeline.export import EXPORT_FORMATS, export_masklets
 from pipeline.storage import join_uri
 
-
-
 @hydra.main(config_path="../conf", config_name="export", version_base="1.3")
 def main(cfg: DictConfig) -> None:
     """Export every selected video; a video that fails is reported and the others go on (exit 1 at the end)."""
@@ -30,7 +28,6 @@ def main(cfg: DictConfig) -> None:
     print(f"exported {len(sources) - failed} videos to {out} ({cfg.format}); {failed} failed")
     if failed:
         sys.exit(1)
-
 
 if __name__ == "__main__":
     main()

@@ -15,7 +15,6 @@ from pipeline.storage import is_absolute_uri, join_uri, write_bytes
 
 _FOLDER_FPS = 24.0  # frame folders carry no rate; SA-V videos are 24 fps
 
-
 def locate_videos(video_ids: list[str], manifest: str | None, data_root: str, pattern: str,
                   storage_options: dict | None) -> dict[str, str]:
     """video_id → video URI, from the manifest's video_uri column or from ``pattern`` (both under ``data_root``)."""
@@ -24,7 +23,6 @@ def locate_videos(video_ids: list[str], manifest: str | None, data_root: str, pa
         return {t.video_id: t.video_uri for t in tasks if t.video_id in set(video_ids)}
     uris = {v: pattern.format(video_id=v) for v in video_ids}
     return {v: u if is_absolute_uri(u) or not data_root else join_uri(data_root, u) for v, u in uris.items()}
-
 
 @hydra.main(config_path="../conf", config_name="render", version_base="1.3")
 def main(cfg: DictConfig) -> None:
@@ -53,7 +51,6 @@ def main(cfg: DictConfig) -> None:
     print(f"rendered {len(sources) - failed} videos to {out}; {failed} failed")
     if failed:
         sys.exit(1)
-
 
 if __name__ == "__main__":
     main()
