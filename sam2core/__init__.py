@@ -11,7 +11,8 @@ Usable on its own (a notebook needs nothing else)::
 """
 
 from sam2core.build import build_model
-from sam2core.checkpoint import CheckpointError, CheckpointInfo, fetch, inspect_checkpoint, load_checkpoint
+from sam2core.checkpoint import (CheckpointError, CheckpointInfo, checkpoint_sha256, fetch, inspect_checkpoint,
+                                 load_checkpoint)
 from sam2core.config import CONFIGS, MODEL_NAMES, ModelConfig, get_config
 from sam2core.image_predictor import ImagePredictor
 from sam2core.modeling.sam2 import SAM2Model
@@ -20,5 +21,5 @@ from sam2core.video import ArrayFrameSource, FrameResult, FrameSource, PromptErr
 __all__ = [
     "ArrayFrameSource", "CONFIGS", "CheckpointError", "CheckpointInfo", "FrameResult", "FrameSource",
     "ImagePredictor", "MODEL_NAMES", "ModelConfig", "PromptError", "SAM2Model", "SessionOptions", "VideoSession",
-    "build_model", "fetch", "get_config", "inspect_checkpoint", "load_checkpoint",
+    "build_model", "checkpoint_sha256", "fetch", "get_config", "inspect_checkpoint", "load_checkpoint",
 ]

@@ -56,7 +56,7 @@ def load_checkpoint(
         model.load_state_dict(state, strict=True)
     except RuntimeError as err:
         raise CheckpointError(f"{uri}: does not fit {expected}: {err}") from None
-    return CheckpointInfo(uri=uri, path=path, sha256=_sha256(path), name=name, version=version, size=size)
+    return CheckpointInfo(uri=uri, path=path, sha256=checkpoint_sha256(path), name=name, version=version, size=size)
 
 
 def fetch(uri: str, storage_options: dict | None = None, cache_dir: str | None = None) -> str:
@@ -94,6 +94,16 @@ def fetch(uri: str, storage_options: dict | None = None, cache_dir: str | None =
     return str(local)
 
 
+def checkpoint_sha256(path: str) -> str:
+    """Hex sha256 of the file at ``path``, streamed in 1 MiB chunks (checkpoints are too large to read at once);
+    the digest ``CheckpointInfo.sha256`` records, for provenance."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
 def _read(path: str, uri: str) -> dict[str, torch.Tensor]:
     try:
         obj = torch.load(path, map_location="cpu", weights_only=True)
@@ -126,10 +136,3 @@ def _identify(state: dict[str, torch.Tensor], uri: str) -> tuple[str, str, str]:
     prefix = "sam2.1" if version == "2.1" else "sam2"
     return f"{prefix}_hiera_{size}", version, size
 
-
-def _sha256(path: str) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()

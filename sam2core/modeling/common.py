@@ -70,14 +70,11 @@ class Attention(nn.Module):
         """[B, N, C] -> [B, heads, N, C/heads]."""
         return x.unflatten(-1, (self.num_heads, -1)).transpose(1, 2)
 
-    def project(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, ...]:
-        """Project inputs and split them into heads."""
-        return self.split_heads(self.q_proj(q)), self.split_heads(self.k_proj(k)), self.split_heads(self.v_proj(v))
-
     def attend(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
         """SDPA on head-split tensors, heads merged and projected back to the model width."""
         out = F.scaled_dot_product_attention(q, k, v)
         return self.out_proj(out.transpose(1, 2).flatten(2))
 
     def forward(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
-        return self.attend(*self.project(q, k, v))
+        return self.attend(self.split_heads(self.q_proj(q)), self.split_heads(self.k_proj(k)),
+                           self.split_heads(self.v_proj(v)))

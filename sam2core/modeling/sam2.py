@@ -6,7 +6,7 @@ memories and pointers a frame sees is the video engine's job.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, fields
+from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
@@ -22,7 +22,7 @@ from sam2core.modeling.memory_encoder import MemoryEncoder
 from sam2core.modeling.position_encoding import sine_1d_encoding, sine_grid_encoding
 from sam2core.modeling.prompt_encoder import PromptEncoder
 
-NO_OBJECT_LOGIT = -1024.0
+NO_OBJECT_LOGIT = -1024.0  # logits of an absent object (and of an object without an output on a frame)
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 MASK_PROMPT_SCALE, MASK_PROMPT_BIAS = 20.0, -10.0  # binary mask -> logits when a mask prompt is the output
@@ -62,12 +62,6 @@ class MaskOutput:
     object_score_logits: torch.Tensor  # [B, 1] > 0 means the object is present
     candidates: torch.Tensor | None = None  # [B, M, 4h, 4w] every returned candidate (M = 3 multimask, else 1)
     candidate_iou: torch.Tensor | None = None  # [B, M]
-
-    def index(self, i: int | slice | torch.Tensor) -> "MaskOutput":
-        """Rows ``i`` of every field (an int keeps the batch dim)."""
-        sel = slice(i, i + 1) if isinstance(i, int) else i
-        values = {f.name: getattr(self, f.name) for f in fields(self)}
-        return MaskOutput(**{k: None if v is None else v[sel] for k, v in values.items()})
 
 
 class SAM2Model(nn.Module):

@@ -2,6 +2,9 @@
 SAM 2 video predictor's semantics on top of ``sam2core.modeling.SAM2Model``."""
 
 from .frames import ArrayFrameSource, FrameSource
-from .session import FrameResult, PromptError, SessionOptions, VideoSession
+from .options import SessionOptions
+from .prompts import PromptError
+from .results import FrameResult
+from .session import VideoSession
 
 __all__ = ["ArrayFrameSource", "FrameResult", "FrameSource", "PromptError", "SessionOptions", "VideoSession"]

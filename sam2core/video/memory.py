@@ -1,6 +1,6 @@
 """Which stored outputs a tracking step attends to, and which stored outputs later steps can still need.
 
-Selection follows the official predictor (spec §4.6): conditioning frames first (all of them in insertion order, or the
+Selection follows the official predictor: conditioning frames first (all of them in insertion order, or the
 ``max_cond_frames`` temporally closest), then up to ``num_maskmem - 1`` recent tracked frames (the previous frame,
 then every ``stride``-th frame further back), then object pointers of the past conditioning frames and of up to
 ``min(num_frames, 16) - 1`` preceding tracked frames. "Back" means towards the start of the pass, so a backward

@@ -1,4 +1,5 @@
-"""Model steps of the video engine: prompt steps for one object, and a tracking step for the objects of a frame.
+"""Model steps of the video engine: image encoding, prompt steps for one object, and a tracking step for the objects
+of a frame, all under the session's compute dtype.
 
 On accelerators, objects whose memory plans have the same layout (same temporal slots, same pointer offsets) are
 stacked along the batch dimension and share one memory-attention, mask-decoder and memory-encoder call; the results
@@ -9,6 +10,7 @@ memory attention is computed once per frame for all objects.
 
 from __future__ import annotations
 
+import contextlib
 from typing import Any
 
 import torch
@@ -25,13 +27,26 @@ PREV_MASK_CLAMP = 32.0
 class Tracker:
     """Runs the model for the session; ``model`` is a ``SAM2Model``, ``feats`` arguments its ``ImageFeatures``."""
 
-    def __init__(self, model: Any, params: MemoryParams, fill_hole_area: int, apply_postprocessing: bool) -> None:
+    def __init__(self, model: Any, params: MemoryParams, fill_hole_area: int, apply_postprocessing: bool,
+                 dtype: torch.dtype = torch.float32) -> None:
         self.model = model
         self.params = params
         self.fill_hole_area = fill_hole_area
         self.apply_postprocessing = apply_postprocessing
+        self.dtype = dtype
         self.device = next(model.parameters()).device
         self.stack_objects = self.device.type != "cpu"
+
+    def autocast(self) -> contextlib.AbstractContextManager:
+        """The context every model step runs in: autocast to the compute dtype (nothing for float32)."""
+        if self.dtype == torch.float32:
+            return contextlib.nullcontext()
+        return torch.autocast(self.device.type, dtype=self.dtype)
+
+    def encode(self, frames: torch.Tensor) -> Any:
+        """Image features of frames [B,H,W,3] uint8 on the model device (may run on the encoder thread)."""
+        with torch.inference_mode(), self.autocast():
+            return self.model.encode_image(self.model.preprocess(frames))
 
     def _finish_masks(self, low_res: torch.Tensor) -> torch.Tensor:
         return fill_holes(low_res, self.fill_hole_area) if self.fill_hole_area > 0 else low_res

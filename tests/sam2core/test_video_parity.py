@@ -2,7 +2,7 @@
 same prompt script. Every object-frame (prompt echoes and propagated frames) must agree: IoU >= 0.999.
 
 Cases prompt every object on the start frame (or propagate from a frame where each object has a past prompt) to stay
-clear of the official fp32 crash (spec §0.2); that case is tested on our side alone in test_video_engine.py.
+clear of the official fp32 crash (its fp32 memories meet bf16 weights on a late prompt); that case is tested on our side alone in test_video_engine.py.
 Run with ``-s`` to see the largest |Δ logit| per case.
 """
 

@@ -1,0 +1,144 @@
+"""Propagation: the forward and backward passes that track every object through the video, frame by frame.
+
+Features of the frames a pass needs are streamed (``frames.FeatureStream``); each frame's objects are tracked by the
+``Tracker`` and, in bounded mode (``keep_history=False``), the store is pruned after every frame to what later frames
+can read. A forward pass also keeps its first frames, which a later backward pass from the same start reads. Bounded
+mode records the frames each pass tracked, for ``replay.py`` to re-run parts of them.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Sequence, Set as AbstractSet
+from dataclasses import dataclass
+
+import torch
+
+from .frames import FeatureStream, FrameSource
+from .memory import MemoryParams, frames_to_keep, prune
+from .options import SessionOptions
+from .results import FrameResult, tracked_frame_result
+from .state import BACKWARD, FORWARD, ObjectState, SessionState
+from .tracker import Tracker
+
+Masks = dict[int, tuple[torch.Tensor, torch.Tensor]]  # obj_id -> (low-res logits [1,1,S/4,S/4], score [1,1])
+
+
+@dataclass
+class Pass:
+    """Frames one propagation pass tracked, in order (the start frame first)."""
+
+    reverse: bool
+    start: int
+    frames: list[int]
+
+
+def pass_frames(start: int, num_frames: int, max_frames: int | None) -> tuple[list[int], list[int]]:
+    """(forward, backward) frame orders of passes from ``start``, each the start frame plus up to ``max_frames``
+    frames (None: to the end of the video); the backward one is empty when ``start`` is frame 0."""
+    span = num_frames if max_frames is None else max_frames
+    forward = list(range(start, min(start + span, num_frames - 1) + 1))
+    backward = list(range(start, max(start - span, 0) - 1, -1)) if start > 0 else []
+    return forward, backward
+
+
+def mirror_frames(start: int, num_frames: int, params: MemoryParams) -> tuple[set[int], set[int]]:
+    """(pointer, memory) frames of a forward pass from ``start`` that a backward pass from there reads."""
+    ptr, mem = frames_to_keep(start, True, num_frames, params)
+    ptr_before, mem_before = frames_to_keep(start - 1, True, num_frames, params)
+    return ptr | ptr_before, mem | mem_before
+
+
+class Propagator:
+    """Runs the passes of one video's session over its objects (``state``), recording them in bounded mode."""
+
+    def __init__(self, tracker: Tracker, source: FrameSource, state: SessionState, options: SessionOptions) -> None:
+        self.tracker = tracker
+        self.source = source
+        self.state = state
+        self.options = options
+        self.passes: list[Pass] = []  # bounded mode: the passes since the tracking store was last cleared
+
+    def clear(self) -> None:
+        """Empty the tracking store and the record of passes (conditioning outputs stay)."""
+        self.passes.clear()
+        for obj in self.state.objects.values():
+            obj.non_cond.clear()
+
+    def run(self, start: int, direction: str, max_frames: int | None, low_res: bool) -> Iterator[FrameResult]:
+        """The passes of ``direction`` ("forward", "backward" or "both": forward then backward) from ``start``,
+        yielding each frame's result once; ``low_res`` keeps the logits at S/4."""
+        forward, backward = pass_frames(start, self.state.num_frames, max_frames)
+        if direction in ("forward", "both"):
+            yield from self._run_pass(forward, False, start, True, low_res)
+        if direction in ("backward", "both"):
+            yield from self._run_pass(backward, True, start, direction == "backward", low_res)
+
+    def _run_pass(self, order: Sequence[int], reverse: bool, start: int, emit_start: bool,
+                  low_res: bool) -> Iterator[FrameResult]:
+        """One pass over ``order`` for all objects, yielding each frame's result (bounded mode: the frames done are
+        recorded, for replays)."""
+        objects = list(self.state.objects.values())
+        done = Pass(reverse, start, [])
+        if not self.options.keep_history:
+            self.passes.append(done)
+        for frame_idx, tracked in self.track_frames(order, reverse, start, objects):
+            done.frames.append(frame_idx)
+            if frame_idx != start or emit_start:
+                yield self._frame_result(frame_idx, objects, tracked, low_res)
+
+    def track_frames(self, order: Sequence[int], reverse: bool, start: int, objects: list[ObjectState],
+                     hold: AbstractSet[int] = frozenset()) -> Iterator[tuple[int, Masks]]:
+        """Track ``objects`` over ``order`` (conditioning outputs are reused, the rest tracked), pruning the store
+        as it goes in bounded mode (outputs of ``hold`` frames are kept). Yields (frame, {obj_id: (low-res logits,
+        score)} of the objects tracked there)."""
+        num_frames = self.state.num_frames
+        params = self.tracker.params
+        keep_history = self.options.keep_history
+        # a later backward pass from `start` reads this pass's first frames: keep them until it is done
+        kept_ptr, kept_mem = mirror_frames(start, num_frames, params) if not reverse else (set(), set())
+        kept_ptr |= hold
+        kept_mem |= hold
+        to_compute = [t for t in order if any(t not in obj.cond for obj in objects)]
+        stream = FeatureStream(self.source, to_compute, self.tracker.encode, self.tracker.device,
+                               self.options.prefetch, self.options.encoder_batch, self.options.overlap_encoder)
+        features = iter(stream)
+        mark = BACKWARD if reverse else FORWARD
+        try:
+            for frame_idx in order:
+                tracked = [obj for obj in objects if frame_idx not in obj.cond]
+                low = {}
+                if tracked:
+                    _, feats = next(features)
+                    with torch.inference_mode(), self.tracker.autocast():
+                        masks, outputs = self.tracker.track(feats, tracked, frame_idx, reverse, num_frames,
+                                                            keep_masks=keep_history)
+                    for j, (obj, out) in enumerate(zip(tracked, outputs)):
+                        obj.non_cond[frame_idx] = out
+                        low[obj.obj_id] = (masks[j:j + 1], out.score)
+                if not keep_history:
+                    keep_ptr, keep_mem = frames_to_keep(frame_idx + (-1 if reverse else 1), reverse, num_frames,
+                                                        params)
+                    keep_ptr |= kept_ptr
+                    keep_mem |= kept_mem
+                for obj in objects:
+                    obj.tracked[frame_idx] = mark
+                    if not keep_history:
+                        prune(obj, keep_ptr, keep_mem)
+                yield frame_idx, low
+        finally:
+            stream.close()
+
+    def _frame_result(self, frame_idx: int, objects: list[ObjectState], tracked: Masks, low_res: bool) -> FrameResult:
+        """The objects' low-res logits on a frame (tracked now, or their conditioning output) as a result."""
+        masks, scores = [], []
+        for obj in objects:
+            if obj.obj_id in tracked:
+                low, score = tracked[obj.obj_id]
+            else:
+                out = obj.cond[frame_idx]
+                low, score = out.low_res, out.score
+            masks.append(low)
+            scores.append(score)
+        size = None if low_res else (self.source.height, self.source.width)
+        return tracked_frame_result(frame_idx, [o.obj_id for o in objects], masks, scores, size,
+                                    self.options.non_overlap_masks)
