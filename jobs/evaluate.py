@@ -11,7 +11,7 @@ import sys
 import hydra
 from omegaconf import DictConfig, OmegaConf
 
-from pipeline.scoring import evaluate_dataset, objects_csv, videos_csv
+from pipeline.dataset.evaluate import evaluate_dataset, objects_csv, videos_csv
 from pipeline.storage import join_uri, write_bytes
 
 log = logging.getLogger("evaluate")

@@ -7,8 +7,8 @@ import sys
 import hydra
 from omegaconf import DictConfig, OmegaConf
 
-from pipeline.scoring import each_video, find_predictions, read_prediction, select_videos
-from pipeline.export import EXPORT_FORMATS, export_masklets
+from pipeline.dataset.predictions import each_video, find_predictions, read_prediction, select_videos
+from pipeline.dataset.export import EXPORT_FORMATS, export_masklets
 from pipeline.storage import join_uri
 
 @hydra.main(config_path="../conf", config_name="export", version_base="1.3")

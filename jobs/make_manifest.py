@@ -8,7 +8,7 @@ import sys
 import hydra
 from omegaconf import DictConfig, OmegaConf
 
-from pipeline.prompting import PromptSpec, manifest_bytes, manifest_from_annotations
+from pipeline.dataset.manifest_maker import PromptSpec, manifest_bytes, manifest_from_annotations
 from pipeline.storage import write_bytes
 
 log = logging.getLogger("make_manifest")

@@ -6,6 +6,7 @@ is built in this process: the workers build theirs (and the official package's o
 
 from __future__ import annotations
 
+import logging
 import sys
 from typing import Any
 
@@ -14,8 +15,8 @@ from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf
 
-from pipeline.driver import ClusterSpec, DataSpec, JobSpec, OutputSpec, run
-from pipeline.worker import ModelSpec
+from pipeline.driver import EXIT_BAD_INPUT, run
+from pipeline.specs import ClusterSpec, DataSpec, JobSpec, ModelSpec, OutputSpec, SpecError
 
 
 SECRET_KEYS = frozenset({"key", "secret", "token", "password", "aws_access_key_id", "aws_secret_access_key",
@@ -45,7 +46,12 @@ def job_spec(cfg: DictConfig) -> JobSpec:
 
 @hydra.main(config_path="../conf", config_name="config", version_base="1.3")
 def main(cfg: DictConfig) -> None:
-    status = run(job_spec(cfg))
+    try:
+        spec = job_spec(cfg)
+    except SpecError as exc:
+        logging.getLogger("jobs.propagate").error("%s", exc)
+        sys.exit(EXIT_BAD_INPUT)
+    status = run(spec)
     if status == 0:
         return
     if HydraConfig.get().mode == RunMode.MULTIRUN:  # let the other sweep points run; Hydra reports this one

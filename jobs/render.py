@@ -7,9 +7,9 @@ import sys
 import hydra
 from omegaconf import DictConfig, OmegaConf
 
-from pipeline.scoring import each_video, find_predictions, read_prediction, select_videos
+from pipeline.dataset.predictions import each_video, find_predictions, read_prediction, select_videos
 from pipeline.manifest import load_manifest
-from pipeline.rendering import render_video
+from pipeline.dataset.render import render_video
 from pipeline.sources import open_video
 from pipeline.storage import is_absolute_uri, join_uri, write_bytes
 

@@ -1,4 +1,4 @@
-"""Prompt manifest: read a Parquet manifest, validate every row, and plan one task per video.
+"""Prompt manifest: read a Parquet manifest, validate every row, and plan the valid ones as tasks (pipeline.tasks).
 
 All checks are vectorised with pyarrow/numpy so that an SA-V sized manifest (~50k videos, ~650k rows) is read,
 validated and planned in seconds. Every invalid row is reported at once (row, column, reason) before any model
@@ -7,11 +7,7 @@ work; ``on_invalid="drop_video"`` instead drops the videos those rows belong to 
 
 from __future__ import annotations
 
-import hashlib
-import os
-from collections import defaultdict
 from dataclasses import dataclass, field
-from typing import Iterable
 
 import numpy as np
 import pyarrow as pa
@@ -19,10 +15,11 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from pipeline.rle_check import rle_run_totals
-from pipeline.storage import filesystem, is_absolute_uri, join_uri, list_sizes
+from pipeline.storage import filesystem
+from pipeline.tasks import VideoTask, build_tasks
 
 REQUIRED = ("video_id", "video_uri", "obj_id", "frame_idx")
-# The contract types (DESIGN.md). Readers also accept other int/float widths, large_string/large_list and
+# The contract types (DESIGN.md, "Prompt manifest"). Readers also accept other int/float widths, large_string/large_list and
 # fixed-size lists; writers should use this schema.
 MANIFEST_SCHEMA = pa.schema([
     ("video_id", pa.string()),
@@ -35,32 +32,7 @@ MANIFEST_SCHEMA = pa.schema([
     ("mask", pa.struct([("size", pa.list_(pa.int32())), ("counts", pa.string())])),
 ])
 VIDEO_ID_PATTERN = r"^[A-Za-z0-9._-]+$"
-_MAX_LISTED_FOLDERS = 64  # above this many distinct video folders, file sizes are not looked up
 _MAX_MESSAGE_ERRORS = 200
-
-
-@dataclass(frozen=True)
-class Prompt:
-    """One manifest row: a prompt for object ``obj_id`` on frame ``frame_idx`` (pixels of the original video)."""
-
-    obj_id: int
-    frame_idx: int
-    points: list[list[float]] | None
-    point_labels: list[int] | None
-    box: list[float] | None
-    mask: dict | None
-    row: int
-
-
-@dataclass(frozen=True)
-class VideoTask:
-    """All prompts of one video; ``cost`` orders scheduling (objects × file size when known)."""
-
-    video_id: str
-    video_uri: str
-    prompts: tuple[Prompt, ...]
-    num_objects: int
-    cost: float
 
 
 @dataclass
@@ -94,13 +66,6 @@ class ManifestPlan:
     tasks: list[VideoTask]
     dropped: dict[str, list[RowError]] = field(default_factory=dict)
     num_rows: int = 0
-
-
-def shard_of(video_id: str, num_shards: int) -> int:
-    """Stable shard of a video (sha1 of its id, independent of Python's hash seed)."""
-    if num_shards < 1:
-        raise ValueError(f"num_shards must be >= 1, got {num_shards}")
-    return int.from_bytes(hashlib.sha1(video_id.encode()).digest()[:8], "big") % num_shards
 
 
 def read_manifest_table(uri: str, storage_options: dict | None = None) -> pa.Table:
@@ -352,71 +317,6 @@ def validate(table: pa.Table) -> tuple[list[RowError], np.ndarray]:
     return errors.items, ok_vid
 
 
-def _resolve_uri(uri: str, data_root: str | None) -> str:
-    if is_absolute_uri(uri):
-        return uri
-    if data_root:
-        return join_uri(data_root if is_absolute_uri(data_root) else os.path.abspath(data_root), uri)
-    return os.path.abspath(uri)
-
-
-def _file_sizes(uris: Iterable[str], storage_options: dict | None) -> dict[str, int]:
-    """Sizes of the video files, from one listing per folder (skipped when videos spread over many folders)."""
-    folders: dict[str, list[str]] = defaultdict(list)
-    for u in uris:
-        parent, _, _ = u.rstrip("/").rpartition("/")
-        folders[parent].append(u)
-    if len(folders) > _MAX_LISTED_FOLDERS:
-        return {}
-    sizes: dict[str, int] = {}
-    for parent, members in folders.items():
-        try:
-            listing = list_sizes(parent, storage_options)
-        except Exception:  # noqa: BLE001 - sizes only order the work; an unlistable folder falls back to 1
-            continue
-        for u in members:
-            s = listing.get(u.rstrip("/").rpartition("/")[2])
-            if s is not None:
-                sizes[u] = s
-    return sizes
-
-
-def _mask_dicts(table: pa.Table) -> list[dict | None]:
-    """Mask prompts as COCO RLE dicts (built from the two child columns: much faster than struct to_pylist)."""
-    if "mask" not in table.column_names:
-        return [None] * table.num_rows
-    col = table["mask"].combine_chunks()
-    present = col.is_valid().to_pylist()
-    sizes = pc.struct_field(col, "size").to_pylist()
-    counts = pc.struct_field(col, "counts").to_pylist()
-    return [{"size": s, "counts": c} if p else None for p, s, c in zip(present, sizes, counts)]
-
-
-def _build_tasks(table: pa.Table, data_root: str | None, storage_options: dict | None) -> list[VideoTask]:
-    cols = {c: table[c].to_pylist() if c in table.column_names else [None] * table.num_rows
-            for c in ("points", "point_labels", "box")}
-    cols["mask"] = _mask_dicts(table)
-    rows = table["__row"].to_pylist()
-    obj = table["obj_id"].to_pylist()
-    frame = table["frame_idx"].to_pylist()
-    by_video: dict[str, list[Prompt]] = defaultdict(list)
-    uri_of: dict[str, str] = {}
-    for i, (v, u) in enumerate(zip(table["video_id"].to_pylist(), table["video_uri"].to_pylist())):
-        by_video[v].append(Prompt(obj[i], frame[i], cols["points"][i], cols["point_labels"][i], cols["box"][i],
-                                  cols["mask"][i], rows[i]))
-        if v not in uri_of:
-            uri_of[v] = _resolve_uri(u, data_root)
-    sizes = _file_sizes(uri_of.values(), storage_options)
-    fallback = float(np.median(list(sizes.values()))) if sizes else 1.0
-    tasks = []
-    for v, prompts in by_video.items():
-        prompts.sort(key=lambda p: (p.frame_idx, p.obj_id))
-        n_obj = len({p.obj_id for p in prompts})
-        tasks.append(VideoTask(v, uri_of[v], tuple(prompts), n_obj, n_obj * float(sizes.get(uri_of[v], fallback))))
-    tasks.sort(key=lambda t: (-t.cost, t.video_id))
-    return tasks
-
-
 def load_manifest(uri: str, data_root: str | None = None, storage_options: dict | None = None,
                   on_invalid: str = "fail") -> ManifestPlan:
     """Read, validate and plan a manifest. ``on_invalid``: "fail" raises ManifestError listing every bad row;
@@ -439,5 +339,5 @@ def load_manifest(uri: str, data_root: str | None = None, storage_options: dict 
         bad_set = pa.array(sorted(bad_vids), table["video_id"].type)
         keep = ok_vid & ~_np(pc.is_in(table["video_id"], value_set=bad_set), True)
     table = table.append_column("__row", pa.array(np.arange(table.num_rows))).filter(pa.array(keep))
-    return ManifestPlan(tasks=_build_tasks(table, data_root, storage_options), dropped=dropped,
+    return ManifestPlan(tasks=build_tasks(table, data_root, storage_options), dropped=dropped,
                         num_rows=int(keep.size))

@@ -1,6 +1,6 @@
 """Where masklets go: per-video files plus state markers under one output prefix (any fsspec URI).
 
-Layout (DESIGN.md)::
+Layout::
 
     {output}/masklets/{video_id}.json | .parquet    the masklets (whole-object put)
     {output}/_state/done/{video_id}.json            written only after the masklet file is complete
@@ -19,29 +19,12 @@ import re
 import time
 
 from pipeline.masklets import Masklets, masklets_from_bytes, masklets_to_bytes
+from pipeline.provenance import ProvenanceError, provenance_identity
 from pipeline.storage import exists, filesystem, join_uri, list_names, read_bytes, write_bytes
 
 FORMATS = {"sav_json": ".json", "parquet": ".parquet"}
 _VIDEO_ID = re.compile(r"^[A-Za-z0-9._-]+$")
 _END_OF_JOB_FILE = re.compile(r"^(summary(-\d+-of-\d+)?\.json|_SUCCESS(-\d+-of-\d+)?|config(-\d+-of-\d+)?\.yaml)$")
-
-
-class ProvenanceError(ValueError):
-    """The output prefix holds results of another model or checkpoint."""
-
-
-def provenance_identity(prov: dict) -> dict:
-    """What makes results comparable: model, image_size and the checkpoint's sha256 — or, for a checkpoint
-    without one (random weights), the checkpoint name and random_seed. Config and package version may differ."""
-    if "model" not in prov or not (prov.get("checkpoint_sha256") or "checkpoint" in prov):
-        raise ValueError(f"provenance needs 'model' and 'checkpoint_sha256' (or 'checkpoint'), got {sorted(prov)}")
-    ident = {"model": prov["model"], "image_size": prov.get("image_size")}
-    if prov.get("checkpoint_sha256"):
-        ident["checkpoint_sha256"] = prov["checkpoint_sha256"]
-    else:
-        ident["checkpoint"] = prov["checkpoint"]
-        ident["random_seed"] = prov.get("random_seed")
-    return ident
 
 
 def _json(data: dict) -> bytes:
@@ -126,6 +109,11 @@ class Sink:
         write_bytes(self._path(f"summary{tag}.json"), json.dumps(summary, indent=2, sort_keys=True).encode(),
                     self.storage_options)
         write_bytes(self._path(f"_SUCCESS{tag}"), b"", self.storage_options)
+
+    def finished(self, shard: tuple[int, int]) -> bool:
+        """Whether a run of ``shard`` ``(k, n)`` ended with its summary (its ``_SUCCESS`` marker exists)."""
+        k, n = shard
+        return exists(self._path(f"_SUCCESS-{k}-of-{n}" if n > 1 else "_SUCCESS"), self.storage_options)
 
     def check_provenance(self, prov: dict, overwrite: bool = False) -> None:
         """Claim the prefix for ``prov`` (see ``provenance_identity`` for what must match).

@@ -10,54 +10,26 @@ from __future__ import annotations
 
 import os
 import time
-from dataclasses import dataclass
 from typing import Any
 
 import ray
 import torch
 
-from pipeline.manifest import Prompt, VideoTask
 from pipeline.masklets import MaskletBuilder, Masklets, decode_rle
 from pipeline.sinks import make_sink
 from pipeline.sources import VideoError, open_video
+from pipeline.specs import WorkerSpec
+from pipeline.tasks import Prompt, VideoTask
 from sam2core.build import build_model
 from sam2core.video import PromptError, SessionOptions, VideoSession
 
 
-@dataclass(frozen=True)
-class ModelSpec:
-    """Which model a worker builds. ``checkpoint`` None means random weights drawn under ``seed``."""
-
-    name: str
-    checkpoint: str | None
-    image_size: int
-    device: str = "auto"  # auto | cpu | cuda | cuda:N
-    dtype: str = "auto"  # auto | float32 | bfloat16
-    compile: bool = False
-    cache_dir: str | None = None
-    seed: int = 0
-    storage_options: dict | None = None
-
-
-@dataclass(frozen=True)
-class WorkerSpec:
-    """Everything a worker needs, as plain values: model, engine options, input decoding and output sink."""
-
-    model: ModelSpec
-    session: dict  # SessionOptions fields other than dtype/compile
-    decoder: str
-    input_storage_options: dict | None
-    output_uri: str
-    output_format: str
-    output_storage_options: dict | None
-    provenance: dict
-
-
 def pick_device(requested: str) -> torch.device:
-    """``auto`` → the GPU Ray assigned to this actor, else CPU; anything else as given."""
-    if requested != "auto":
-        return torch.device(requested)
-    return torch.device("cuda") if ray.get_gpu_ids() and torch.cuda.is_available() else torch.device("cpu")
+    """``auto`` → the GPU Ray assigned to this actor, else CPU; ``cuda`` → that GPU (Ray sets the actor's
+    CUDA_VISIBLE_DEVICES, so it is always device 0 here); ``cpu`` → CPU."""
+    if requested == "auto":
+        return torch.device("cuda") if ray.get_gpu_ids() and torch.cuda.is_available() else torch.device("cpu")
+    return torch.device(requested)
 
 
 def pick_dtype(requested: str, device: torch.device) -> str:

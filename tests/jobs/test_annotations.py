@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from pipeline.annotations import (AnnotationError, find_annotations, read_annotation, read_png_video,
+from pipeline.dataset.annotations import (AnnotationError, find_annotations, read_annotation, read_png_video,
                                   read_sav_json)
 from pipeline.masklets import decode_rle
 from tests.jobs.jobdata import SAV_EXAMPLE, write_png

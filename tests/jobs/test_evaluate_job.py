@@ -9,10 +9,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from pipeline.annotations import read_sav_json
-from pipeline.scoring import evaluate_dataset, evaluate_one, find_predictions
-from pipeline.evaluation import evaluate_video
-from pipeline.export import export_masklets
+from pipeline.dataset.annotations import read_sav_json
+from pipeline.dataset.evaluate import evaluate_dataset, evaluate_one
+from pipeline.dataset.predictions import find_predictions
+from pipeline.dataset.metrics import evaluate_video
+from pipeline.dataset.export import export_masklets
 from pipeline.masklets import Masklets, decode_rle, encode_rles, masklets_to_bytes
 from tests.jobs.jobdata import SAV_EXAMPLE
 
@@ -114,7 +115,7 @@ def test_png_ground_truth_and_png_predictions(tmp_path: Path) -> None:
 
 
 def test_s3_ground_truth_predictions_and_png_folders(s3_server: dict) -> None:
-    from pipeline.annotations import find_annotations, read_png_video
+    from pipeline.dataset.annotations import find_annotations, read_png_video
     from pipeline.storage import write_bytes
 
     so = s3_server["storage_options"]

@@ -7,7 +7,7 @@ import math
 import numpy as np
 import pytest
 
-from pipeline.evaluation import (boundary_map, boundary_radius, boundary_score, dilate_disk, evaluate_video,
+from pipeline.dataset.metrics import (boundary_map, boundary_radius, boundary_score, dilate_disk, evaluate_video,
                                  region_score, score_object)
 from pipeline.masklets import Masklets, encode_rles
 

@@ -11,10 +11,10 @@ import pyarrow.parquet as pq
 import pytest
 from pycocotools import mask as mask_utils
 
-from pipeline.annotations import read_png_video, read_sav_json
+from pipeline.dataset.annotations import read_png_video, read_sav_json
 from pipeline.manifest import load_manifest
 from pipeline.masklets import decode_rle
-from pipeline.prompting import PromptSpec, manifest_table, prompt_rows
+from pipeline.dataset.manifest_maker import PromptSpec, manifest_table, prompt_rows
 from tests.jobs.jobdata import SAV_EXAMPLE, write_png
 
 MANUAL = json.loads((SAV_EXAMPLE / "sav_000001_manual.json").read_text())

@@ -10,10 +10,10 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from pipeline.annotations import read_png_video
-from pipeline.export import davis_palette, export_masklets
+from pipeline.dataset.annotations import read_png_video
+from pipeline.dataset.export import davis_palette, export_masklets
 from pipeline.masklets import Masklets, decode_rle, encode_rles, masklets_to_bytes
-from pipeline.rendering import object_color, overlay, render_video
+from pipeline.dataset.render import object_color, overlay, render_video
 from tests.helpers import make_video, synthetic_frames
 
 H, W, T = 48, 64, 12

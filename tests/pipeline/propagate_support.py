@@ -9,12 +9,11 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import torch
 
-from pipeline.driver import ClusterSpec, DataSpec, JobSpec, OutputSpec
+from pipeline.specs import ClusterSpec, DataSpec, JobSpec, ModelSpec, OutputSpec
 from pipeline.manifest import MANIFEST_SCHEMA
 from pipeline.masklets import decode_rle, encode_rle
 from pipeline.sources import open_video
 from pipeline.storage import write_bytes
-from pipeline.worker import ModelSpec
 from sam2core.build import build_model
 from sam2core.video import SessionOptions, VideoSession
 

@@ -7,7 +7,8 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from pipeline.manifest import MANIFEST_SCHEMA, ManifestError, load_manifest, shard_of
+from pipeline.manifest import MANIFEST_SCHEMA, ManifestError, load_manifest
+from pipeline.tasks import shard_of
 from pipeline.masklets import encode_rle
 from pipeline.storage import write_bytes
 

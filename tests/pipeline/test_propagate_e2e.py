@@ -6,7 +6,7 @@ import boto3
 import numpy as np
 import pytest
 
-from pipeline.manifest import shard_of
+from pipeline.tasks import shard_of
 from pipeline.masklets import read_masklets
 from pipeline.storage import read_bytes, write_bytes
 from tests.helpers import make_frame_folder, make_video, synthetic_frames

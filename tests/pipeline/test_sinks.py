@@ -8,7 +8,8 @@ import numpy as np
 import pytest
 
 from pipeline.masklets import MaskletBuilder, read_masklets
-from pipeline.sinks import ProvenanceError, make_sink
+from pipeline.provenance import ProvenanceError
+from pipeline.sinks import make_sink
 from pipeline.storage import exists, list_names, read_bytes, write_bytes
 
 PROV = {"model": "sam2.1_hiera_tiny", "image_size": 1024, "checkpoint": "/ckpt/tiny.pt", "checkpoint_sha256": "aa" * 32,

@@ -1,6 +1,6 @@
 """Region (J) and boundary (F) scores of predicted masklets against ground truth, by the SA-V evaluator's rules.
 
-Rules (reference/sam2_spec.md §6): per object, the ground-truth frame list loses its first and last frame by
+Rules (those of the SA-V evaluator; DESIGN.md "Evaluation"): per object, the ground-truth frame list loses its first and last frame by
 default; scoring of an object starts on the first of those frames where it is non-empty in the ground truth or
 the prediction; from then on empty-vs-empty scores 1 for both J and F. J is intersection over union; F is the
 F-measure of boundary pixels (one-pixel boundaries offset towards the origin) matched within a disk of radius

@@ -15,7 +15,7 @@ import av
 import numpy as np
 from PIL import Image
 
-from pipeline.evaluation import boundary_map
+from pipeline.dataset.metrics import boundary_map
 from pipeline.masklets import Masklets, decode_rle
 
 _GOLDEN = 0.6180339887498949

@@ -1,9 +1,10 @@
-"""Masklets written as PNG masks: DAVIS palette PNGs or SA-V per-object folders (layouts of spec §5).
+"""Masklets written as PNG masks: DAVIS palette PNGs or SA-V per-object folders (the layouts the readers in
+``pipeline.dataset.annotations`` take back).
 
 * ``davis``: ``{out}/{video_id}/{frame:05d}.png``, palette index = object id (1..255; 0 is background). Where
   objects overlap, the lower id wins (objects painted in descending id order, as the official VOS tool does).
 * ``sav_png``: ``{out}/{video_id}/{obj:03d}/{frame:05d}.png``, value 1 inside the object, objects may overlap.
-One PNG per masklet frame; ``pipeline.annotations.read_png_video`` reads both back.
+One PNG per masklet frame; ``pipeline.dataset.annotations.read_png_video`` reads both back.
 """
 
 from __future__ import annotations

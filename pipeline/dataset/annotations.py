@@ -1,6 +1,6 @@
 """Readers of ground-truth annotations into ``Masklets``: SA-V JSON files and PNG mask folders.
 
-Layouts (reference/sam2_spec.md §5–6):
+Layouts (those of SA-V and DAVIS):
 
 * SA-V JSON ``{video_id}_manual.json`` / ``{video_id}_auto.json`` (or ``{video_id}.json``): ``masklet`` lists the
   annotated frames, every 4th frame of the 24 fps video, so annotated position ``i`` is video frame ``4·i``

@@ -104,7 +104,7 @@ def manifest_from_annotations(root: str, spec: PromptSpec, video_uri: str, kinds
 
     ``video_uri`` is a pattern such as ``{video_id}.mp4``; one unreadable video does not stop the others.
     """
-    from pipeline.annotations import AnnotationError, find_annotations, read_annotation
+    from pipeline.dataset.annotations import AnnotationError, find_annotations, read_annotation
 
     rows: list[dict] = []
     failed: dict[str, str] = {}

@@ -1,0 +1,54 @@
+"""Provenance: what produced the masklets of an output prefix, and which part of it must match to resume there.
+
+The record (model, image size, checkpoint and its sha256, package version, resolved config) is written once per
+prefix and copied into every masklet file; ``provenance_identity`` is the part that makes two runs' results
+comparable, so that one prefix never mixes masks of two models.
+"""
+
+from __future__ import annotations
+
+import logging
+from importlib.metadata import version
+from typing import Any
+
+from pipeline.specs import ModelSpec
+from sam2core.checkpoint import CheckpointError, checkpoint_sha256, fetch, inspect_checkpoint
+
+log = logging.getLogger(__name__)
+
+RANDOM_CHECKPOINT = "random"  # model.checkpoint value for seeded random weights
+
+
+class ProvenanceError(ValueError):
+    """The output prefix holds results of another model or checkpoint."""
+
+
+def job_provenance(model: ModelSpec, config: dict | None) -> dict:
+    """The record for a job of ``model``. Fetches the checkpoint into the local cache and checks that it holds
+    the architecture ``model.name`` asks for (CheckpointError otherwise)."""
+    prov: dict[str, Any] = {"model": model.name, "image_size": model.image_size,
+                            "package_version": version("sam2-propagate"), "config": config or {}}
+    if model.checkpoint == RANDOM_CHECKPOINT:
+        log.warning("model.checkpoint=random: RANDOM WEIGHTS (seed %d); the masks are meaningless", model.seed)
+        return {**prov, "checkpoint": RANDOM_CHECKPOINT, "checkpoint_sha256": None, "random_seed": model.seed}
+    path = fetch(model.checkpoint, model.storage_options, model.cache_dir)
+    name, _, _ = inspect_checkpoint(path)
+    if name != model.name:
+        raise CheckpointError(f"{model.checkpoint} holds a {name} model, but model={model.name}; choose model={name}")
+    sha256 = checkpoint_sha256(path)
+    log.info("checkpoint %s (sha256 %s)", model.checkpoint, sha256)
+    return {**prov, "checkpoint": model.checkpoint, "checkpoint_sha256": sha256}
+
+
+def provenance_identity(prov: dict) -> dict:
+    """What makes results comparable: model, image_size and the checkpoint's sha256 — or, for a checkpoint
+    without one (random weights), the checkpoint name and random_seed. Config and package version may differ."""
+    if "model" not in prov or not (prov.get("checkpoint_sha256") or "checkpoint" in prov):
+        raise ValueError(f"provenance needs 'model' and 'checkpoint_sha256' (or 'checkpoint'), got {sorted(prov)}")
+    ident = {"model": prov["model"], "image_size": prov.get("image_size")}
+    if prov.get("checkpoint_sha256"):
+        ident["checkpoint_sha256"] = prov["checkpoint_sha256"]
+    else:
+        ident["checkpoint"] = prov["checkpoint"]
+        ident["random_seed"] = prov.get("random_seed")
+    return ident
