@@ -20,7 +20,7 @@ from typing import Iterator
 
 import pytest
 
-from jobs.bench.s3 import local_s3
+from testkit.seaweedfs import local_s3
 
 
 @pytest.fixture(scope="session")

@@ -1,8 +1,9 @@
 """A throw-away SeaweedFS S3 server on 127.0.0.1: real S3 protocol and auth, local temp disk.
 
-Used by the benchmark's worker section and by the test suite's ``s3_server`` fixture. ``weed server -s3`` runs on
-free ports with an identity file for the credentials; it counts as ready once an object can be written and read
-back (volumes up, not just the port open). A start that does not become ready is retried on fresh ports.
+Used by the test suite's ``s3_server`` fixture (tests/conftest.py) and the benchmark's worker section.
+``weed server -s3`` runs on free ports with an identity file for the credentials; it counts as ready once an object
+can be written and read back (volumes up, not just the port open). A start that does not become ready is retried on
+fresh ports.
 """
 
 from __future__ import annotations

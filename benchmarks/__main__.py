@@ -1,11 +1,12 @@
-"""Benchmark the engine, one worker, the driver and session memory: ``python -m jobs.benchmark key=value ...``.
+"""The performance report: the engine, one worker, the driver and session memory: ``python -m benchmarks key=value``.
 
 Sections are chosen with ``sections=[engine,worker,driver,memory]``; each figure is printed with its target
-(met / MISSED) and the whole table is written as JSON to ``report``. Config: conf/benchmark.yaml.
+(met / MISSED) and the whole table is written as JSON to ``report``. Config: benchmarks/conf/benchmark.yaml.
 """
 
 from __future__ import annotations
 
+import importlib
 import logging
 import os
 import platform
@@ -20,21 +21,26 @@ import hydra
 import torch
 from omegaconf import DictConfig, OmegaConf
 
-from jobs.bench import driver, engine, memory, worker
-from jobs.bench.report import Figure, figure, format_table, write_json
+from benchmarks.report import Figure, figure, format_table, write_json
 
 log = logging.getLogger("benchmark")
 
 
 def _sections(c: dict[str, Any]) -> dict[str, Callable[[], list[Figure]]]:
-    """Each section as a call with its plain config values."""
+    """Each section as a call with its plain config values (its module imported when it runs, so one that cannot
+    import fails alone)."""
     common = {"seed": c["seed"], "threads": c["threads"]}
+
+    def section(name: str) -> Any:
+        return importlib.import_module(f"benchmarks.{name}")
+
     return {
-        "engine": lambda: engine.run_section(c["engine"], c["arch"], **common),
-        "worker": lambda: worker.run_section(c["worker"], c["arch"], keep_target=c["worker"]["target"], **common),
-        "driver": lambda: driver.run_section(c["driver"], targets=c["driver"]["targets"], **common),
-        "memory": lambda: memory.run_section(c["memory"], c["arch"], growth_target=c["memory"]["target"],
-                                             **common),
+        "engine": lambda: section("engine").run_section(c["engine"], **common),
+        "worker": lambda: section("worker").run_section(c["worker"], c["arch"], keep_target=c["worker"]["target"],
+                                                        **common),
+        "driver": lambda: section("driver").run_section(c["driver"], targets=c["driver"]["targets"], **common),
+        "memory": lambda: section("memory").run_section(c["memory"], c["arch"], growth_target=c["memory"]["target"],
+                                                        **common),
     }
 
 
@@ -44,7 +50,7 @@ def _context(c: dict[str, Any]) -> dict[str, Any]:
             "cuda": torch.cuda.get_device_name() if torch.cuda.is_available() else None, "config": c}
 
 
-@hydra.main(config_path="../conf", config_name="benchmark", version_base="1.3")
+@hydra.main(config_path="conf", config_name="benchmark", version_base="1.3")
 def main(cfg: DictConfig) -> None:
     """Run the chosen sections, print the table, write the JSON; exit 1 if a section failed."""
     c = OmegaConf.to_container(cfg, resolve=True)

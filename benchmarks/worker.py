@@ -9,7 +9,6 @@ masklet file and done marker to S3. Both times cover the prompts and the propaga
 from __future__ import annotations
 
 import tempfile
-import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -18,17 +17,17 @@ import numpy as np
 import ray
 import torch
 
-from jobs.bench.isolate import run_isolated
-from jobs.bench.report import Figure, figure
-from jobs.bench.s3 import local_s3
-from jobs.bench.video import object_boxes, synthetic_video, write_mp4
-from pipeline.manifest import Prompt, VideoTask
+from benchmarks.harness import best_seconds, run_isolated
+from benchmarks.report import Figure, figure
+from benchmarks.video import object_boxes, synthetic_video, write_mp4
 from pipeline.sources import open_video
+from pipeline.specs import ModelSpec, WorkerSpec
 from pipeline.storage import write_bytes
-from pipeline.worker import ModelSpec, WorkerSpec, start_workers
+from pipeline.tasks import Prompt, VideoTask
+from pipeline.worker import start_workers
 from sam2core.build import build_model
 from sam2core.video import ArrayFrameSource, SessionOptions, VideoSession
-
+from testkit.seaweedfs import local_s3
 
 
 @dataclass(frozen=True)
@@ -58,21 +57,14 @@ def _engine_seconds(run: WorkerRun, frames: np.ndarray, boxes: np.ndarray) -> fl
     torch.manual_seed(run.seed)
     model = build_model(run.model, image_size=run.image_size, device=device)
     session = VideoSession(model, ArrayFrameSource(frames), SessionOptions(dtype=dtype))
-    best = float("inf")
-    for i in range(run.warmup + run.runs):
-        session.reset()
-        if device == "cuda":
-            torch.cuda.synchronize()
-        start = time.perf_counter()
+
+    def prompt_and_propagate() -> None:
         for k, box in enumerate(boxes):
             session.add_points(0, k, box=box)
         for _ in session.propagate(direction="both"):
             pass
-        if device == "cuda":
-            torch.cuda.synchronize()
-        if i >= run.warmup:
-            best = min(best, time.perf_counter() - start)
-    return best
+
+    return best_seconds(prompt_and_propagate, run.warmup, run.runs, prepare=session.reset, device=device)[0]
 
 
 def _worker_seconds(run: WorkerRun, task: VideoTask, output_uri: str, storage_options: dict) -> float:
@@ -89,16 +81,13 @@ def _worker_seconds(run: WorkerRun, task: VideoTask, output_uri: str, storage_op
         (actor,) = start_workers(spec, 1, num_cpus=1, num_gpus=int(device == "cuda"), max_restarts=0,
                                  max_task_retries=0)
         ray.get(actor.ready.remote())
-        best = float("inf")
-        for i in range(run.warmup + run.runs):
-            start = time.perf_counter()
+
+        def process() -> None:
             record = ray.get(actor.process.remote(task))
-            elapsed = time.perf_counter() - start
             if record["status"] != "done":
                 raise RuntimeError(f"worker failed on the benchmark video: {record['error']}")
-            if i >= run.warmup:
-                best = min(best, elapsed)
-        return best
+
+        return best_seconds(process, run.warmup, run.runs)[0]
     finally:
         ray.shutdown()
 

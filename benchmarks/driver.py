@@ -16,12 +16,13 @@ from typing import Any
 
 import ray
 
-from jobs.bench.isolate import current_rss_bytes, peak_rss_bytes, run_isolated
-from jobs.bench.report import Figure, figure
-from jobs.bench.sav_manifest import ManifestShape, write_manifest
-from pipeline.driver import WorkerPool
-from pipeline.manifest import VideoTask, load_manifest
+from benchmarks.harness import current_rss_bytes, peak_rss_bytes, run_isolated
+from benchmarks.report import Figure, figure
+from benchmarks.sav_manifest import ManifestShape, write_manifest
+from pipeline.manifest import load_manifest
+from pipeline.pool import WorkerPool
 from pipeline.sinks import make_sink
+from pipeline.tasks import VideoTask
 
 GB = 1024 ** 3
 
@@ -54,7 +55,7 @@ def measure_plan(manifest: str, data_root: str) -> dict[str, Any]:
 def measure_dispatch(manifest: str, data_root: str, tasks: int, workers: int, depth: int) -> dict[str, Any]:
     """Wall seconds for the dispatch loop to run ``tasks`` planned videos on ``workers`` no-op actors."""
     todo = load_manifest(manifest, data_root).tasks[:tasks]
-    ray.init(num_cpus=workers, include_dashboard=False, log_to_driver=False)
+    ray.init(address="local", num_cpus=workers, include_dashboard=False, log_to_driver=False)
     try:
         with tempfile.TemporaryDirectory(prefix="bench-dispatch-") as out:
             sink = make_sink(out, "sav_json")  # the loop records failed videos there; no-op tasks never fail

@@ -14,9 +14,9 @@ from typing import Any
 
 import torch
 
-from jobs.bench.isolate import current_rss_bytes, peak_rss_bytes, run_isolated
-from jobs.bench.report import Figure, figure
-from jobs.bench.video import SyntheticSource, object_boxes
+from benchmarks.harness import current_rss_bytes, peak_rss_bytes, run_isolated
+from benchmarks.report import Figure, figure
+from benchmarks.video import SyntheticSource, object_boxes
 from sam2core.build import build_model
 from sam2core.video import SessionOptions, VideoSession
 

@@ -1,4 +1,4 @@
-"""Run one measurement in a fresh process: its own peak RSS, its own torch threads, no Hydra of ours in it.
+"""How every benchmark figure is measured: in a fresh process, best of several timed runs, with its own memory peak.
 
 A fresh (spawned) process matters three ways: ``ru_maxrss`` is a per-process high-water mark, so each figure gets
 its own; the official ``sam2`` package initialises its own Hydra and cannot build inside a ``@hydra.main`` app; and
@@ -10,6 +10,7 @@ from __future__ import annotations
 import multiprocessing
 import os
 import resource
+import time
 from collections.abc import Callable
 from concurrent.futures import ProcessPoolExecutor
 from typing import Any
@@ -22,7 +23,7 @@ def _init_child(threads: int) -> None:
     torch.set_num_threads(threads)
 
 
-def run_isolated(fn: Callable[..., dict[str, Any]], threads: int, **kwargs: Any) -> dict[str, Any]:
+def run_isolated(fn: Callable[..., Any], threads: int, **kwargs: Any) -> Any:
     """``fn(**kwargs)`` in a new spawned process with ``threads`` torch/OpenMP threads; returns its result.
 
     ``fn`` must be a module-level function taking and returning plain (picklable) values.
@@ -30,6 +31,36 @@ def run_isolated(fn: Callable[..., dict[str, Any]], threads: int, **kwargs: Any)
     context = multiprocessing.get_context("spawn")
     with ProcessPoolExecutor(1, mp_context=context, initializer=_init_child, initargs=(threads,)) as pool:
         return pool.submit(fn, **kwargs).result()
+
+
+def sync(device: str) -> None:
+    """Wait for the device's queued work (CUDA); a no-op on CPU."""
+    if device == "cuda":
+        import torch
+
+        torch.cuda.synchronize()
+
+
+def best_seconds(step: Callable[[], Any], warmup: int, runs: int, prepare: Callable[[], Any] | None = None,
+                 device: str = "cpu") -> tuple[float, Any]:
+    """Fastest of ``runs`` timed calls of ``step()`` after ``warmup`` untimed ones, and what the last call returned.
+
+    ``prepare()`` runs before each call, outside the timing; the device is synchronised around each timed call.
+    """
+    if runs < 1 or warmup < 0:
+        raise ValueError(f"need runs >= 1 and warmup >= 0, got runs={runs}, warmup={warmup}")
+    best, result = float("inf"), None
+    for i in range(warmup + runs):
+        result = None  # let the previous call's outputs go before the next one
+        if prepare is not None:
+            prepare()
+        sync(device)
+        start = time.perf_counter()
+        result = step()
+        sync(device)
+        if i >= warmup:
+            best = min(best, time.perf_counter() - start)
+    return best, result
 
 
 def peak_rss_bytes() -> int:

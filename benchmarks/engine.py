@@ -1,0 +1,329 @@
+"""Engine benchmark: our ``VideoSession`` against the official ``SAM2VideoPredictor``, same weights, video and prompts.
+
+The ``engine`` section of ``python -m benchmarks``, and a command of its own that prints one row per case:
+
+    OMP_NUM_THREADS=1 python -m benchmarks.engine --sizes 256 512 --objects 1 4     # CPU, tiny, 24 frames
+    python -m benchmarks.engine --device cuda                                      # 1024 px bf16, tiny and large
+
+Defaults (models, sizes, objects, frames, variants, warm-up and runs, threads, seed) are those of the ``engine``
+section in benchmarks/conf/benchmark.yaml.
+
+Setup: the official predictor is built with seeded random weights at the image size (``testkit.oracle``) and its
+state dict is loaded strictly into our model. Both get the same pixels (the official one a JPEG folder, ours the
+frames decoded back from it) and the same prompts (one box per object on frame 0).
+
+Timing: each variant is timed over a forward propagation, best of ``runs`` after ``warmup`` untimed ones; resetting
+and prompting are outside the timing. The official ``init_state`` (which decodes and normalises the whole video up
+front) is outside it too and reported apart as that variant's init; our streaming decode is inside ours, and our
+init is the session's creation. Each (model, image size) is measured in a fresh process with ``threads`` torch/OpenMP
+threads (see ``harness``).
+
+Variants (``--variants``; the first official one is the baseline):
+  official       the official predictor with the process's threads
+  official_2t    the same with ``torch.set_num_threads(2)``: on CPU ours runs the image encoder on a second thread
+                 (two threads of one intra-op thread each), this gives the official predictor both threads for every op
+  official_vos   the official predictor built with ``vos_optimized=True`` (its compiled CUDA path)
+  ours           ``VideoSession`` as the pipeline runs it (image encoder overlapped with tracking)
+  ours_serial    ours with ``overlap_encoder=False``
+  ours_compiled  ours with ``compile=True``
+
+Figures: frames/s and init seconds of every variant; the speed ratio (fps over fps, > 1: ours faster) of ``ours`` and
+``ours_compiled`` against each official variant, with the configured targets against the baseline; the largest
+|Δ logit| between each of ours and the baseline over every frame and object. The official package is imported here
+alone, inside the measuring process: comparing with it is this benchmark's purpose, and no product code depends on it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import os
+import tempfile
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, NamedTuple
+
+import numpy as np
+import torch
+
+from benchmarks.harness import best_seconds, run_isolated, sync
+from benchmarks.report import Figure, figure
+from benchmarks.video import object_boxes, synthetic_video, write_jpeg_folder
+from sam2core.video import ArrayFrameSource, SessionOptions, VideoSession
+from testkit.oracle import official_predictor, ours_from_official
+
+CONFIG = Path(__file__).resolve().parent / "conf" / "benchmark.yaml"
+
+
+class _Official(NamedTuple):
+    vos_optimized: bool
+    threads: int | None  # torch intra-op threads while timed (None: the process's)
+
+
+OFFICIAL = {"official": _Official(False, None), "official_2t": _Official(False, 2),
+            "official_vos": _Official(True, None)}
+OURS = {"ours": {}, "ours_serial": {"overlap_encoder": False}, "ours_compiled": {"compile": True}}
+TARGETED = ("ours", "ours_compiled")  # the engine as the pipeline runs it; ours_serial and official_2t explain it
+
+
+@dataclass(frozen=True)
+class EngineRun:
+    """One engine measurement: a model at an image size, on a device, for several object counts."""
+
+    model: str
+    image_size: int
+    objects: tuple[int, ...]
+    frames: int
+    device: str
+    dtype: str
+    variants: tuple[str, ...]
+    warmup: int
+    runs: int
+    seed: int
+
+    def __post_init__(self) -> None:
+        unknown = [v for v in self.variants if v not in OFFICIAL and v not in OURS]
+        if unknown:
+            raise ValueError(f"unknown engine variant(s) {unknown}; choose from {[*OFFICIAL, *OURS]}")
+        if not self.officials or not self.ours:
+            raise ValueError(f"need an official and one of our variants, got {list(self.variants)}")
+
+    @property
+    def officials(self) -> list[str]:
+        return [v for v in self.variants if v in OFFICIAL]
+
+    @property
+    def ours(self) -> list[str]:
+        return [v for v in self.variants if v in OURS]
+
+    @property
+    def compared(self) -> list[str]:
+        """Ours given speed ratios against every official variant: the targeted ones, else all of ours."""
+        return [v for v in self.ours if v in TARGETED] or self.ours
+
+    @property
+    def baseline(self) -> str:
+        return self.officials[0]
+
+    @property
+    def where(self) -> str:
+        return f"{self.model} {self.device} {self.image_size}px {self.dtype}"
+
+
+@contextlib.contextmanager
+def _torch_threads(threads: int | None) -> Iterator[None]:
+    if threads is None:
+        yield
+        return
+    before = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
+
+
+def _time_official(predictor: Any, folder: Path, boxes: np.ndarray, run: EngineRun,
+                   threads: int | None) -> tuple[float, float, dict[int, torch.Tensor]]:
+    """(propagation seconds, ``init_state`` seconds, mask logits [K, H, W] per frame of the last run)."""
+    autocast = (torch.autocast(run.device, dtype=torch.bfloat16) if run.dtype == "bfloat16"
+                else contextlib.nullcontext())
+    with _torch_threads(threads), torch.inference_mode(), autocast:
+        init, state = best_seconds(lambda: predictor.init_state(video_path=str(folder)), 0, 1, device=run.device)
+
+        def prepare() -> None:
+            predictor.reset_state(state)
+            for k, box in enumerate(boxes):
+                predictor.add_new_points_or_box(state, frame_idx=0, obj_id=k, box=box)
+
+        best, masks = best_seconds(lambda: {t: m[:, 0] for t, _, m in predictor.propagate_in_video(state)},
+                                   run.warmup, run.runs, prepare=prepare, device=run.device)
+    return best, init, masks
+
+
+def _time_ours(model: torch.nn.Module, frames: np.ndarray, boxes: np.ndarray, run: EngineRun,
+               options: SessionOptions) -> tuple[float, float, dict[int, torch.Tensor]]:
+    """(propagation seconds, session creation seconds, mask logits [K, H, W] per frame of the last run)."""
+    init, session = best_seconds(lambda: VideoSession(model, ArrayFrameSource(frames), options), 0, 1,
+                                 device=run.device)
+
+    def prepare() -> None:
+        session.reset()
+        for k, box in enumerate(boxes):
+            session.add_points(0, k, box=box)
+
+    best, masks = best_seconds(lambda: {r.frame_idx: r.mask_logits for r in session.propagate(direction="forward")},
+                               run.warmup, run.runs, prepare=prepare, device=run.device)
+    return best, init, masks
+
+
+def _max_abs_diff(reference: dict[int, torch.Tensor], masks: dict[int, torch.Tensor]) -> float:
+    if sorted(reference) != sorted(masks):
+        raise RuntimeError(f"frames differ: official {sorted(reference)}, ours {sorted(masks)}")
+    return max(float((reference[t].float() - masks[t].float()).abs().max()) for t in reference)
+
+
+def measure(run: EngineRun) -> list[dict[str, Any]]:
+    """Seconds, frames/s, init seconds (and for ours the largest |Δ logit| against the baseline) of every variant
+    for every object count; runs in a fresh process (see ``harness``)."""
+    if run.device == "cuda":  # as the official benchmark script runs
+        torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = True
+    predictors: dict[bool, Any] = {}  # by vos_optimized, the baseline's first: every one holds the same weights
+    for variant in run.officials:
+        vos = OFFICIAL[variant].vos_optimized
+        if vos not in predictors:
+            predictors[vos] = official_predictor(run.model, run.image_size, run.seed, device=run.device,
+                                                 vos_optimized=vos)[0]
+    weights = predictors[OFFICIAL[run.baseline].vos_optimized].state_dict()
+    for predictor in predictors.values():
+        predictor.load_state_dict(weights, strict=True)
+    # compiling patches the modules in place, so the compiled variant gets a model of its own
+    models = {}
+    for variant in run.ours:
+        compiled = OURS[variant].get("compile", False)
+        if compiled not in models:
+            models[compiled] = ours_from_official(weights, run.model, run.image_size).to(run.device)
+    results = []
+    size = run.image_size
+    with tempfile.TemporaryDirectory(prefix="bench-engine-") as tmp:
+        for n in run.objects:
+            folder = Path(tmp) / f"objects{n}"
+            frames = write_jpeg_folder(folder, synthetic_video(run.frames, n, size, size))
+            boxes = object_boxes(n, size, size)
+            reference: dict[int, torch.Tensor] = {}
+            for variant in run.officials + run.ours:  # the baseline first: its masks are the reference
+                diff = None
+                if variant in OFFICIAL:
+                    spec = OFFICIAL[variant]
+                    seconds, init, masks = _time_official(predictors[spec.vos_optimized], folder, boxes, run,
+                                                          spec.threads)
+                    if variant == run.baseline:
+                        reference = masks
+                else:
+                    options = SessionOptions(dtype=run.dtype, **OURS[variant])
+                    seconds, init, masks = _time_ours(models[options.compile], frames, boxes, run, options)
+                    diff = _max_abs_diff(reference, masks)
+                del masks
+                results.append({"variant": variant, "objects": n, "seconds": seconds, "fps": run.frames / seconds,
+                                "init_seconds": init, "max_abs_diff": diff})
+                print(f"engine {run.where}: {variant}, {n} obj: {run.frames / seconds:.3g} frames/s", flush=True)
+            del reference
+            sync(run.device)
+    return results
+
+
+def figures(run: EngineRun, results: list[dict[str, Any]], ratio_targets: dict[int, str]) -> list[Figure]:
+    """The report's figures of one run (see the module docstring)."""
+    by = {(r["variant"], r["objects"]): r for r in results}
+    out = []
+    for n in run.objects:
+        where = f"{n} obj ({run.where})"
+        for v in run.variants:
+            kind = "init_state" if v in OFFICIAL else "session creation"
+            out.append(figure("engine", f"{v} fps, {where}", by[v, n]["fps"], "frames/s",
+                              note=f"{kind} {by[v, n]['init_seconds']:.3g} s"))
+        for o in run.compared:
+            for b in run.officials:
+                target = ratio_targets.get(n, "") if o in TARGETED and b == run.baseline else ""
+                out.append(figure("engine", f"{o}/{b}, {where}", by[o, n]["fps"] / by[b, n]["fps"], "x", target))
+        for o in run.ours:
+            out.append(figure("engine", f"{o} max |dlogit| vs {run.baseline}, {where}", by[o, n]["max_abs_diff"],
+                              "logit"))
+    return out
+
+
+def runs_for(cfg: dict[str, Any], device: str, seed: int) -> list[EngineRun]:
+    """One run per model and image size of the ``engine.<device>`` config."""
+    return [EngineRun(model, size, tuple(cfg["objects"]), cfg["frames"], device, cfg["dtype"], tuple(cfg["variants"]),
+                      cfg["warmup"], cfg["runs"], seed)
+            for model in cfg["models"] for size in cfg["image_sizes"]]
+
+
+def run_section(cfg: dict[str, Any], seed: int, threads: int) -> list[Figure]:
+    """The report's ``engine`` section: the CPU comparisons; the CUDA ones when a GPU is present."""
+    out = []
+    for device in ("cpu", "cuda"):
+        if device == "cuda" and not torch.cuda.is_available():
+            out.append(figure("engine", "CUDA comparison", None, "", note="skipped: no CUDA device"))
+            continue
+        targets = {int(k): v for k, v in cfg[device]["targets"].items()}
+        for run in runs_for(cfg[device], device, seed):
+            out += figures(run, run_isolated(measure, threads, run=run), targets)
+    return out
+
+
+def format_table(measured: list[tuple[EngineRun, list[dict[str, Any]]]], threads: int) -> str:
+    """One row per (model, size, objects): seconds per frame, speed ratios, init seconds, |Δ logit| per variant."""
+    first = measured[0][0]
+    header = ["model", "size", "obj", "dtype"]
+    rows = []
+    for run, results in measured:
+        by = {(r["variant"], r["objects"]): r for r in results}
+        columns: dict[str, str] = {}
+        for n in run.objects:
+            columns = {"model": run.model, "size": str(run.image_size), "obj": str(n), "dtype": run.dtype}
+            columns.update({f"{v} s/f": f"{by[v, n]['seconds'] / run.frames:.4f}" for v in run.variants})
+            columns.update({f"{o}/{b}": f"{by[o, n]['fps'] / by[b, n]['fps']:.2f}"
+                            for o in run.compared for b in run.officials})
+            columns.update({f"{v} init s": f"{by[v, n]['init_seconds']:.3f}" for v in run.variants})
+            columns.update({f"{o} |dlogit|": f"{by[o, n]['max_abs_diff']:.3g}" for o in run.ours})
+            rows.append(columns)
+        header += [c for c in columns if c not in header]
+    widths = {c: max(len(c), *(len(r.get(c, "-")) for r in rows)) for c in header}
+    lines = [
+        f"device={first.device}, {threads} torch/OpenMP thread(s) per measuring process; official_2t: "
+        "torch.set_num_threads(2); ours: encoder thread + tracking thread, ours_serial: overlap_encoder=False",
+        f"s/f: seconds per frame, best of {first.runs} after {first.warmup} warm-up; ours/official: frames/s ratio "
+        f"(> 1: ours faster); init: official init_state, ours session creation; |dlogit|: max vs {first.baseline}",
+        f"1-min load average now {os.getloadavg()[0]:.2f} on {os.cpu_count()} cores",
+        _row({c: c for c in header}, header, widths),
+    ]
+    lines.append("-" * len(lines[-1]))
+    lines += [_row(r, header, widths) for r in rows]
+    return "\n".join(lines)
+
+
+def _row(cells: dict[str, str], header: list[str], widths: dict[str, int]) -> str:
+    return "  ".join(cells.get(c, "-").ljust(widths[c]) if c == "model" else cells.get(c, "-").rjust(widths[c])
+                     for c in header)
+
+
+def main(argv: list[str] | None = None) -> None:
+    from omegaconf import OmegaConf
+
+    config = OmegaConf.load(CONFIG)
+    defaults = OmegaConf.to_container(config.engine, resolve=True)
+    parser = argparse.ArgumentParser(prog="python -m benchmarks.engine", description=__doc__.split("\n\n")[0],
+                                     epilog="Defaults: the engine section of benchmarks/conf/benchmark.yaml.")
+    parser.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
+    parser.add_argument("--models", nargs="+", help="model names, e.g. sam2.1_hiera_tiny")
+    parser.add_argument("--sizes", type=int, nargs="+", help="image sizes")
+    parser.add_argument("--objects", type=int, nargs="+", help="object counts")
+    parser.add_argument("--frames", type=int)
+    parser.add_argument("--variants", nargs="+", choices=[*OFFICIAL, *OURS], metavar="VARIANT",
+                        help=f"what to time, of {', '.join([*OFFICIAL, *OURS])} (the first official one is the "
+                             "baseline)")
+    parser.add_argument("--dtype", choices=["float32", "bfloat16"])
+    parser.add_argument("--warmup", type=int)
+    parser.add_argument("--runs", type=int)
+    parser.add_argument("--threads", type=int, default=config.threads,
+                        help="torch/OpenMP threads of each measuring process (default %(default)s)")
+    parser.add_argument("--seed", type=int, default=config.seed)
+    args = parser.parse_args(argv)
+    if args.device == "cuda" and not torch.cuda.is_available():
+        parser.error("--device cuda: no CUDA device")
+    cfg = defaults[args.device]
+    for key, value in (("models", args.models), ("image_sizes", args.sizes), ("objects", args.objects),
+                       ("frames", args.frames), ("variants", args.variants), ("dtype", args.dtype),
+                       ("warmup", args.warmup), ("runs", args.runs)):
+        if value is not None:
+            cfg[key] = value
+    os.environ.update(OMP_NUM_THREADS=str(args.threads), TQDM_DISABLE="1")
+    measured = [(run, run_isolated(measure, args.threads, run=run)) for run in runs_for(cfg, args.device, args.seed)]
+    print()
+    print(format_table(measured, args.threads))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,1 +1,0 @@
-"""Sections of ``python -m jobs.benchmark``: engine, worker, driver, memory (one module each)."""

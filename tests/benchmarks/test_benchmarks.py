@@ -1,0 +1,87 @@
+"""``python -m benchmarks`` (every section end to end) and ``python -m benchmarks.engine``, at the tiniest settings
+(no timing asserts)."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from benchmarks.report import figure, format_table
+
+REPO = Path(__file__).resolve().parents[2]
+
+TINY = {
+    "engine": ["engine.cpu.image_sizes=[128]", "engine.cpu.objects=[1,2]", "engine.cpu.frames=3"],
+    "worker": ["worker.image_size=128", "worker.objects=2", "worker.frames=4", "worker.height=64",
+               "worker.width=96", "worker.warmup=0", "worker.runs=1"],
+    "driver": ["driver.videos=200", "driver.rows=2500", "driver.dispatch_tasks=50"],
+    "memory": ["memory.frames=[3,6]", "memory.objects=1", "memory.height=64", "memory.width=96"],
+}
+
+
+def _run(module: str, *args: str, check: bool = True) -> subprocess.CompletedProcess:
+    """``python -m <module> args…`` from the repository root, in a subprocess (Hydra stays out of pytest)."""
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "HYDRA_FULL_ERROR": "1"}
+    proc = subprocess.run([sys.executable, "-m", module, *args], cwd=REPO, env=env, capture_output=True, text=True,
+                          timeout=300)
+    if check and proc.returncode != 0:
+        raise AssertionError(f"{module} failed ({proc.returncode}):\n{proc.stdout}\n{proc.stderr}")
+    return proc
+
+
+def _report(*overrides: str, tmp_path: Path, check: bool = True) -> subprocess.CompletedProcess:
+    """The report, with Hydra's run folder under the test's tmp_path, not the repository."""
+    return _run("benchmarks", *overrides, f"hydra.run.dir={tmp_path / 'hydra'}", check=check)
+
+
+@pytest.mark.parametrize("section", sorted(TINY))
+def test_section_runs_and_reports(section: str, tmp_path: Path) -> None:
+    report = tmp_path / "bench.json"
+    proc = _report(f"sections=[{section}]", f"report={report}", *TINY[section], tmp_path=tmp_path)
+    figures = json.loads(report.read_text())["figures"]
+    assert figures and all(f["section"] == section for f in figures)
+    assert not [f for f in figures if f["name"] == "section failed"]
+    assert all(f["value"] is not None for f in figures if f["target"]), figures
+    assert "status" in proc.stdout and str(report) in proc.stdout
+    if section == "engine":
+        assert any(f["name"].startswith("ours/official, 1 obj") and f["target"] == ">= 1.0" for f in figures)
+        names = [f["name"] for f in figures]
+        for variant in ("official", "official_2t", "ours_serial", "ours"):
+            assert any(name.startswith(f"{variant} fps, 2 obj") for name in names), names
+        assert any(name.startswith("ours/official_2t, 1 obj") for name in names), names
+        diffs = [f for f in figures if "|dlogit|" in f["name"]]
+        assert diffs and all(f["value"] is not None and f["value"] < 1e-3 for f in diffs), diffs
+
+
+def test_unknown_section_is_refused(tmp_path: Path) -> None:
+    proc = _report("sections=[engin]", f"report={tmp_path / 'b.json'}", tmp_path=tmp_path, check=False)
+    assert proc.returncode != 0
+    assert "unknown benchmark section" in proc.stderr and "engin" in proc.stderr
+
+
+def test_engine_command_prints_its_table() -> None:
+    proc = _run("benchmarks.engine", "--sizes", "128", "--objects", "1", "--frames", "3", "--variants",
+                "official", "ours")
+    header = next(line for line in proc.stdout.splitlines() if line.lstrip().startswith("model"))
+    for column in ("official s/f", "ours s/f", "ours/official", "official init s", "ours init s", "ours |dlogit|"):
+        assert column in header, header
+    rows = [line.split() for line in proc.stdout.splitlines() if line.lstrip().startswith("sam2.1_hiera_tiny")]
+    assert len(rows) == 1 and rows[0][:4] == ["sam2.1_hiera_tiny", "128", "1", "float32"], proc.stdout
+
+
+def test_engine_command_refuses_unknown_variants() -> None:
+    proc = _run("benchmarks.engine", "--variants", "ours", "official_fast", check=False)
+    assert proc.returncode != 0 and "official_fast" in proc.stderr
+
+
+def test_targets_are_checked_and_tabulated() -> None:
+    rows = [figure("s", "fast", 2.0, "x", ">= 1.5"), figure("s", "slow", 1.0, "x", ">= 1.5"),
+            figure("s", "info", 3.0, "MiB")]
+    assert [f.met for f in rows] == [True, False, None]
+    table = format_table(rows)
+    assert "met" in table and "MISSED" in table
