@@ -64,17 +64,16 @@ class Propagator:
         for obj in self.state.objects.values():
             obj.non_cond.clear()
 
-    def run(self, start: int, direction: str, max_frames: int | None, low_res: bool) -> Iterator[FrameResult]:
+    def run(self, start: int, direction: str, max_frames: int | None) -> Iterator[FrameResult]:
         """The passes of ``direction`` ("forward", "backward" or "both": forward then backward) from ``start``,
-        yielding each frame's result once; ``low_res`` keeps the logits at S/4."""
+        yielding each frame's result once."""
         forward, backward = pass_frames(start, self.state.num_frames, max_frames)
         if direction in ("forward", "both"):
-            yield from self._run_pass(forward, False, start, True, low_res)
+            yield from self._run_pass(forward, False, start, True)
         if direction in ("backward", "both"):
-            yield from self._run_pass(backward, True, start, direction == "backward", low_res)
+            yield from self._run_pass(backward, True, start, direction == "backward")
 
-    def _run_pass(self, order: Sequence[int], reverse: bool, start: int, emit_start: bool,
-                  low_res: bool) -> Iterator[FrameResult]:
+    def _run_pass(self, order: Sequence[int], reverse: bool, start: int, emit_start: bool) -> Iterator[FrameResult]:
         """One pass over ``order`` for all objects, yielding each frame's result (bounded mode: the frames done are
         recorded, for replays)."""
         objects = list(self.state.objects.values())
@@ -84,7 +83,7 @@ class Propagator:
         for frame_idx, tracked in self.track_frames(order, reverse, start, objects):
             done.frames.append(frame_idx)
             if frame_idx != start or emit_start:
-                yield self._frame_result(frame_idx, objects, tracked, low_res)
+                yield self._frame_result(frame_idx, objects, tracked)
 
     def track_frames(self, order: Sequence[int], reverse: bool, start: int, objects: list[ObjectState],
                      hold: AbstractSet[int] = frozenset()) -> Iterator[tuple[int, Masks]]:
@@ -128,7 +127,7 @@ class Propagator:
         finally:
             stream.close()
 
-    def _frame_result(self, frame_idx: int, objects: list[ObjectState], tracked: Masks, low_res: bool) -> FrameResult:
+    def _frame_result(self, frame_idx: int, objects: list[ObjectState], tracked: Masks) -> FrameResult:
         """The objects' low-res logits on a frame (tracked now, or their conditioning output) as a result."""
         masks, scores = [], []
         for obj in objects:
@@ -139,6 +138,5 @@ class Propagator:
                 low, score = out.low_res, out.score
             masks.append(low)
             scores.append(score)
-        size = None if low_res else (self.source.height, self.source.width)
-        return tracked_frame_result(frame_idx, [o.obj_id for o in objects], masks, scores, size,
-                                    self.options.non_overlap_masks)
+        return tracked_frame_result(frame_idx, [o.obj_id for o in objects], masks, scores,
+                                    (self.source.height, self.source.width), self.options.non_overlap_masks)

@@ -168,11 +168,11 @@ class VideoSession:
         return self._prompt_result(frame_idx, initial)
 
     def _prompt_result(self, frame_idx: int, is_cond: bool) -> FrameResult:
-        """All objects on a prompted frame at video resolution (objects without an output there: -1024)."""
+        """All objects on a prompted frame (objects without an output there: -1024); video resolution on request."""
         objects = list(self.state.objects.values())
         outputs = [self._shown_output(obj, frame_idx, is_cond) for obj in objects]
         return prompted_frame_result(frame_idx, [o.obj_id for o in objects], outputs,
-                                     (self.source.height, self.source.width), self._device,
+                                     (self.source.height, self.source.width), self._image_size // 4, self._device,
                                      self.options.non_overlap_masks)
 
     # ------------------------------------------------------------------ propagation
@@ -202,13 +202,13 @@ class VideoSession:
             for frame_idx in obj.cond:
                 obj.non_cond.pop(frame_idx, None)
 
-    def propagate(self, start_frame: int | None = None, direction: str = "both", max_frames: int | None = None,
-                  low_res: bool = False) -> Iterator[FrameResult]:
+    def propagate(self, start_frame: int | None = None, direction: str = "both",
+                  max_frames: int | None = None) -> Iterator[FrameResult]:
         """Track all objects through the video, yielding one ``FrameResult`` per frame as it is computed.
 
         ``start_frame`` defaults to the earliest prompted frame. "forward" runs to the last frame, "backward" to frame
         0, "both" does forward then backward (each frame yielded once). ``max_frames`` limits each pass to the start
-        frame plus that many frames. ``low_res`` yields the S/4 logits instead of video-resolution ones.
+        frame plus that many frames. Each result holds the S/4 logits; video-resolution ones are made on first access.
         """
         if direction not in _DIRECTIONS:
             raise ValueError(f"direction must be one of {_DIRECTIONS}, got {direction!r}")
@@ -223,4 +223,4 @@ class VideoSession:
         self._preflight()
         if start_frame is None:
             start_frame = min(t for obj in self.state.objects.values() for t in obj.cond)
-        yield from self._propagator.run(start_frame, direction, max_frames, low_res)
+        yield from self._propagator.run(start_frame, direction, max_frames)

@@ -202,14 +202,15 @@ def test_bfloat16_runs_and_stays_close(model, video) -> None:
         assert (inter / union).min() >= 0.9
 
 
-def test_low_res_and_non_overlap_outputs(model, video) -> None:
+def test_low_res_logits_and_non_overlap_outputs(model, video) -> None:
     session = VideoSession(model, ArrayFrameSource(video[:4]), SessionOptions(non_overlap_masks=True))
     _prompt(session)
-    results = list(session.propagate(low_res=True))
+    results = list(session.propagate())
     assert [r.frame_idx for r in results] == [0, 1, 2, 3]
     for r in results:
         assert r.obj_ids == [1, 2]
-        assert r.mask_logits.shape == (2, 32, 32) and r.object_scores.shape == (2,)
+        assert r.low_res_logits.shape == (2, 32, 32) and r.object_scores.shape == (2,)
+        assert r.mask_logits.shape == (2, *video.shape[1:3])
         assert not ((r.mask_logits[0] > 0) & (r.mask_logits[1] > 0)).any()
 
 
