@@ -109,7 +109,7 @@ def _run_on_ray(spec: JobSpec, todo: list[VideoTask], provenance: dict, sink: Si
             model=replace(spec.model, checkpoint=checkpoint), session=spec.session, decoder=spec.data.decoder,
             input_storage_options=spec.data.storage_options, output_uri=spec.output.uri,
             output_format=spec.output.format, output_storage_options=spec.output.storage_options,
-            provenance=provenance,
+            provenance=provenance, encode_threads=spec.output.encode_threads, queue_frames=spec.output.queue_frames,
         )
         c = spec.cluster
         log.info("starting %d workers (%s CPU, %s GPU each)", count, c.cpus_per_worker, gpus)

@@ -82,7 +82,7 @@ class MaskletBuilder:
         self.width = width
         self.obj_ids = [int(o) for o in obj_ids]
         self.provenance = dict(provenance or {})
-        self._frames: dict[int, tuple[list[dict], list[float], np.ndarray]] = {}
+        self._frames: dict[int, tuple[list[dict], list[float], list[bool]]] = {}
 
     def add_frame(self, frame_idx: int, masks: np.ndarray, scores: Sequence[float]) -> None:
         """Record boolean masks [n_obj, H, W] (order of ``obj_ids``) and object scores of one frame."""
@@ -90,11 +90,16 @@ class MaskletBuilder:
         if masks.shape != (len(self.obj_ids), self.height, self.width):
             raise ValueError(f"video {self.video_id} frame {frame_idx}: masks of shape {masks.shape}, expected "
                              f"{(len(self.obj_ids), self.height, self.width)}")
-        if len(scores) != len(self.obj_ids):
-            raise ValueError(f"video {self.video_id} frame {frame_idx}: {len(scores)} scores for "
-                             f"{len(self.obj_ids)} objects")
         present = masks.reshape(len(self.obj_ids), -1).any(axis=1)
-        self._frames[int(frame_idx)] = (encode_rles(masks), [float(s) for s in scores], present)
+        self.add_rles(frame_idx, encode_rles(masks), scores, present.tolist())
+
+    def add_rles(self, frame_idx: int, rles: Sequence[dict], scores: Sequence[float],
+                 present: Sequence[bool]) -> None:
+        """Record one frame already encoded: COCO RLEs, object scores and whether each mask is non-empty."""
+        if not len(rles) == len(scores) == len(present) == len(self.obj_ids):
+            raise ValueError(f"video {self.video_id} frame {frame_idx}: {len(rles)} masks, {len(scores)} scores "
+                             f"for {len(self.obj_ids)} objects")
+        self._frames[int(frame_idx)] = (list(rles), [float(s) for s in scores], list(present))
 
     def build(self) -> Masklets:
         """The masklets over every frame added so far, in increasing frame order."""

@@ -61,6 +61,14 @@ class OutputSpec:
     format: str = "sav_json"
     overwrite: bool = False
     storage_options: dict | None = None
+    encode_threads: int | None = None  # host threads of a worker's output stage; None: the worker's CPUs
+    queue_frames: int = 8  # frames between tracking and the output stage
+
+    def __post_init__(self) -> None:
+        if self.encode_threads is not None and self.encode_threads < 1:
+            raise SpecError(f"output.encode_threads={self.encode_threads}: expected null or >= 1")
+        if self.queue_frames < 1:
+            raise SpecError(f"output.queue_frames={self.queue_frames}: expected >= 1")
 
 
 @dataclass(frozen=True)
@@ -105,3 +113,5 @@ class WorkerSpec:
     output_format: str
     output_storage_options: dict | None
     provenance: dict
+    encode_threads: int | None = None
+    queue_frames: int = 8

@@ -16,6 +16,7 @@ import ray
 import torch
 
 from pipeline.masklets import MaskletBuilder, Masklets, decode_rle
+from pipeline.output import OutputStage
 from pipeline.sinks import make_sink
 from pipeline.sources import VideoError, open_video
 from pipeline.specs import WorkerSpec
@@ -52,6 +53,9 @@ class PropagationWorker:
         self.options = SessionOptions(dtype=pick_dtype(m.dtype, self.device), compile=m.compile, **spec.session)
         self.sink = make_sink(spec.output_uri, spec.output_format, spec.output_storage_options)
         self.session: VideoSession | None = None
+        self.low_res_size = (m.image_size // 4, m.image_size // 4)
+        cpus = ray.get_runtime_context().get_assigned_resources().get("CPU", 1.0)  # this actor's share
+        self.encode_threads = spec.encode_threads or max(1, int(cpus))
         self.identity = {"node_id": ray.get_runtime_context().get_node_id(), "pid": os.getpid(),
                          "device": str(self.device), "dtype": self.options.dtype}
 
@@ -86,9 +90,15 @@ class PropagationWorker:
                 _apply_prompt(session, prompt)
             builder = MaskletBuilder(task.video_id, source.num_frames, source.height, source.width,
                                      session.obj_ids, provenance=self.spec.provenance)
-            for result in session.propagate(direction="both"):
-                masks = (result.mask_logits > 0).cpu().numpy()
-                builder.add_frame(result.frame_idx, masks, result.object_scores.float().cpu().tolist())
+            stage = OutputStage(builder, self.device, self.low_res_size, self.options.non_overlap_masks,
+                                self.encode_threads, self.spec.queue_frames)
+            try:
+                for result in session.propagate(direction="both"):
+                    stage.put(result.frame_idx, result.low_res_logits, result.object_scores)
+            except BaseException:
+                stage.abort()
+                raise
+            stage.close()
             return builder.build()
         finally:
             if self.session is not None:
