@@ -1,6 +1,6 @@
-"""The performance report: the engine, one worker, the driver and session memory: ``python -m benchmarks key=value``.
+"""The performance report: the engine, one worker, its mask output path, the driver and session memory: ``python -m benchmarks key=value``.
 
-Sections are chosen with ``sections=[engine,worker,driver,memory]``; each figure is printed with its target
+Sections are chosen with ``sections=[engine,worker,output,driver,memory]``; each figure is printed with its target
 (met / MISSED) and the whole table is written as JSON to ``report``. Config: benchmarks/conf/benchmark.yaml.
 """
 
@@ -38,6 +38,7 @@ def _sections(c: dict[str, Any]) -> dict[str, Callable[[], list[Figure]]]:
         "engine": lambda: section("engine").run_section(c["engine"], **common),
         "worker": lambda: section("worker").run_section(c["worker"], c["arch"], keep_target=c["worker"]["target"],
                                                         **common),
+        "output": lambda: section("output").run_section(c["output"], target=c["output"]["target"], **common),
         "driver": lambda: section("driver").run_section(c["driver"], targets=c["driver"]["targets"], **common),
         "memory": lambda: section("memory").run_section(c["memory"], c["arch"], growth_target=c["memory"]["target"],
                                                         **common),

@@ -111,16 +111,19 @@ def measure(run: WorkerRun) -> dict[str, Any]:
 
 
 def run_section(cfg: dict[str, Any], model: str, seed: int, threads: int, keep_target: str) -> list[Figure]:
-    """Engine-only fps, worker fps and the fraction kept."""
-    run = WorkerRun(model, cfg["image_size"], cfg["objects"], cfg["frames"], cfg["height"], cfg["width"],
-                    cfg["decoder"], cfg["output_format"], cfg["warmup"], cfg["runs"], seed)
-    result = run_isolated(measure, threads, run=run)
-    where = (f"{model} {run.image_size}px, {run.objects} obj, {result['frames']} frames "
-             f"{run.width}x{run.height}, {_device_and_dtype()[0]}")
-    engine_fps = result["frames"] / result["engine_seconds"]
-    worker_fps = result["frames"] / result["worker_seconds"]
-    return [
-        figure("worker", f"engine-only fps ({where})", engine_fps, "frames/s"),
-        figure("worker", f"worker fps, S3 in/out ({where})", worker_fps, "frames/s"),
-        figure("worker", "worker/engine fps kept", worker_fps / engine_fps, "fraction", keep_target),
-    ]
+    """Engine-only fps, worker fps and the fraction kept, for each case (``cuda_cases`` on a GPU)."""
+    figures = []
+    for case in cfg["cuda_cases" if torch.cuda.is_available() else "cases"]:
+        run = WorkerRun(model, case["image_size"], case["objects"], case["frames"], case["height"], case["width"],
+                        cfg["decoder"], cfg["output_format"], cfg["warmup"], cfg["runs"], seed)
+        result = run_isolated(measure, threads, run=run)
+        where = (f"{model} {run.image_size}px, {run.objects} obj, {result['frames']} frames "
+                 f"{run.width}x{run.height}, {_device_and_dtype()[0]}")
+        engine_fps = result["frames"] / result["engine_seconds"]
+        worker_fps = result["frames"] / result["worker_seconds"]
+        figures += [
+            figure("worker", f"engine-only fps ({where})", engine_fps, "frames/s"),
+            figure("worker", f"worker fps, S3 in/out ({where})", worker_fps, "frames/s"),
+            figure("worker", f"worker/engine fps kept ({where})", worker_fps / engine_fps, "fraction", keep_target),
+        ]
+    return figures

@@ -17,8 +17,10 @@ REPO = Path(__file__).resolve().parents[2]
 
 TINY = {
     "engine": ["engine.cpu.image_sizes=[128]", "engine.cpu.objects=[1,2]", "engine.cpu.frames=3"],
-    "worker": ["worker.image_size=128", "worker.objects=2", "worker.frames=4", "worker.height=64",
-               "worker.width=96", "worker.warmup=0", "worker.runs=1"],
+    "worker": ["worker.cases=[{image_size: 128, objects: 2, frames: 4, height: 64, width: 96}]", "worker.warmup=0",
+               "worker.runs=1"],
+    "output": ["output.objects=3", "output.image_size=128", "output.height=90", "output.width=160", "output.frames=3",
+               "output.warmup=0", "output.runs=1"],
     "driver": ["driver.videos=200", "driver.rows=2500", "driver.dispatch_tasks=50"],
     "memory": ["memory.frames=[3,6]", "memory.objects=1", "memory.height=64", "memory.width=96"],
 }
@@ -56,6 +58,8 @@ def test_section_runs_and_reports(section: str, tmp_path: Path) -> None:
         assert any(name.startswith("ours/official_2t, 1 obj") for name in names), names
         diffs = [f for f in figures if "|dlogit|" in f["name"]]
         assert diffs and all(f["value"] is not None and f["value"] < 1e-3 for f in diffs), diffs
+    if section == "output":
+        assert all(f["note"] == "identical bytes" for f in figures if f["name"].startswith("output stage")), figures
 
 
 def test_unknown_section_is_refused(tmp_path: Path) -> None:
