@@ -21,6 +21,7 @@ from sam2core.modeling.memory_attention import MemoryAttention
 from sam2core.modeling.memory_encoder import MemoryEncoder
 from sam2core.modeling.position_encoding import sine_1d_encoding, sine_grid_encoding
 from sam2core.modeling.prompt_encoder import PromptEncoder
+from sam2core.modeling.resize import pil_bicubic_resize
 
 NO_OBJECT_LOGIT = -1024.0  # logits of an absent object (and of an object without an output on a frame)
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
@@ -109,17 +110,14 @@ class SAM2Model(nn.Module):
     def preprocess(self, frames: torch.Tensor) -> torch.Tensor:
         """uint8 ``[B, H, W, 3]`` frames -> normalised ``[B, 3, S, S]`` fp32 model input on the model's device.
 
-        Resized like the official frame loader (PIL bicubic with antialiasing, no aspect preservation): a
-        horizontal then a vertical pass, each rounded to 8-bit levels as PIL does, before normalising.
+        Pixel for pixel the official frame loader: Pillow's bicubic resize (no aspect preservation, reproduced by
+        :func:`pil_bicubic_resize`), then ``/ 255`` and the ImageNet mean and std in fp32.
         """
-        x = frames.to(self.device, non_blocking=True).permute(0, 3, 1, 2).float()
+        x = frames.to(self.device, non_blocking=True).permute(0, 3, 1, 2)
         size = self.config.image_size
-        for target in ((x.shape[-2], size), (size, size)):
-            if x.shape[-2:] != target:
-                x = F.interpolate(x, size=target, mode="bicubic", antialias=True, align_corners=False)
-                x = x.round().clamp(0, 255)
+        x = pil_bicubic_resize(x, (size, size)).float()
         mean, std = x.new_tensor(IMAGENET_MEAN).view(1, 3, 1, 1), x.new_tensor(IMAGENET_STD).view(1, 3, 1, 1)
-        return (x / 255.0 - mean) / std
+        return x.div_(255.0).sub_(mean).div_(std)
 
     def encode_image(self, images: torch.Tensor) -> ImageFeatures:
         """Backbone features of ``[B, 3, S, S]`` images, high-resolution levels already projected for the decoder.
