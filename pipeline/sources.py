@@ -19,7 +19,7 @@ from typing import Iterator, Sequence
 
 import numpy as np
 
-from pipeline.storage import filesystem, is_local, join_uri, list_sizes
+from pipeline.storage import filesystem, is_local, is_transient, join_uri, list_sizes
 
 CHUNK = 16
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png")
@@ -28,6 +28,18 @@ _INT_NAME = re.compile(r"^(\d+)\.(jpe?g|png)$", re.IGNORECASE)
 
 class VideoError(RuntimeError):
     """A video that cannot be opened or decoded; the message names the uri (and frame when known)."""
+
+
+class InputUnavailable(RuntimeError):
+    """The video's storage did not answer (connection refused or reset, timeout, throttling, 5xx): another attempt
+    may succeed, unlike a ``VideoError``."""
+
+
+def _access_error(uri: str, what: str, exc: Exception) -> Exception:
+    """The error to raise for a failed access to ``uri``: transient outages are retryable, the rest are not."""
+    if is_transient(exc):
+        return InputUnavailable(f"{uri}: storage unavailable while {what}: {type(exc).__name__}: {exc}")
+    return VideoError(f"{uri}: failed {what}: {exc}")
 
 
 class VideoSource:
@@ -258,11 +270,13 @@ class FrameFolderSource(VideoSource):
         try:
             got = self._fs.cat(paths, on_error="return")
         except Exception as e:
-            raise VideoError(f"{self.uri}: cannot read frames {indices[0]}..{indices[-1]}: {e}") from e
+            raise _access_error(self.uri, f"reading frames {indices[0]}..{indices[-1]}", e) from e
         out = []
         for i, p in zip(indices, paths):
             data = got.get(p) if isinstance(got, dict) else got
             if not isinstance(data, bytes):
+                if isinstance(data, Exception):
+                    raise _access_error(self.uri, f"reading frame {i} ({p})", data) from data
                 raise VideoError(f"{self.uri}: cannot read frame {i} ({p}): {data}")
             out.append(data)
         return out
@@ -298,13 +312,13 @@ def open_video(uri: str, storage_options: dict | None = None, decoder: str = "de
     except VideoError:
         raise
     except Exception as e:
-        raise VideoError(f"{uri}: cannot access video: {e}") from e
+        raise _access_error(uri, "accessing the video", e) from e
     if is_dir:
         return FrameFolderSource(uri, storage_options)
     try:
         local = _LocalCopy(uri, storage_options)
     except Exception as e:
-        raise VideoError(f"{uri}: cannot fetch video: {e}") from e
+        raise _access_error(uri, "fetching the video", e) from e
     try:
         return DecordSource(uri, local) if decoder == "decord" else PyAVSource(uri, local)
     except Exception:

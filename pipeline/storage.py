@@ -1,18 +1,40 @@
 """Object-storage access: one place that turns config + AWS environment into fsspec filesystems.
 
 Every read/write of the pipeline goes through these helpers so that S3 (any endpoint), local paths and ``file://``
-URIs behave the same. Writes are whole-object puts (no temp file + rename), which S3 makes atomic per key.
+URIs behave the same. Writes are atomic: whole-object puts on object stores, a temporary name in the same folder
+renamed over the final one on local disks (so a full disk never leaves a truncated file under the final name).
+Errors are classified: ``is_transient`` tells an outage (connection refused or reset, timeouts, throttling, 5xx, a
+full disk) from a permanent refusal (missing object, access denied), and ``retrying`` retries the former with
+exponential backoff and jitter for a bounded time.
 """
 
 from __future__ import annotations
 
+import contextlib
+import errno
+import logging
 import os
-from typing import Any
+import random
+import time
+import uuid
+from collections.abc import Callable
+from typing import Any, TypeVar
 
 import fsspec
 from fsspec.utils import get_protocol
 
+log = logging.getLogger(__name__)
+T = TypeVar("T")
+
 _S3_PROTOCOLS = ("s3", "s3a")
+_TRANSIENT_ERRNOS = {errno.ECONNREFUSED, errno.ECONNRESET, errno.ECONNABORTED, errno.ETIMEDOUT, errno.EHOSTUNREACH,
+                     errno.ENETUNREACH, errno.ENETDOWN, errno.EPIPE, errno.ENOSPC, errno.EAGAIN, errno.EBUSY}
+# exception class names of botocore / aiohttp / urllib3 that mean "the service did not answer (well) this time"
+_TRANSIENT_NAMES = {"EndpointConnectionError", "ConnectTimeoutError", "ReadTimeoutError", "ConnectionClosedError",
+                    "ClientConnectorError", "ClientOSError", "ServerDisconnectedError", "ServerTimeoutError",
+                    "ProtocolError", "IncompleteReadError", "ResponseStreamingError", "ClientPayloadError"}
+_TRANSIENT_CODES = {"SlowDown", "Throttling", "ThrottlingException", "RequestTimeout", "RequestTimeTooSkewed",
+                    "ServiceUnavailable", "InternalError", "503", "500", "502", "504"}
 _LOCAL_PROTOCOLS = ("file", "local")
 _ENV_KEYS = {
     "key": "AWS_ACCESS_KEY_ID",
@@ -77,6 +99,12 @@ def is_absolute_uri(uri: str) -> bool:
     return "://" in uri or os.path.isabs(uri)
 
 
+def uri_protocols(uri: str) -> list[str]:
+    """Every protocol of a (possibly chained, ``tar://member::s3://bucket/x.tar``) URI; plain paths are "file"."""
+    parts = uri.split("::")
+    return [get_protocol(p) if "://" in p else (p if i < len(parts) - 1 else "file") for i, p in enumerate(parts)]
+
+
 def join_uri(base: str, *parts: str) -> str:
     """``base`` joined with ``parts`` by single slashes (works for URIs and POSIX paths)."""
     out = base.rstrip("/") if base not in ("/", "") else base
@@ -98,11 +126,25 @@ def read_bytes(uri: str, storage_options: dict | None = None) -> bytes:
 
 
 def write_bytes(uri: str, data: bytes, storage_options: dict | None = None) -> None:
-    """Write ``data`` as one whole object (single put on S3; parent folders created locally)."""
+    """Write ``data`` atomically: one whole-object put on object stores; locally a temporary file in the same
+    folder, flushed to disk and renamed over ``uri`` (parent folders created)."""
     fs, path = filesystem(uri, storage_options)
-    if is_local(uri):
-        fs.makedirs(os.path.dirname(path), exist_ok=True)
-    fs.pipe_file(path, data)
+    if not is_local(uri):
+        fs.pipe_file(path, data)
+        return
+    folder = os.path.dirname(path)
+    os.makedirs(folder, exist_ok=True)
+    tmp = os.path.join(folder, f".{os.path.basename(path)}.{uuid.uuid4().hex[:12]}.tmp")
+    try:
+        with open(tmp, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            os.remove(tmp)
+        raise
 
 
 def exists(uri: str, storage_options: dict | None = None) -> bool:
@@ -135,3 +177,46 @@ def list_sizes(prefix_uri: str, storage_options: dict | None = None) -> dict[str
 def list_names(prefix_uri: str, storage_options: dict | None = None) -> set[str]:
     """Base names of the entries directly under ``prefix_uri`` (one listing); empty if the prefix is absent."""
     return set(list_sizes(prefix_uri, storage_options))
+
+
+def is_transient(exc: BaseException) -> bool:
+    """Whether ``exc`` (or what caused it) is an outage worth retrying rather than a permanent refusal."""
+    seen: set[int] = set()
+    e: BaseException | None = exc
+    while e is not None and id(e) not in seen:
+        seen.add(id(e))
+        if isinstance(e, (FileNotFoundError, PermissionError, IsADirectoryError, NotADirectoryError)):
+            return False
+        if isinstance(e, (ConnectionError, TimeoutError)) or type(e).__name__ in _TRANSIENT_NAMES:
+            return True
+        if isinstance(e, OSError) and e.errno in _TRANSIENT_ERRNOS:
+            return True
+        error = getattr(e, "response", None)
+        if isinstance(error, dict):
+            code = str(error.get("Error", {}).get("Code", ""))
+            status = error.get("ResponseMetadata", {}).get("HTTPStatusCode")
+            if code in _TRANSIENT_CODES or (isinstance(status, int) and status >= 500):
+                return True
+        if any(word in str(e) for word in ("SlowDown", "Service Unavailable", "Connection reset",
+                                             "Connection refused", "Could not connect")):
+            return True
+        e = e.__cause__ or e.__context__
+    return False
+
+
+def retrying(action: Callable[[], T], what: str, retry_s: float) -> T:
+    """``action()``, retried on transient errors with exponential backoff (0.5 s doubling to 15 s, jitter ±50%)
+    for at most ``retry_s`` seconds; the last error is raised once the time is up, a permanent one at once."""
+    deadline = time.monotonic() + retry_s
+    delay = 0.5
+    while True:
+        try:
+            return action()
+        except Exception as exc:
+            left = deadline - time.monotonic()
+            if not is_transient(exc) or left <= 0:
+                raise
+            wait = min(delay * random.uniform(0.5, 1.5), left)
+            log.warning("%s: %s: %s; retrying in %.1f s", what, type(exc).__name__, exc, wait)
+            time.sleep(wait)
+            delay = min(delay * 2, 15.0)

