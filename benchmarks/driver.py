@@ -20,7 +20,7 @@ from benchmarks.harness import current_rss_bytes, peak_rss_bytes, run_isolated
 from benchmarks.report import Figure, figure
 from benchmarks.sav_manifest import ManifestShape, write_manifest
 from pipeline.manifest import load_manifest
-from pipeline.pool import WorkerPool
+from pipeline.pool import PoolPolicy, WorkerPool
 from pipeline.sinks import make_sink
 from pipeline.tasks import VideoTask
 
@@ -36,6 +36,9 @@ class NullWorker:
 
     def ready(self) -> dict:
         return self.identity
+
+    def status(self) -> dict:
+        return {}
 
     def process(self, task: VideoTask) -> dict:
         return {"video_id": task.video_id, "status": "done", "frames": 0, "objects": task.num_objects,
@@ -62,7 +65,7 @@ def measure_dispatch(manifest: str, data_root: str, tasks: int, workers: int, de
             actors = [ray.remote(NullWorker).options(num_cpus=1).remote() for _ in range(workers)]
             ray.get([a.ready.remote() for a in actors])
             start = time.perf_counter()
-            records = WorkerPool(actors, sink, depth, 1, 3600.0).run(todo)
+            records = WorkerPool(actors, sink, PoolPolicy(depth=depth, max_attempts=1, log_every_s=3600.0)).run(todo)
             seconds = time.perf_counter() - start
     finally:
         ray.shutdown()

@@ -7,6 +7,7 @@ work; ``on_invalid="drop_video"`` instead drops the videos those rows belong to 
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -15,10 +16,13 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from pipeline.rle_check import rle_run_totals
-from pipeline.storage import filesystem
+from pipeline.storage import filesystem, is_transient, retrying, uri_protocols
 from pipeline.tasks import VideoTask, build_tasks
 
 REQUIRED = ("video_id", "video_uri", "obj_id", "frame_idx")
+# local files and the object stores fsspec/s3fs serve, and tar members of those (SA-V's shards); http(s) only when
+# a config allows it (data.protocols)
+DEFAULT_PROTOCOLS = ("file", "local", "s3", "s3a", "gs", "gcs", "abfs", "az", "tar")
 # The contract types (DESIGN.md, "Prompt manifest"). Readers also accept other int/float widths, large_string/large_list and
 # fixed-size lists; writers should use this schema.
 MANIFEST_SCHEMA = pa.schema([
@@ -68,18 +72,26 @@ class ManifestPlan:
     num_rows: int = 0
 
 
-def read_manifest_table(uri: str, storage_options: dict | None = None) -> pa.Table:
-    """The manifest as one Arrow table (a Parquet file or a folder of Parquet files, any fsspec URI).
+class ManifestReadError(ValueError):
+    """The manifest could not be read at all (missing, not Parquet, storage unreachable); one line naming it."""
+
+
+def read_manifest_table(uri: str, storage_options: dict | None = None, retry_s: float = 30.0) -> pa.Table:
+    """The manifest as one Arrow table (a Parquet file or a folder of Parquet files, any fsspec URI); transient
+    storage errors are retried for ``retry_s`` seconds.
 
     Optional prompt columns of Arrow type null (all values missing, as pandas writes them) are dropped.
     """
     fs, path = filesystem(uri, storage_options)
     try:
-        table = pq.read_table(path, filesystem=fs)
+        table = retrying(lambda: pq.read_table(path, filesystem=fs), f"reading manifest {uri}", retry_s)
     except FileNotFoundError as e:
-        raise FileNotFoundError(f"manifest {uri} not found") from e
-    except (pa.ArrowInvalid, OSError) as e:
-        raise ValueError(f"manifest {uri} is not readable Parquet: {e}") from e
+        raise ManifestReadError(f"manifest {uri} not found") from e
+    except pa.ArrowInvalid as e:
+        raise ManifestReadError(f"manifest {uri} is not a Parquet file ({e})") from e
+    except Exception as e:  # noqa: BLE001 - storage errors of any fsspec backend
+        what = "unreachable" if is_transient(e) else "not readable"
+        raise ManifestReadError(f"manifest {uri} is {what}: {type(e).__name__}: {e}") from e
     empty = [c for c in ("points", "point_labels", "box", "mask")
              if c in table.column_names and pa.types.is_null(table.schema.field(c).type)]
     return table.drop_columns(empty) if empty else table
@@ -317,14 +329,41 @@ def validate(table: pa.Table) -> tuple[list[RowError], np.ndarray]:
     return errors.items, ok_vid
 
 
+def _check_protocols(table: pa.Table, data_root: str | None, protocols: Sequence[str], errors: _Errors) -> None:
+    """Every video URI (relative ones under ``data_root``) may only use the allowed fsspec protocols: a manifest
+    must not make the job fetch arbitrary URLs with its own network and credentials."""
+    col = table["video_uri"]
+    if not (pa.types.is_string(col.type) or pa.types.is_large_string(col.type)):
+        return
+    root = uri_protocols(data_root) if data_root else ["file"]
+    bad = {}
+    for u in pc.unique(col).to_pylist():
+        if not u:
+            continue
+        used = uri_protocols(u) if "://" in u else root
+        refused = sorted({p for p in used if p not in protocols})
+        if refused:
+            bad[u] = refused
+    if bad:
+        hit = _np(pc.is_in(col, value_set=pa.array(sorted(bad), col.type)), False)
+        errors.add_mask(hit, "video_uri", lambda r: f"protocol {', '.join(bad[col[r].as_py()])} is not allowed "
+                        f"(allowed: {', '.join(protocols)}; see data.protocols)")
+
+
 def load_manifest(uri: str, data_root: str | None = None, storage_options: dict | None = None,
-                  on_invalid: str = "fail") -> ManifestPlan:
+                  on_invalid: str = "fail", protocols: Sequence[str] = DEFAULT_PROTOCOLS,
+                  retry_s: float = 30.0) -> ManifestPlan:
     """Read, validate and plan a manifest. ``on_invalid``: "fail" raises ManifestError listing every bad row;
-    "drop_video" drops the videos with bad rows (see ``plan.dropped``) and plans the rest."""
+    "drop_video" drops the videos with bad rows (see ``plan.dropped``) and plans the rest. ``protocols``: the
+    fsspec protocols video URIs may use. ManifestReadError when it cannot be read at all."""
     if on_invalid not in ("fail", "drop_video"):
         raise ValueError(f"on_invalid must be 'fail' or 'drop_video', got {on_invalid!r}")
-    table = read_manifest_table(uri, storage_options)
+    table = read_manifest_table(uri, storage_options, retry_s)
     errors, ok_vid = validate(table)
+    if "video_uri" in table.column_names:
+        extra = _Errors()
+        _check_protocols(table, data_root, protocols, extra)
+        errors = sorted(errors + extra.items, key=lambda e: e.row)
     dropped: dict[str, list[RowError]] = {}
     keep = np.ones(table.num_rows, dtype=bool)
     if errors:

@@ -23,10 +23,10 @@ class ProvenanceError(ValueError):
     """The output prefix holds results of another model or checkpoint."""
 
 
-def job_provenance(model: ModelSpec, config: dict | None) -> dict:
-    """The record for a job of ``model``. Fetches the checkpoint into the local cache and checks that it holds
-    the architecture ``model.name`` asks for (CheckpointError otherwise)."""
-    prov: dict[str, Any] = {"model": model.name, "image_size": model.image_size,
+def job_provenance(model: ModelSpec, session: dict, config: dict | None) -> dict:
+    """The record for a job of ``model`` with engine options ``session``. Fetches the checkpoint into the local
+    cache and checks that it holds the architecture ``model.name`` asks for (CheckpointError otherwise)."""
+    prov: dict[str, Any] = {"model": model.name, "image_size": model.image_size, "session": _mask_options(session),
                             "package_version": version("sam2-propagate"), "config": config or {}}
     if model.checkpoint == RANDOM_CHECKPOINT:
         log.warning("model.checkpoint=random: RANDOM WEIGHTS (seed %d); the masks are meaningless", model.seed)
@@ -40,12 +40,21 @@ def job_provenance(model: ModelSpec, config: dict | None) -> dict:
     return {**prov, "checkpoint": model.checkpoint, "checkpoint_sha256": sha256}
 
 
+_THROUGHPUT_OPTIONS = ("prefetch", "encoder_batch")  # session options that change speed, never the masks
+
+
+def _mask_options(session: dict) -> dict:
+    """The session options that can change the masks."""
+    return {k: v for k, v in sorted(session.items()) if k not in _THROUGHPUT_OPTIONS}
+
+
 def provenance_identity(prov: dict) -> dict:
-    """What makes results comparable: model, image_size and the checkpoint's sha256 — or, for a checkpoint
-    without one (random weights), the checkpoint name and random_seed. Config and package version may differ."""
+    """What makes results comparable: model, image_size, the engine options that change masks and the
+    checkpoint's sha256 — or, for a checkpoint without one (random weights), the checkpoint name and random_seed.
+    Config and package version may differ."""
     if "model" not in prov or not (prov.get("checkpoint_sha256") or "checkpoint" in prov):
         raise ValueError(f"provenance needs 'model' and 'checkpoint_sha256' (or 'checkpoint'), got {sorted(prov)}")
-    ident = {"model": prov["model"], "image_size": prov.get("image_size")}
+    ident = {"model": prov["model"], "image_size": prov.get("image_size"), "session": prov.get("session")}
     if prov.get("checkpoint_sha256"):
         ident["checkpoint_sha256"] = prov["checkpoint_sha256"]
     else:

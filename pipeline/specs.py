@@ -6,7 +6,10 @@ Each group of conf/ has its spec: ``ModelSpec`` (model/), ``DataSpec`` (data/), 
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
+
+from sam2core.config import MODEL_NAMES
+from sam2core.video import SessionOptions
 
 DEVICES = ("auto", "cpu", "cuda")
 DTYPES = ("auto", "float32", "bfloat16")
@@ -14,6 +17,16 @@ DTYPES = ("auto", "float32", "bfloat16")
 
 class SpecError(ValueError):
     """A config value out of its range, named by its key (the job refuses it before any work)."""
+
+
+def _one_of(key: str, value: object, allowed: tuple[str, ...]) -> None:
+    if value not in allowed:
+        raise SpecError(f"{key}={value}: expected one of {', '.join(allowed)}")
+
+
+def _at_least(key: str, value: object, low: float, strict: bool = False) -> None:
+    if not isinstance(value, (int, float)) or isinstance(value, bool) or value < low or (strict and value == low):
+        raise SpecError(f"{key}={value}: must be a number {'>' if strict else '>='} {low:g}")
 
 
 @dataclass(frozen=True)
@@ -39,6 +52,11 @@ class ModelSpec:
             raise SpecError(f"model.device={self.device}: expected one of {', '.join(DEVICES)}{hint}")
         if self.dtype not in DTYPES:
             raise SpecError(f"model.dtype={self.dtype}: expected one of {', '.join(DTYPES)}")
+        if self.name not in MODEL_NAMES:
+            raise SpecError(f"model.name={self.name}: expected one of {', '.join(MODEL_NAMES)}")
+        if not isinstance(self.image_size, int) or self.image_size <= 0 or self.image_size % 32:
+            raise SpecError(f"model.image_size={self.image_size}: must be a positive multiple of 32 (e.g. 256, 512, "
+                            f"1024)")
 
 
 @dataclass(frozen=True)
@@ -51,6 +69,13 @@ class DataSpec:
     decoder: str = "decord"
     on_invalid: str = "fail"
     storage_options: dict | None = None
+    protocols: tuple[str, ...] | None = None  # fsspec protocols video URIs may use; None: pipeline.manifest's default
+    retry_s: float = 30.0  # transient storage errors on the manifest are retried this long
+
+    def __post_init__(self) -> None:
+        _one_of("data.decoder", self.decoder, ("decord", "pyav"))
+        _one_of("data.on_invalid", self.on_invalid, ("fail", "drop_video"))
+        _at_least("data.retry_s", self.retry_s, 0)
 
 
 @dataclass(frozen=True)
@@ -63,8 +88,12 @@ class OutputSpec:
     storage_options: dict | None = None
     encode_threads: int | None = None  # host threads of a worker's output stage; None: the worker's CPUs
     queue_frames: int = 8  # frames between tracking and the output stage
+    retry_s: float = 120.0  # transient storage errors are retried this long before a write fails
+    fallback_dir: str = "outputs/_unreachable"  # where the summary goes when the output prefix cannot be written
 
     def __post_init__(self) -> None:
+        _one_of("output.format", self.format, ("sav_json", "parquet"))
+        _at_least("output.retry_s", self.retry_s, 0)
         if self.encode_threads is not None and self.encode_threads < 1:
             raise SpecError(f"output.encode_threads={self.encode_threads}: expected null or >= 1")
         if self.queue_frames < 1:
@@ -83,6 +112,23 @@ class ClusterSpec:
     max_restarts: int = 2
     max_task_retries: int = 1
     max_attempts: int = 3
+    retry_backoff_s: float = 2.0  # first delay before a video is retried; doubles per attempt (jitter ±50%)
+    video_timeout_s: float = 600.0  # a video's time budget: this, plus the next line's share per object-frame
+    timeout_s_per_object_frame: float = 2.0
+    start_timeout_s: float = 600.0  # a worker that has not built its model by then is dropped
+    worker_class: str = "pipeline.worker.PropagationWorker"  # the actor class (a testing/extension entry point)
+
+    def __post_init__(self) -> None:
+        if self.num_workers is not None:
+            _at_least("cluster.num_workers", self.num_workers, 1)
+        if self.gpus_per_worker is not None:
+            _at_least("cluster.gpus_per_worker", self.gpus_per_worker, 0)
+        for key in ("cpus_per_worker", "video_timeout_s", "start_timeout_s"):
+            _at_least(f"cluster.{key}", getattr(self, key), 0, strict=True)
+        for key in ("tasks_per_worker", "max_attempts"):
+            _at_least(f"cluster.{key}", getattr(self, key), 1)
+        for key in ("max_restarts", "max_task_retries", "retry_backoff_s", "timeout_s_per_object_frame"):
+            _at_least(f"cluster.{key}", getattr(self, key), 0)
 
 
 @dataclass(frozen=True)
@@ -100,6 +146,23 @@ class JobSpec:
     config: dict | None = None  # the resolved config without credentials: recorded in provenance
     config_yaml: str = ""  # the same as YAML, written beside the summary
 
+    def __post_init__(self) -> None:
+        _at_least("sharding.num_shards", self.num_shards, 1)
+        if not 0 <= self.shard_id < self.num_shards:
+            raise SpecError(f"sharding.shard_id={self.shard_id}: must be in 0..{self.num_shards - 1}")
+        _at_least("log_every_s", self.log_every_s, 0, strict=True)
+        known = {f.name for f in fields(SessionOptions)} - {"dtype", "compile"}
+        unknown = sorted(set(self.session) - known)
+        if unknown:
+            raise SpecError(f"session.{unknown[0]}: unknown engine option (known: {', '.join(sorted(known))})")
+        try:
+            SessionOptions(**self.session).validate()
+        except ValueError as exc:
+            raise SpecError(f"session: {exc}") from exc
+        for key in ("fill_hole_area", "prefetch", "encoder_batch"):
+            if key in self.session:
+                _at_least(f"session.{key}", self.session[key], 1 if key == "encoder_batch" else 0)
+
 
 @dataclass(frozen=True)
 class WorkerSpec:
@@ -115,3 +178,4 @@ class WorkerSpec:
     provenance: dict
     encode_threads: int | None = None
     queue_frames: int = 8
+    retry_s: float = 120.0

@@ -7,9 +7,10 @@ work largest first (objects × file size, when the sizes can be listed cheaply).
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 from collections import defaultdict
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Iterable
 
 import numpy as np
@@ -43,6 +44,22 @@ class VideoTask:
     prompts: tuple[Prompt, ...]
     num_objects: int
     cost: float
+    digest: str = ""  # of what produces the video's masklets (see ``task_digest``); kept in its done record
+    object_batch: int | None = None  # most objects per batched step; set after the video ran out of memory
+
+    def with_smaller_batches(self) -> "VideoTask":
+        """The same task with half the objects per batched step (after an out-of-memory failure)."""
+        current = self.object_batch or max(self.num_objects, 1)
+        return replace(self, object_batch=max(1, current // 2))
+
+
+def task_digest(task: VideoTask, produced_by: dict) -> str:
+    """sha256 of everything that determines a video's masklets: its URI, its prompt rows (manifest row numbers
+    excluded: reordering a manifest changes nothing) and ``produced_by`` (model identity and engine options)."""
+    prompts = [[p.obj_id, p.frame_idx, p.points, p.point_labels, p.box, p.mask] for p in task.prompts]
+    blob = json.dumps({"video_uri": task.video_uri, "prompts": prompts, "produced_by": produced_by},
+                      sort_keys=True, separators=(",", ":"), default=str)
+    return hashlib.sha256(blob.encode()).hexdigest()
 
 
 def shard_of(video_id: str, num_shards: int) -> int:

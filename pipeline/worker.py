@@ -2,34 +2,57 @@
 
 A worker reads its video, runs a sam2core ``VideoSession`` and writes the masklets and the done marker itself;
 only the task description comes in and a small record goes back, so frames and masks never cross a process
-boundary. Failures of one video (unreadable file, prompt past the last frame) come back as a failed record and
-leave the actor serving the next video; a dead process is Ray's business (``max_restarts``/``max_task_retries``).
+boundary. Every failure of one video comes back as a failed record naming its cause, and says whether another
+attempt could succeed (``retryable``): bad input (unreadable file, prompt outside the video) cannot, a storage
+outage, an out-of-memory (``fault: "oom"``, retried with smaller object batches) or a GPU fault (``fault:
+"device"``: the pool has Ray replace this process, whose CUDA context is lost) can. ``status`` answers while a
+video runs, from its own thread: the frame the worker is on, for progress and per-video timeouts.
+
+Testing entry point: ``cluster.worker_class`` names the actor class (default this one); fault tests subclass it
+to raise GPU errors inside a real actor. Nothing else in the production path exists for tests.
 """
 
 from __future__ import annotations
 
 import os
+import threading
 import time
+from dataclasses import replace
 from typing import Any
 
 import ray
 import torch
+from ray.util import metrics
 
 from pipeline.masklets import MaskletBuilder, Masklets, decode_rle
 from pipeline.output import OutputStage
 from pipeline.sinks import make_sink
-from pipeline.sources import VideoError, open_video
+from pipeline.sources import InputUnavailable, VideoError, open_video
 from pipeline.specs import WorkerSpec
 from pipeline.tasks import Prompt, VideoTask
 from sam2core.build import build_model
 from sam2core.video import PromptError, SessionOptions, VideoSession
 
+_DEVICE_ERRORS = ("CUDA error", "CUBLAS_STATUS", "CUDNN_STATUS", "cuDNN error", "device-side assert",
+                  "an illegal memory access")
+
+
+class WorkerStartError(RuntimeError):
+    """This replica cannot serve: e.g. Ray gave it a GPU that torch cannot use."""
+
 
 def pick_device(requested: str) -> torch.device:
     """``auto`` → the GPU Ray assigned to this actor, else CPU; ``cuda`` → that GPU (Ray sets the actor's
-    CUDA_VISIBLE_DEVICES, so it is always device 0 here); ``cpu`` → CPU."""
+    CUDA_VISIBLE_DEVICES, so it is always device 0 here); ``cpu`` → CPU. A worker holding a GPU it cannot use
+    refuses to start instead of silently running on the CPU."""
+    gpus = ray.get_gpu_ids()
+    if (gpus or requested == "cuda") and not torch.cuda.is_available():
+        held = f"Ray gave it GPU {', '.join(str(g) for g in gpus)}" if gpus else "model.device=cuda"
+        raise WorkerStartError(f"worker on {os.uname().nodename}: {held}, but torch {torch.__version__} cannot "
+                               f"use CUDA (CUDA_VISIBLE_DEVICES={os.environ.get('CUDA_VISIBLE_DEVICES')!r}, "
+                               f"torch built with CUDA {torch.version.cuda})")
     if requested == "auto":
-        return torch.device("cuda") if ray.get_gpu_ids() and torch.cuda.is_available() else torch.device("cpu")
+        return torch.device("cuda") if gpus else torch.device("cpu")
     return torch.device(requested)
 
 
@@ -38,6 +61,40 @@ def pick_dtype(requested: str, device: torch.device) -> str:
     if requested != "auto":
         return requested
     return "bfloat16" if device.type == "cuda" else "float32"
+
+
+def fault_of(exc: BaseException) -> str | None:
+    """"oom" for an out-of-memory error, "device" for a GPU fault that poisons the process, else None."""
+    if isinstance(exc, torch.OutOfMemoryError):
+        return "oom"
+    accelerator_error = getattr(torch, "AcceleratorError", None)
+    if (accelerator_error is not None and isinstance(exc, accelerator_error)) or any(
+            marker in str(exc) for marker in _DEVICE_ERRORS):
+        return "device"
+    return None
+
+
+def check_geometry(prompt: Prompt, height: int, width: int) -> Prompt:
+    """A prompt checked against its video: a mask must have the video's size; points must lie in the frame
+    (``0 ≤ x ≤ W``, ``0 ≤ y ≤ H``); a box is clipped to the frame and refused if nothing of it is left.
+    PromptError names the manifest row."""
+    where = f"manifest row {prompt.row} (object {prompt.obj_id}, frame {prompt.frame_idx})"
+    if prompt.mask is not None:
+        size = [int(v) for v in prompt.mask["size"]]
+        if size != [height, width]:
+            raise PromptError(f"{where}: mask is {size[0]}x{size[1]} (HxW) but the video is {height}x{width}")
+    for x, y in prompt.points or []:
+        if not (0 <= x <= width and 0 <= y <= height):
+            raise PromptError(f"{where}: point ({x:g}, {y:g}) is outside the {width}x{height} frame")
+    if prompt.box is not None:
+        x0, y0, x1, y1 = prompt.box
+        clipped = [min(max(x0, 0.0), width), min(max(y0, 0.0), height), min(max(x1, 0.0), width),
+                   min(max(y1, 0.0), height)]
+        if clipped[2] <= clipped[0] or clipped[3] <= clipped[1]:
+            raise PromptError(f"{where}: box {list(prompt.box)} lies outside the {width}x{height} frame")
+        if clipped != list(prompt.box):
+            prompt = replace(prompt, box=clipped)
+    return prompt
 
 
 class PropagationWorker:
@@ -51,17 +108,32 @@ class PropagationWorker:
         self.model = build_model(m.name, m.checkpoint, image_size=m.image_size, device=self.device,
                                  storage_options=m.storage_options, cache_dir=m.cache_dir)
         self.options = SessionOptions(dtype=pick_dtype(m.dtype, self.device), compile=m.compile, **spec.session)
-        self.sink = make_sink(spec.output_uri, spec.output_format, spec.output_storage_options)
+        self.sink = make_sink(spec.output_uri, spec.output_format, spec.output_storage_options, spec.retry_s)
         self.session: VideoSession | None = None
         self.low_res_size = (m.image_size // 4, m.image_size // 4)
         cpus = ray.get_runtime_context().get_assigned_resources().get("CPU", 1.0)  # this actor's share
         self.encode_threads = spec.encode_threads or max(1, int(cpus))
         self.identity = {"node_id": ray.get_runtime_context().get_node_id(), "pid": os.getpid(),
                          "device": str(self.device), "dtype": self.options.dtype}
+        self._lock = threading.Lock()
+        self._status: dict[str, Any] = {}
+        tags = {"model": m.name}
+        self._frames_metric = metrics.Counter("sam2_frames", "frames propagated", tag_keys=("model",))
+        self._object_frames_metric = metrics.Counter("sam2_object_frames", "object-frames propagated",
+                                                     tag_keys=("model",))
+        self._videos_metric = metrics.Counter("sam2_videos", "videos finished", tag_keys=("model", "status"))
+        for metric in (self._frames_metric, self._object_frames_metric, self._videos_metric):
+            metric.set_default_tags(tags)
 
     def ready(self) -> dict:
         """Where this replica runs (node, pid, device, dtype); returns once the model is built."""
         return self.identity
+
+    @ray.method(concurrency_group="status")
+    def status(self) -> dict:
+        """The video being processed: id, frames (done and total), objects, start time (wall clock); {} if idle."""
+        with self._lock:
+            return dict(self._status)
 
     def process(self, task: VideoTask) -> dict:
         """Propagate ``task`` and write its masklets + done marker; returns a small record, never raises for bad
@@ -69,25 +141,39 @@ class PropagationWorker:
         start = time.perf_counter()
         record: dict[str, Any] = {"video_id": task.video_id, "status": "done", "frames": 0,
                                   "objects": task.num_objects, "error": None, "retryable": False, **self.identity}
+        with self._lock:
+            self._status = {"video_id": task.video_id, "frames": 0, "frames_done": 0, "objects": task.num_objects,
+                            "started": time.time()}
         try:
             masklets = self._propagate(task)
             record["frames"] = masklets.frame_count
             record["seconds"] = round(time.perf_counter() - start, 3)
+            record["digest"] = task.digest
             self.sink.write(masklets)
             self.sink.mark_done(task.video_id, record)
         except (PromptError, VideoError) as exc:
             record.update(status="failed", error=f"{type(exc).__name__}: {exc}")
-        except Exception as exc:  # noqa: BLE001 - one video's failure must not take the replica down
+        except InputUnavailable as exc:
             record.update(status="failed", error=f"{type(exc).__name__}: {exc}", retryable=True)
+        except Exception as exc:  # noqa: BLE001 - one video's failure must not take the replica down
+            fault = fault_of(exc)
+            kind = {"oom": "out of memory", "device": "GPU fault"}.get(fault, type(exc).__name__)
+            record.update(status="failed", error=f"{kind}: {exc}".splitlines()[0], retryable=True, fault=fault)
+        finally:
+            with self._lock:
+                self._status = {}
         record["seconds"] = round(time.perf_counter() - start, 3)
+        self._videos_metric.inc(tags={"status": record["status"]})
         return record
 
     def _propagate(self, task: VideoTask) -> Masklets:
         source = open_video(task.video_uri, self.spec.input_storage_options, decoder=self.spec.decoder)
         try:
-            session = self._session_for(source)
+            session = self._session_for(source, task.object_batch)
             for prompt in task.prompts:
-                _apply_prompt(session, prompt)
+                _apply_prompt(session, check_geometry(prompt, source.height, source.width))
+            with self._lock:
+                self._status.update(frames=source.num_frames, objects=len(session.obj_ids))
             builder = MaskletBuilder(task.video_id, source.num_frames, source.height, source.width,
                                      session.obj_ids, provenance=self.spec.provenance)
             stage = OutputStage(builder, self.device, self.low_res_size, self.options.non_overlap_masks,
@@ -95,6 +181,9 @@ class PropagationWorker:
             try:
                 for result in session.propagate(direction="both"):
                     stage.put(result.frame_idx, result.low_res_logits, result.object_scores)
+                    self._status["frames_done"] += 1
+                    self._frames_metric.inc()
+                    self._object_frames_metric.inc(len(result.obj_ids))
             except BaseException:
                 stage.abort()
                 raise
@@ -105,10 +194,12 @@ class PropagationWorker:
                 self.session.reset()
             source.close()
 
-    def _session_for(self, source: Any) -> VideoSession:
-        """The replica's session switched to ``source`` (built on first use; keeps compiled modules warm)."""
-        if self.session is None:
-            self.session = VideoSession(self.model, source, self.options)
+    def _session_for(self, source: Any, object_batch: int | None) -> VideoSession:
+        """The replica's session switched to ``source`` (built on first use; keeps compiled modules warm); a task
+        that ran out of memory before gets a session batching at most ``object_batch`` objects per step."""
+        options = self.options if object_batch is None else replace(self.options, max_objects_per_batch=object_batch)
+        if self.session is None or self.session.options != options:
+            self.session = VideoSession(self.model, source, options)
         else:
             self.session.reset(source)
         return self.session
@@ -127,9 +218,10 @@ def _apply_prompt(session: VideoSession, prompt: Prompt) -> None:
 
 
 def start_workers(spec: WorkerSpec, count: int, *, num_cpus: float, num_gpus: float, max_restarts: int,
-                  max_task_retries: int) -> list[ray.actor.ActorHandle]:
-    """``count`` replicas spread over the cluster's nodes, each holding ``num_cpus``/``num_gpus``."""
-    actor = ray.remote(PropagationWorker).options(
+                  max_task_retries: int, worker_class: type | None = None) -> list[ray.actor.ActorHandle]:
+    """``count`` replicas (``worker_class``, default ``PropagationWorker``) spread over the cluster's nodes, each
+    holding ``num_cpus``/``num_gpus``; ``status`` runs in its own concurrency group, beside ``process``."""
+    actor = ray.remote(concurrency_groups={"status": 1})(worker_class or PropagationWorker).options(
         num_cpus=num_cpus, num_gpus=num_gpus, max_restarts=max_restarts, max_task_retries=max_task_retries,
         scheduling_strategy="SPREAD",
     )

@@ -71,13 +71,15 @@ def job_overrides(manifest: str, root: str, output: str, address: str, **extra: 
 
 def job_spec(manifest: str, root: str, output: str, address: str, *, decoder: str = "pyav",
              storage_options: dict | None = None, overwrite: bool = False, model: str = MODEL,
+             session: dict | None = None, output_options: dict | None = None, device: str = "cpu",
              **cluster: object) -> JobSpec:
     """The same small run as ``job_overrides``, as a spec for ``pipeline.driver.run`` in this process."""
     return JobSpec(
-        model=ModelSpec(name=model, checkpoint="random", image_size=IMAGE_SIZE, device="cpu", dtype="float32"),
-        session={},
+        model=ModelSpec(name=model, checkpoint="random", image_size=IMAGE_SIZE, device=device, dtype="float32"),
+        session=session or {},
         data=DataSpec(name="test", manifest=manifest, root=root, decoder=decoder, storage_options=storage_options),
-        output=OutputSpec(uri=output, overwrite=overwrite, storage_options=storage_options),
+        output=OutputSpec(**{"uri": output, "overwrite": overwrite, "storage_options": storage_options,
+                             **(output_options or {})}),
         cluster=ClusterSpec(address=address, **{"num_workers": 1, **cluster}),
         log_every_s=2,
     )

@@ -7,7 +7,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from pipeline.manifest import MANIFEST_SCHEMA, ManifestError, load_manifest
+from pipeline.manifest import MANIFEST_SCHEMA, ManifestError, ManifestReadError, load_manifest
 from pipeline.tasks import shard_of
 from pipeline.masklets import encode_rle
 from pipeline.storage import write_bytes
@@ -164,8 +164,29 @@ def test_folder_of_parquet_files(tmp_path):
 
 
 def test_missing_manifest_names_uri(tmp_path):
-    with pytest.raises(FileNotFoundError, match="nope.parquet"):
+    with pytest.raises(ManifestReadError, match="nope.parquet not found"):
         load_manifest(str(tmp_path / "nope.parquet"))
+
+
+def test_a_file_that_is_not_parquet_is_named(tmp_path):
+    (tmp_path / "m.parquet").write_text("video_id,video_uri\n")
+    with pytest.raises(ManifestReadError, match="m.parquet is not a Parquet file"):
+        load_manifest(str(tmp_path / "m.parquet"))
+
+
+def test_video_uri_protocols_are_an_allow_list(tmp_path):
+    rows = [_row(video_id="a", video_uri="http://example.invalid/a.mp4", box=[0, 0, 4, 4]),
+            _row(video_id="b", video_uri="simplecache::https://example.invalid/b.mp4", box=[0, 0, 4, 4]),
+            _row(video_id="c", video_uri="c.mp4", box=[0, 0, 4, 4])]
+    _write(tmp_path / "m.parquet", rows)
+    with pytest.raises(ManifestError) as info:
+        load_manifest(str(tmp_path / "m.parquet"), data_root="/r")
+    assert [(e.row, e.column) for e in info.value.errors] == [(0, "video_uri"), (1, "video_uri")]
+    assert "protocol http is not allowed" in str(info.value.errors[0])
+    assert "protocol https, simplecache is not allowed" in str(info.value.errors[1])
+    plan = load_manifest(str(tmp_path / "m.parquet"), data_root="/r", protocols=("file", "http", "https",
+                                                                                   "simplecache"))
+    assert len(plan.tasks) == 3
 
 
 def test_shard_of_is_stable_and_balanced():
