@@ -155,13 +155,13 @@ class JobSpec:
         unknown = sorted(set(self.session) - known)
         if unknown:
             raise SpecError(f"session.{unknown[0]}: unknown engine option (known: {', '.join(sorted(known))})")
+        for key in ("fill_hole_area", "prefetch", "encoder_batch"):
+            if key in self.session:
+                _at_least(f"session.{key}", self.session[key], 1 if key == "encoder_batch" else 0)
         try:
             SessionOptions(**self.session).validate()
         except ValueError as exc:
             raise SpecError(f"session: {exc}") from exc
-        for key in ("fill_hole_area", "prefetch", "encoder_batch"):
-            if key in self.session:
-                _at_least(f"session.{key}", self.session[key], 1 if key == "encoder_batch" else 0)
 
 
 @dataclass(frozen=True)

@@ -32,3 +32,55 @@ def test_defaults_run_the_bundled_sample_locally():
     assert cfg["output"]["uri"] == "outputs/sample/sam2.1_hiera_tiny"
     assert cfg["cluster"]["address"] is None
     assert (cfg["sharding"]["num_shards"], cfg["sharding"]["shard_id"]) == (1, 0)
+
+
+@pytest.mark.parametrize("override,key", [
+    ("model.image_size=250", "model.image_size=250"),
+    ("model.device=cuda:1", "model.device=cuda:1"),
+    ("session.encoder_batch=0", "session.encoder_batch=0"),
+    ("cluster.max_attempts=0", "cluster.max_attempts=0"),
+    ("sharding.shard_id=3", "sharding.shard_id=3"),
+    ("output.format=png", "output.format=png"),
+])
+def test_bad_values_are_refused_at_the_edge_in_one_line(tmp_path, run_job, override, key):
+    out = tmp_path / "out"
+    proc = run_job(["model.checkpoint=random", f"output.uri={out}", override])
+    text = proc.stdout + proc.stderr
+    assert proc.returncode == 2, text
+    assert key in text and "Traceback" not in text
+    assert not out.exists()  # nothing written, not even the provenance record
+
+
+def test_ctrl_c_stops_the_job_with_one_line_and_a_rerun_resumes(tmp_path, ray_cluster):
+    import json
+    import signal
+    import time
+
+    from tests.helpers import make_video, synthetic_frames
+    from tests.pipeline.propagate_support import job_overrides, prompts_for, write_manifest
+
+    rows = []
+    for i in range(2):
+        frames = synthetic_frames(6, 64, 96, seed=i)
+        make_video(tmp_path / "videos" / f"v{i}.mp4", frames)
+        rows += prompts_for(f"v{i}", f"videos/v{i}.mp4", frames, "points")
+    manifest = write_manifest(rows, str(tmp_path / "manifest.parquet"))
+    (tmp_path / "faults.json").write_text(json.dumps({"v0": ["wait"]}))
+    out = tmp_path / "out"
+    overrides = job_overrides(manifest, str(tmp_path), str(out), ray_cluster.address,
+                              **{"cluster.worker_class": "tests.pipeline.fault_workers.FaultWorker"})
+    cmd = [sys.executable, "-m", "jobs.propagate", *overrides, f"hydra.run.dir={tmp_path / 'hydra'}"]
+    job = subprocess.Popen(cmd, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    deadline = time.monotonic() + 120
+    while not (tmp_path / "busy.v0").exists() and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert (tmp_path / "busy.v0").exists()
+    job.send_signal(signal.SIGINT)  # the job's own process, started above
+    text, _ = job.communicate(timeout=120)
+    assert job.returncode == 130, text
+    assert "interrupted: 0 of 2 videos done in this run" in text and "re-run the same command" in text
+    assert "Traceback" not in text
+    (tmp_path / "go").write_text("")
+    rerun = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=300)
+    assert rerun.returncode == 0, rerun.stdout + rerun.stderr
+    assert sorted(p.name for p in (out / "_state" / "done").iterdir()) == ["v0.json", "v1.json"]
