@@ -10,6 +10,7 @@ Usable on its own (a notebook needs nothing else)::
         masks = result.mask_logits > 0                            # [n_obj, H, W] for result.frame_idx
 """
 
+from sam2core.automatic import AutoMasks, AutomaticMaskGenerator
 from sam2core.build import build_model
 from sam2core.checkpoint import (CheckpointError, CheckpointInfo, checkpoint_sha256, fetch, inspect_checkpoint,
                                  load_checkpoint)
@@ -19,7 +20,8 @@ from sam2core.modeling.sam2 import SAM2Model
 from sam2core.video import ArrayFrameSource, FrameResult, FrameSource, PromptError, SessionOptions, VideoSession
 
 __all__ = [
-    "ArrayFrameSource", "CONFIGS", "CheckpointError", "CheckpointInfo", "FrameResult", "FrameSource",
-    "ImagePredictor", "MODEL_NAMES", "ModelConfig", "PromptError", "SAM2Model", "SessionOptions", "VideoSession",
-    "build_model", "checkpoint_sha256", "fetch", "get_config", "inspect_checkpoint", "load_checkpoint",
+    "ArrayFrameSource", "AutoMasks", "AutomaticMaskGenerator", "CONFIGS", "CheckpointError", "CheckpointInfo",
+    "FrameResult", "FrameSource", "ImagePredictor", "MODEL_NAMES", "ModelConfig", "PromptError", "SAM2Model",
+    "SessionOptions", "VideoSession", "build_model", "checkpoint_sha256", "fetch", "get_config", "inspect_checkpoint",
+    "load_checkpoint",
 ]

@@ -1,0 +1,132 @@
+"""Automatic mask generation: what discovering objects costs per keyframe (``sam2core.AutomaticMaskGenerator``).
+
+The ``automatic`` section of ``python -m benchmarks``, and a command of its own:
+
+    OMP_NUM_THREADS=1 python -m benchmarks.automatic                 # the CPU cases below, one thread
+    python -m benchmarks.automatic --device cuda                     # the CUDA cases (when a GPU is present)
+
+Setup: our model with seeded random weights (no official package involved), one synthetic keyframe per case. Random
+weights predict IoUs near 0.5, so with the official default thresholds (0.8 IoU, 0.95 stability) nearly every
+candidate would be dropped before upsampling and the figure would flatter us; both thresholds are 0 here instead
+(``pred_iou_thresh`` / ``stability_score_thresh`` in the config): every candidate mask is upsampled to the frame,
+scored and boxed, an upper bound on the post-processing a trained model costs.
+
+Figures per case: milliseconds per keyframe with the generator's own encoder pass, and on features shared with
+tracking (``generate(image, features=...)``: the video pipeline encodes each keyframe once), plus the encoder pass
+alone. On CPU the 1024 px case uses an 8 x 8 grid (64 clicks, one decoder batch) instead of the official 32 x 32:
+one 1024 px keyframe at 32 x 32 takes minutes on one CPU thread; the per-click cost is reported so the full grid
+can be read off (x 16 for 32 x 32). Each case runs in a fresh process with ``threads`` torch threads.
+"""
+
+from __future__ import annotations
+
+import argparse
+from typing import Any
+
+import numpy as np
+import torch
+
+from benchmarks.harness import best_seconds, run_isolated
+from benchmarks.report import Figure, figure, format_table
+
+DEFAULTS: dict[str, Any] = {
+    "arch": "sam2.1_hiera_tiny",
+    "cases": [  # CPU; the test size (128 px, full 32 x 32 grid) and 1024 px with a smaller grid (see above)
+        {"image_size": 128, "height": 128, "width": 128, "points_per_side": 32},
+        {"image_size": 1024, "height": 1024, "width": 1024, "points_per_side": 8},
+    ],
+    "cuda_cases": [  # on a GPU instead: the official defaults' 32 x 32 grid
+        {"image_size": 1024, "height": 1024, "width": 1024, "points_per_side": 32},
+        {"image_size": 1024, "height": 1080, "width": 1920, "points_per_side": 32},
+    ],
+    "dtype": "float32",  # CPU cases
+    "cuda_dtype": "bfloat16",  # CUDA cases, as the pipeline runs on a GPU
+    "pred_iou_thresh": 0.0,
+    "stability_score_thresh": 0.0,
+    "warmup": 0,
+    "runs": 1,
+}
+
+
+def keyframe(height: int, width: int, seed: int) -> np.ndarray:
+    """A smooth random RGB frame (uint8 ``H x W x 3``): blobs of colour, so crops and features are not flat."""
+    g = torch.Generator().manual_seed(seed)
+    coarse = torch.rand(1, 3, 9, 16, generator=g) * 255
+    up = torch.nn.functional.interpolate(coarse, size=(height, width), mode="bicubic", align_corners=False)
+    return up.clamp(0, 255).round().byte()[0].permute(1, 2, 0).numpy()
+
+
+def measure(arch: str, image_size: int, height: int, width: int, points_per_side: int, dtype: str,
+            pred_iou_thresh: float, stability_score_thresh: float, warmup: int, runs: int, seed: int,
+            device: str) -> dict[str, Any]:
+    """Seconds per keyframe: the encoder pass alone, the generator with its own pass, the generator on given
+    features; and how many masks it returned."""
+    from sam2core import AutomaticMaskGenerator, build_model
+
+    torch.manual_seed(seed)
+    model = build_model(arch, image_size=image_size, device=device).eval()
+    if dtype != "float32":
+        model = model.to(getattr(torch, dtype))
+    generator = AutomaticMaskGenerator(model, points_per_side=points_per_side, pred_iou_thresh=pred_iou_thresh,
+                                       stability_score_thresh=stability_score_thresh)
+    image = keyframe(height, width, seed)
+    frame = torch.from_numpy(image)
+    with torch.inference_mode():
+        encode_s, feats = best_seconds(lambda: model.encode_image(model.preprocess(frame[None])), warmup, runs,
+                                       device=device)
+        own_s, _ = best_seconds(lambda: generator.generate_masks(image), warmup, runs, device=device)
+        shared_s, found = best_seconds(lambda: generator.generate_masks(image, features=feats), warmup, runs,
+                                       device=device)
+    return {"encode": encode_s, "own": own_s, "shared": shared_s, "masks": len(found),
+            "clicks": points_per_side**2}
+
+
+def _case_figures(arch: str, case: dict[str, Any], dtype: str, device: str, threads: int,
+                  r: dict[str, Any]) -> list[Figure]:
+    where = (f"{arch} {case['image_size']}px, {case['width']}x{case['height']} frame, "
+             f"{case['points_per_side']}x{case['points_per_side']} clicks, {device} {dtype}, {threads} thread(s)")
+    note = f"{r['masks']} masks kept; {r['shared'] / r['clicks'] * 1e3:.2f} ms per click"
+    return [
+        figure("automatic", f"generator, own encoder pass ({where})", r["own"] * 1e3, "ms/keyframe"),
+        figure("automatic", f"generator on shared features ({where})", r["shared"] * 1e3, "ms/keyframe", note=note),
+        figure("automatic", f"image encoder pass alone ({where})", r["encode"] * 1e3, "ms/keyframe"),
+    ]
+
+
+def run_section(cfg: dict[str, Any], seed: int, threads: int) -> list[Figure]:
+    """The report's ``automatic`` section: the CPU cases; the CUDA cases when a GPU is present."""
+    c = {**DEFAULTS, **cfg}
+    out = []
+    for device, key in (("cpu", "cases"), ("cuda", "cuda_cases")):
+        if device == "cuda" and not torch.cuda.is_available():
+            out.append(figure("automatic", "CUDA generator", None, "", note="skipped: no CUDA device"))
+            continue
+        dtype = c["dtype"] if device == "cpu" else c["cuda_dtype"]
+        for case in c[key]:
+            r = run_isolated(measure, threads, arch=c["arch"], dtype=dtype, pred_iou_thresh=c["pred_iou_thresh"],
+                             stability_score_thresh=c["stability_score_thresh"], warmup=c["warmup"],
+                             runs=c["runs"], seed=seed, device=device, **case)
+            out += _case_figures(c["arch"], case, dtype, device, threads, r)
+    return out
+
+
+def main() -> None:
+    """Print the section's table for one device (defaults above)."""
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--device", choices=["cpu", "cuda"], default="cpu")
+    parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--warmup", type=int, default=DEFAULTS["warmup"])
+    parser.add_argument("--runs", type=int, default=DEFAULTS["runs"])
+    args = parser.parse_args()
+    cfg = {"warmup": args.warmup, "runs": args.runs}
+    if args.device == "cuda":
+        cfg["cases"] = []
+    else:
+        cfg["cuda_cases"] = []
+    figures = [f for f in run_section(cfg, args.seed, args.threads) if f.value is not None]
+    print(format_table(figures))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,363 @@
+"""Automatic mask generation ("segment everything"): the official ``SAM2AutomaticMaskGenerator`` (sam2 1.1.0)
+semantics on our :class:`SAM2Model`.
+
+A grid of single foreground clicks is decoded batch by batch on the image (and on overlapping crops of it when
+``crop_n_layers > 0``); candidates are kept when their predicted IoU and stability pass the thresholds and their box
+does not touch a crop edge inside the image, duplicates are removed by box NMS within each crop and, across crops,
+by a second NMS that prefers masks from smaller crops. Masks come back at image resolution.
+
+The uncropped layer can reuse features already computed for the frame (``features=``): a video pipeline encodes
+each keyframe once and shares it between tracking and discovery.
+
+Semantics worth knowing (all as in sam2 1.1.0):
+- ``min_mask_region_area`` acts on the low-resolution logits before upsampling (the official image predictor's
+  ``max_hole_area`` / ``max_sprinkle_area``): 8-connected background holes and foreground specks of at most that many
+  low-resolution pixels are flipped. The official package does this with its CUDA extension and silently skips it
+  where the extension is not built (CPU installs); ours always applies it, in plain torch. Its
+  ``postprocess_small_regions`` (OpenCV, full resolution) is not part of ``generate`` there and not offered here.
+- Box NMS keeps torchvision's order for tied scores (the same ``torch.sort`` call ranks the boxes); across crops all
+  masks of one crop tie, so this decides which duplicates survive.
+- Without ``features`` the image (and every crop) is resized the way the official image predictor does (bilinear,
+  antialiased, on the ``/255`` float image); features from a video session come from the video loader's bicubic
+  resize instead, so masks on them differ slightly from the official image-only generator's.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from sam2core.mask_ops import (batched_nms, box_area, coco_rle, crop_boxes, layer_point_grids, mask_boxes,
+                               small_components, stability_score, uncompressed_rle)
+from sam2core.modeling.sam2 import (IMAGENET_MEAN, IMAGENET_STD, STABILITY_DELTA, STABILITY_THRESH, ImageFeatures,
+                                   SAM2Model)
+
+OUTPUT_MODES = ("binary_mask", "uncompressed_rle", "coco_rle")
+LOGIT_CLAMP = 32.0  # mask logits fed back as an m2m mask prompt are clamped to +-32
+SMALL_REGION_LOGIT = 10.0  # filled holes become +10 (above the 0 cut), removed specks -10
+UPSAMPLE_CHUNK = 64  # candidates upsampled to crop resolution at a time (bounds the fp32 full-size buffer)
+CROP_EDGE_TOLERANCE = 20.0  # pixels: a box this close to a crop edge (not an image edge) is cut by the crop
+
+
+@dataclass
+class AutoMasks:
+    """The masks of one image, in the generator's output order, as tensors on the model's device."""
+
+    masks: torch.Tensor  # [N, H, W] bool at image resolution
+    predicted_iou: torch.Tensor  # [N] fp32
+    stability_score: torch.Tensor  # [N] fp32
+    point_coords: torch.Tensor  # [N, 2] fp32 image pixels (x, y) of the click that produced each mask
+    boxes: torch.Tensor  # [N, 4] int64 x0, y0, x1, y1 (inclusive pixel indices)
+    crop_boxes: torch.Tensor  # [N, 4] int64 x0, y0, x1, y1 (exclusive end) of the crop each mask came from
+
+    def __len__(self) -> int:
+        return self.masks.shape[0]
+
+
+@dataclass
+class _CropMasks:
+    """Candidates of one crop: masks at crop size, everything else in crop pixels until uncropped."""
+
+    masks: torch.Tensor  # [n, crop_h, crop_w] bool
+    iou: torch.Tensor
+    stability: torch.Tensor
+    points: torch.Tensor
+    boxes: torch.Tensor
+
+    def select(self, keep: torch.Tensor) -> "_CropMasks":
+        return _CropMasks(self.masks[keep], self.iou[keep], self.stability[keep], self.points[keep], self.boxes[keep])
+
+    @staticmethod
+    def cat(parts: list["_CropMasks"]) -> "_CropMasks":
+        return _CropMasks(*(torch.cat([getattr(p, f) for p in parts]) for f in
+                            ("masks", "iou", "stability", "points", "boxes")))
+
+
+class AutomaticMaskGenerator:
+    """Masks for everything in an image from a grid of point prompts.
+
+    Keywords and defaults are the official generator's, plus ``dynamic_multimask_via_stability``: a setting of the
+    official model rather than of its generator, on (True) for models built by the official ``build_sam2``.
+    """
+
+    def __init__(
+        self,
+        model: SAM2Model,
+        points_per_side: int | None = 32,
+        points_per_batch: int = 64,
+        pred_iou_thresh: float = 0.8,
+        stability_score_thresh: float = 0.95,
+        stability_score_offset: float = 1.0,
+        mask_threshold: float = 0.0,
+        box_nms_thresh: float = 0.7,
+        crop_n_layers: int = 0,
+        crop_nms_thresh: float = 0.7,
+        crop_overlap_ratio: float = 512 / 1500,
+        crop_n_points_downscale_factor: int = 1,
+        point_grids: list[np.ndarray] | None = None,
+        min_mask_region_area: int = 0,
+        output_mode: str = "binary_mask",
+        use_m2m: bool = False,
+        multimask_output: bool = True,
+        dynamic_multimask_via_stability: bool = True,
+    ) -> None:
+        """``points_per_side`` (or explicit normalised ``point_grids``, one per crop layer) sets the clicks;
+        ``min_mask_region_area`` > 0 fills background holes and removes foreground specks of at most that many
+        low-resolution pixels before upsampling; ``use_m2m`` re-decodes each candidate with its own logits as mask
+        prompt; ``dynamic_multimask_via_stability``: a single-mask output (``multimask_output=False``, m2m) that is
+        unstable is replaced by the best multimask candidate."""
+        if (points_per_side is None) == (point_grids is None):
+            raise ValueError("give exactly one of points_per_side and point_grids")
+        if output_mode not in OUTPUT_MODES:
+            raise ValueError(f"output_mode must be one of {OUTPUT_MODES}, got {output_mode!r}")
+        if points_per_batch < 1 or crop_n_layers < 0:
+            raise ValueError("points_per_batch must be >= 1 and crop_n_layers >= 0")
+        if points_per_side is not None:
+            grids = layer_point_grids(points_per_side, crop_n_layers, crop_n_points_downscale_factor)
+        else:
+            grids = [np.asarray(g, dtype=np.float64) for g in point_grids]
+            if len(grids) < crop_n_layers + 1:
+                raise ValueError(f"need {crop_n_layers + 1} point grids (one per crop layer), got {len(grids)}")
+        if any(len(g) == 0 for g in grids[:crop_n_layers + 1]):
+            raise ValueError("every crop layer needs at least one point (points_per_side too small for the "
+                             "downscale factor?)")
+        self.model = model
+        self.point_grids = grids
+        self.points_per_batch = points_per_batch
+        self.pred_iou_thresh = pred_iou_thresh
+        self.stability_score_thresh = stability_score_thresh
+        self.stability_score_offset = stability_score_offset
+        self.mask_threshold = mask_threshold
+        self.box_nms_thresh = box_nms_thresh
+        self.crop_n_layers = crop_n_layers
+        self.crop_nms_thresh = crop_nms_thresh
+        self.crop_overlap_ratio = crop_overlap_ratio
+        self.crop_n_points_downscale_factor = crop_n_points_downscale_factor
+        self.min_mask_region_area = min_mask_region_area
+        self.output_mode = output_mode
+        self.use_m2m = use_m2m
+        self.multimask_output = multimask_output
+        self.dynamic_multimask_via_stability = dynamic_multimask_via_stability
+
+    # ---- public ----------------------------------------------------------------------------------------------
+
+    @torch.inference_mode()
+    def generate(self, image: np.ndarray | torch.Tensor, features: ImageFeatures | None = None) -> list[dict[str, Any]]:
+        """Mask records for a uint8 ``H x W x 3`` RGB image, with the official keys: ``segmentation`` (per
+        ``output_mode``), ``area``, ``bbox`` (XYWH), ``predicted_iou``, ``point_coords``, ``stability_score``,
+        ``crop_box`` (XYWH). ``features``: see :meth:`generate_masks`."""
+        found = self.generate_masks(image, features)
+        masks = found.masks.cpu().numpy()
+        boxes = found.boxes.tolist()
+        crops = found.crop_boxes.tolist()
+        ious, stabilities = found.predicted_iou.tolist(), found.stability_score.tolist()
+        points = found.point_coords.tolist()
+        records = []
+        for i, mask in enumerate(masks):
+            x0, y0, x1, y1 = boxes[i]
+            cx0, cy0, cx1, cy1 = crops[i]
+            records.append({
+                "segmentation": self._encode_mask(mask),
+                "area": int(mask.sum()),
+                "bbox": [float(x0), float(y0), float(x1 - x0), float(y1 - y0)],
+                "predicted_iou": ious[i],
+                "point_coords": [points[i]],
+                "stability_score": stabilities[i],
+                "crop_box": [float(cx0), float(cy0), float(cx1 - cx0), float(cy1 - cy0)],
+            })
+        return records
+
+    @torch.inference_mode()
+    def generate_masks(self, image: np.ndarray | torch.Tensor, features: ImageFeatures | None = None) -> AutoMasks:
+        """The masks of a uint8 ``H x W x 3`` image as device tensors (what :meth:`generate` turns into records).
+
+        ``features``: the image's raw backbone features (``model.encode_image`` of the preprocessed frame, batch 1,
+        no memory embedding), e.g. the ones a video session computed for this frame; they replace the encoder pass
+        of the uncropped layer (crops are always encoded from the image). Without them the image is encoded the
+        way the official image predictor does (bilinear antialiased resize of the ``/255`` image).
+        """
+        frame = torch.as_tensor(image)
+        if frame.dtype != torch.uint8 or frame.ndim != 3 or frame.shape[-1] != 3:
+            raise ValueError(f"expected a uint8 HxWx3 image, got {tuple(frame.shape)} {frame.dtype}")
+        if features is not None and features.feat.shape[0] != 1:
+            raise ValueError(f"features must hold one frame, got a batch of {features.feat.shape[0]}")
+        frame = frame.to(self.model.device)
+        h, w = frame.shape[:2]
+        boxes, layers = crop_boxes((h, w), self.crop_n_layers, self.crop_overlap_ratio)
+        per_crop = []
+        for box, layer in zip(boxes, layers):
+            x0, y0, x1, y1 = box
+            if layer == 0 and features is not None:
+                feats = ImageFeatures(self.model.add_no_memory(features.feat), features.pos, features.high_res)
+            else:
+                feats = self._encode(frame[y0:y1, x0:x1])
+            per_crop.append(self._process_crop(feats, box, layer, (h, w)))
+        return self._merge_crops(per_crop, boxes, (h, w))
+
+    def _merge_crops(self, per_crop: list[_CropMasks], boxes: list[list[int]], image_hw: tuple[int, int]) -> AutoMasks:
+        """Every crop's candidates in image pixels; with several crops, NMS across them preferring smaller crops."""
+        device = self.model.device
+        h, w = image_hw
+        crop_of = torch.cat([torch.full((len(c.iou),), i, dtype=torch.long, device=device)
+                             for i, c in enumerate(per_crop)])
+        index_in_crop = torch.cat([torch.arange(len(c.iou), device=device) for c in per_crop])
+        offsets = torch.tensor([[b[0], b[1], b[0], b[1]] for b in boxes], device=device)
+        all_boxes = torch.cat([c.boxes for c in per_crop]) + offsets[crop_of]
+        iou = torch.cat([c.iou for c in per_crop])
+        stability = torch.cat([c.stability for c in per_crop])
+        points = torch.cat([c.points for c in per_crop]) + offsets[crop_of, :2]
+        crops = torch.tensor(boxes, device=device)[crop_of]
+        if len(boxes) > 1:
+            prefer_small_crops = 1 / box_area(crops)
+            keep = batched_nms(all_boxes.float(), prefer_small_crops, torch.zeros_like(crop_of),
+                               self.crop_nms_thresh)
+            crop_of, index_in_crop = crop_of[keep], index_in_crop[keep]
+            all_boxes, iou, stability, points, crops = (t[keep] for t in (all_boxes, iou, stability, points, crops))
+
+        masks = torch.zeros(len(crop_of), h, w, dtype=torch.bool, device=device)
+        for i, (crop, j) in enumerate(zip(crop_of.tolist(), index_in_crop.tolist())):
+            x0, y0, x1, y1 = boxes[crop]
+            masks[i, y0:y1, x0:x1] = per_crop[crop].masks[j]
+        return AutoMasks(masks, iou, stability, points, all_boxes, crops)
+
+    # ---- one crop --------------------------------------------------------------------------------------------
+
+    def _encode(self, image: torch.Tensor) -> ImageFeatures:
+        """Features (with the no-memory embedding) of a uint8 ``h x w x 3`` image, preprocessed like the official
+        image predictor: ``/255``, bilinear antialiased resize to the model input (skipped at that size already),
+        ImageNet mean and std."""
+        model = self.model
+        size = model.image_size
+        x = image.permute(2, 0, 1).float().div(255.0)[None]
+        if tuple(x.shape[-2:]) != (size, size):
+            x = F.interpolate(x, size=(size, size), mode="bilinear", align_corners=False, antialias=True)
+        mean, std = x.new_tensor(IMAGENET_MEAN).view(1, 3, 1, 1), x.new_tensor(IMAGENET_STD).view(1, 3, 1, 1)
+        feats = model.encode_image((x - mean) / std)
+        return ImageFeatures(model.add_no_memory(feats.feat), feats.pos, feats.high_res)
+
+    def _process_crop(self, feats: ImageFeatures, box: list[int], layer: int, image_hw: tuple[int, int]) -> _CropMasks:
+        """Candidates of one crop after its own NMS (boxes and points still in crop pixels)."""
+        x0, y0, x1, y1 = box
+        crop_hw = (y1 - y0, x1 - x0)
+        scaled = self.point_grids[layer] * np.array([[crop_hw[1], crop_hw[0]]])
+        points = torch.as_tensor(scaled, dtype=torch.float32).to(self.model.device)
+        parts = [self._process_batch(feats, points[i:i + self.points_per_batch], crop_hw, box, image_hw)
+                 for i in range(0, len(points), self.points_per_batch)]
+        found = _CropMasks.cat(parts)
+        keep = batched_nms(found.boxes.float(), found.iou, torch.zeros_like(found.boxes[:, 0]),
+                           self.box_nms_thresh)
+        return found.select(keep)
+
+    def _process_batch(self, feats: ImageFeatures, points: torch.Tensor, crop_hw: tuple[int, int],
+                       box: list[int], image_hw: tuple[int, int]) -> _CropMasks:
+        """Decode one batch of clicks (crop pixels) and keep the candidates that pass every filter."""
+        low, iou = self._decode(feats, self._model_coords(points, crop_hw), None, self.multimask_output)
+        per_point = low.shape[1]
+        low, iou = low.flatten(0, 1), iou.flatten(0, 1)
+        points = points.repeat_interleave(per_point, dim=0)
+        if self.use_m2m:
+            coords = self._model_coords(points, crop_hw)
+            prompts = low.clamp(-LOGIT_CLAMP, LOGIT_CLAMP)
+            refined = [self._decode(feats, coords[i:i + self.points_per_batch], prompts[i:i + self.points_per_batch],
+                                    False) for i in range(0, len(points), self.points_per_batch)]
+            low = torch.cat([r[0][:, 0] for r in refined])
+            iou = torch.cat([r[1][:, 0] for r in refined])
+        if self.pred_iou_thresh > 0.0:
+            keep = iou > self.pred_iou_thresh
+            low, iou, points = low[keep], iou[keep], points[keep]
+        parts = [self._score_and_box(low[i:i + UPSAMPLE_CHUNK], iou[i:i + UPSAMPLE_CHUNK],
+                                     points[i:i + UPSAMPLE_CHUNK], crop_hw, box, image_hw)
+                 for i in range(0, len(low), UPSAMPLE_CHUNK)]
+        if not parts:
+            return self._score_and_box(low, iou, points, crop_hw, box, image_hw)
+        return _CropMasks.cat(parts)
+
+    def _score_and_box(self, low: torch.Tensor, iou: torch.Tensor, points: torch.Tensor, crop_hw: tuple[int, int],
+                       box: list[int], image_hw: tuple[int, int]) -> _CropMasks:
+        """Candidates at crop resolution: stability filter, binary masks and boxes, crop-edge filter."""
+        logits = self._upsample(low, crop_hw)
+        stability = stability_score(logits, self.mask_threshold, self.stability_score_offset)
+        if self.stability_score_thresh > 0.0:
+            keep = stability >= self.stability_score_thresh
+            logits, iou, points, stability = logits[keep], iou[keep], points[keep], stability[keep]
+        masks = logits > self.mask_threshold
+        del logits
+        boxes = mask_boxes(masks)
+        keep = ~self._cut_by_crop(boxes, box, image_hw)
+        return _CropMasks(masks[keep], iou[keep], stability[keep], points[keep], boxes[keep])
+
+    def _model_coords(self, points: torch.Tensor, crop_hw: tuple[int, int]) -> torch.Tensor:
+        """Crop pixels ``[N, 2]`` -> model-input pixels ``[N, 1, 2]`` (normalised by the crop size, then scaled)."""
+        h, w = crop_hw
+        coords = torch.stack([points[:, 0] / w, points[:, 1] / h], dim=1)
+        return (coords * self.model.image_size)[:, None]
+
+    def _decode(self, feats: ImageFeatures, coords: torch.Tensor, mask_prompt: torch.Tensor | None,
+                multimask: bool) -> tuple[torch.Tensor, torch.Tensor]:
+        """Raw decoder logits ``[B, M, 4h, 4w]`` (fp32) and predicted IoU ``[B, M]`` of one foreground click per
+        row (``coords [B, 1, 2]``), optionally with a mask prompt ``[B, 4h, 4w]``; M = 3 when ``multimask``."""
+        model = self.model
+        prompt = model.sam_prompt_encoder
+        b, dtype = coords.shape[0], feats.feat.dtype
+        labels = torch.ones(b, 1, dtype=torch.int32, device=coords.device)
+        sparse = prompt.embed_points(coords, labels).to(dtype)
+        dense = prompt.no_mask_dense(b) if mask_prompt is None else prompt.embed_mask(mask_prompt[:, None].to(dtype))
+        high_res = (feats.high_res[0].expand(b, -1, -1, -1), feats.high_res[1].expand(b, -1, -1, -1))
+        out = model.sam_mask_decoder(feats.feat.expand(b, -1, -1, -1), prompt.dense_pe().to(dtype), sparse,
+                                     dense.to(dtype), high_res)
+        masks, iou = out.masks.float(), out.iou.float()
+        if multimask:
+            return masks[:, 1:], iou[:, 1:]
+        if not self.dynamic_multimask_via_stability:
+            return masks[:, :1], iou[:, :1]
+        return _single_or_best(masks, iou)
+
+    def _upsample(self, low: torch.Tensor, crop_hw: tuple[int, int]) -> torch.Tensor:
+        """``[n, 4h, 4w]`` logits -> ``[n, crop_h, crop_w]``; with ``min_mask_region_area`` small background holes
+        and small foreground specks (8-connected, in low-resolution pixels, cut at 0) are flipped first."""
+        x = low[:, None]
+        if len(x) == 0:
+            return x.new_zeros(0, *crop_hw)
+        area = self.min_mask_region_area
+        if area > 0:
+            holes = small_components(x <= 0, area)
+            specks = small_components(x > 0, area)
+            x = torch.where(holes, SMALL_REGION_LOGIT, x)
+            x = torch.where(specks, -SMALL_REGION_LOGIT, x)
+        return F.interpolate(x, size=crop_hw, mode="bilinear", align_corners=False)[:, 0]
+
+    @staticmethod
+    def _cut_by_crop(boxes: torch.Tensor, box: list[int], image_hw: tuple[int, int]) -> torch.Tensor:
+        """Boxes (crop pixels) within 20 px of an edge of the crop that is not also an edge of the image."""
+        x0, y0 = box[0], box[1]
+        shifted = (boxes + boxes.new_tensor([x0, y0, x0, y0])).float()
+        crop = shifted.new_tensor(box)
+        image = shifted.new_tensor([0, 0, image_hw[1], image_hw[0]])
+        near_crop = torch.isclose(shifted, crop[None], atol=CROP_EDGE_TOLERANCE, rtol=0)
+        near_image = torch.isclose(shifted, image[None], atol=CROP_EDGE_TOLERANCE, rtol=0)
+        return (near_crop & ~near_image).any(dim=1)
+
+    def _encode_mask(self, mask: np.ndarray) -> Any:
+        """One output mask in ``output_mode``: the bool array itself, or its uncompressed or COCO RLE."""
+        if self.output_mode == "coco_rle":
+            return coco_rle(mask)
+        if self.output_mode == "uncompressed_rle":
+            return uncompressed_rle(mask)
+        return mask
+
+
+def _single_or_best(masks: torch.Tensor, iou: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """The single-mask output ``[B, 1, ...]`` where it is stable (area above +0.05 over area above -0.05 is at least
+    0.98), else the multimask candidate with the best predicted IoU."""
+    single, single_iou = masks[:, :1], iou[:, :1]
+    inner = (single > STABILITY_DELTA).flatten(1).sum(dim=1).float()
+    outer = (single > -STABILITY_DELTA).flatten(1).sum(dim=1).float()
+    stable = torch.where(outer > 0, inner / outer, torch.ones_like(outer)) >= STABILITY_THRESH
+    best = iou[:, 1:].argmax(dim=1, keepdim=True) + 1
+    best_masks = masks.gather(1, best[..., None, None].expand(-1, -1, *masks.shape[-2:]))
+    return (torch.where(stable[:, None, None, None], single, best_masks),
+            torch.where(stable[:, None], single_iou, iou.gather(1, best)))
