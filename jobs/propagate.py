@@ -1,4 +1,5 @@
-"""Propagate manifest prompts through whole videos on Ray: ``python -m jobs.propagate key=value ...``.
+"""Propagate manifest prompts through whole videos on Ray: ``python -m jobs.propagate key=value ...``; with
+``prompts=auto`` (or ``manifest+auto``) the videos' objects are discovered automatically (pipeline.discovery).
 
 The Hydra config (conf/config.yaml) is read here, once, validated, and handed to ``pipeline.driver`` as plain
 values; a value out of range is refused with one line naming its key (exit 2) before Ray starts or anything is
@@ -20,7 +21,7 @@ from omegaconf.errors import OmegaConfBaseException
 
 from jobs.redaction import redacted, scrub, secret_values
 from pipeline.driver import EXIT_BAD_INPUT, EXIT_FAILED_VIDEOS, run
-from pipeline.specs import ClusterSpec, DataSpec, JobSpec, ModelSpec, OutputSpec, SpecError
+from pipeline.specs import AutoSpec, ClusterSpec, DataSpec, JobSpec, ModelSpec, OutputSpec, SpecError
 
 log = logging.getLogger("jobs.propagate")
 _worst_status = 0  # of the sweep points run by this process (multirun)
@@ -37,6 +38,7 @@ def job_spec(cfg: DictConfig) -> JobSpec:
         return JobSpec(
             model=ModelSpec(**c["model"]), session=c["session"], data=DataSpec(**c["data"]),
             output=OutputSpec(**c["output"]), cluster=ClusterSpec(**c["cluster"]),
+            auto=AutoSpec(**c["auto"]) if "auto" in c else None,
             num_shards=c["sharding"]["num_shards"], shard_id=c["sharding"]["shard_id"],
             log_every_s=c["log_every_s"], config=recorded, config_yaml=OmegaConf.to_yaml(recorded),
         )

@@ -19,7 +19,8 @@ import time
 from dataclasses import asdict, replace
 
 from pipeline import cluster
-from pipeline.manifest import DEFAULT_PROTOCOLS, ManifestError, ManifestPlan, ManifestReadError, load_manifest
+from pipeline.manifest import (DEFAULT_PROTOCOLS, ManifestError, ManifestPlan, ManifestReadError, list_videos,
+                               load_manifest)
 from pipeline.pool import PoolPolicy, WorkerPool, WorkerStartError
 from pipeline.provenance import RANDOM_CHECKPOINT, ProvenanceError, job_provenance, provenance_identity
 from pipeline.sinks import Sink, make_sink
@@ -80,14 +81,18 @@ def run(spec: JobSpec) -> int:
 
 def _prepare(spec: JobSpec) -> tuple[ManifestPlan, dict, Sink]:
     """Manifest, checkpoint and output prefix checked, in that order; Refused names what is wrong."""
+    d = spec.data
     try:
-        plan = load_manifest(spec.data.manifest, spec.data.root, spec.data.storage_options,
-                             on_invalid=spec.data.on_invalid, protocols=spec.data.protocols or DEFAULT_PROTOCOLS,
-                             retry_s=spec.data.retry_s)
+        if d.videos is not None:
+            plan = list_videos(d.videos, d.storage_options, d.protocols or DEFAULT_PROTOCOLS)
+        else:
+            plan = load_manifest(d.manifest, d.root, d.storage_options, on_invalid=d.on_invalid,
+                                 protocols=d.protocols or DEFAULT_PROTOCOLS, retry_s=d.retry_s, mode=d.prompts)
     except ManifestReadError as exc:
         raise Refused(f"{exc}; nothing was written") from exc
     except ManifestError as exc:
-        raise Refused(f"manifest {spec.data.manifest} rejected; nothing was written.\n{exc}") from exc
+        raise Refused(f"{'data.videos ' + d.videos if d.videos is not None else 'manifest ' + d.manifest} "
+                      f"rejected; nothing was written.\n{exc}") from exc
     for video_id, errors in plan.dropped.items():
         log.warning("video %s dropped: %s", video_id, "; ".join(f"row {e.row} {e.column}: {e.reason}" for e in errors))
     if not plan.tasks:
@@ -114,6 +119,8 @@ def _plan_shard(spec: JobSpec, plan: ManifestPlan, provenance: dict, sink: Sink
     """This shard's tasks (each with its digest) and those still to run: no done record, a record that does not
     parse, or one made from other prompts/options/model (logged as changed)."""
     produced_by = provenance_identity(provenance)
+    if spec.data.prompts != "manifest":  # discovery options change the masklets too
+        produced_by = {**produced_by, "prompts": spec.data.prompts, "auto": asdict(spec.auto)}
     tasks = [replace(t, digest=task_digest(t, produced_by)) for t in plan.tasks
              if shard_of(t.video_id, spec.num_shards) == spec.shard_id]
     done = sink.done_records()
@@ -149,7 +156,8 @@ def _with_absolute_paths(spec: JobSpec) -> JobSpec:
         model = replace(model, checkpoint=absolute(model.checkpoint))
     if model.cache_dir:
         model = replace(model, cache_dir=os.path.expanduser(model.cache_dir))
-    data = replace(spec.data, manifest=absolute(spec.data.manifest), root=absolute(spec.data.root))
+    data = replace(spec.data, manifest=absolute(spec.data.manifest), root=absolute(spec.data.root),
+                   videos=None if spec.data.videos is None else absolute(spec.data.videos))
     return replace(spec, model=model, data=data, output=replace(spec.output, uri=absolute(spec.output.uri)))
 
 
@@ -171,6 +179,7 @@ def _pool(spec: JobSpec, todo: list[VideoTask], provenance: dict, sink: Sink) ->
             input_storage_options=spec.data.storage_options, output_uri=o.uri, output_format=o.format,
             output_storage_options=o.storage_options, provenance=provenance, encode_threads=o.encode_threads,
             queue_frames=o.queue_frames, retry_s=o.retry_s,
+            auto=spec.auto if spec.data.prompts != "manifest" else None,
         )
         log.info("starting %d workers (%s CPU, %s GPU each)", count, c.cpus_per_worker, gpus)
         actors = start_workers(worker_spec, count, num_cpus=c.cpus_per_worker, num_gpus=gpus,

@@ -7,6 +7,8 @@ work; ``on_invalid="drop_video"`` instead drops the videos those rows belong to 
 
 from __future__ import annotations
 
+import os
+import re
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
@@ -140,8 +142,9 @@ def _check_numbers(values: pa.Array, parents: np.ndarray, n: int) -> tuple[np.nd
     return _any_per_row(n, parents, ~np.isfinite(nums)), nums
 
 
-def _check_ids(table: pa.Table, errors: _Errors) -> np.ndarray:
-    """video_id / video_uri / obj_id / frame_idx checks; returns the rows whose video_id is usable."""
+def _check_ids(table: pa.Table, errors: _Errors, prompt_columns: bool = True) -> np.ndarray:
+    """video_id / video_uri / obj_id / frame_idx checks (the last two only with ``prompt_columns``); returns the rows
+    whose video_id is usable."""
     n = table.num_rows
     vid = table["video_id"]
     ok_vid = np.ones(n, dtype=bool)
@@ -162,7 +165,7 @@ def _check_ids(table: pa.Table, errors: _Errors) -> np.ndarray:
     else:
         empty = _np(pc.equal(pc.utf8_length(pc.utf8_trim_whitespace(uri)), 0), True)
         errors.add_mask(empty, "video_uri", "missing or empty")
-    for col in ("obj_id", "frame_idx"):
+    for col in ("obj_id", "frame_idx") if prompt_columns else ():
         arr = table[col]
         if not pa.types.is_integer(arr.type):
             errors.add(-1, col, f"must be an integer column, got {arr.type}")
@@ -309,17 +312,22 @@ def _check_duplicates(table: pa.Table, ok_vid: np.ndarray, errors: _Errors) -> N
             errors.add(r, "frame_idx", f"second prompt for video {v!r} object {o} frame {f} (first in row {r0})")
 
 
-def validate(table: pa.Table) -> tuple[list[RowError], np.ndarray]:
-    """Every problem of every row, and the per-row usable-video_id flags."""
+def validate(table: pa.Table, prompts: bool = True) -> tuple[list[RowError], np.ndarray]:
+    """Every problem of every row, and the per-row usable-video_id flags. ``prompts=False`` (``prompts=auto``):
+    only the video columns are required and checked; prompt columns, if any, are ignored."""
     errors = _Errors()
-    missing = [c for c in REQUIRED if c not in table.column_names]
+    required = REQUIRED if prompts else REQUIRED[:2]
+    missing = [c for c in required if c not in table.column_names]
     for c in missing:
         errors.add(-1, c, "required column missing")
     if missing:
         return errors.items, np.zeros(table.num_rows, dtype=bool)
-    ok_vid = _check_ids(table, errors)
+    ok_vid = _check_ids(table, errors, prompts)
     if pa.types.is_string(table["video_uri"].type) or pa.types.is_large_string(table["video_uri"].type):
         _check_uri_consistency(table, ok_vid, errors)
+    if not prompts:
+        errors.items.sort(key=lambda e: e.row)
+        return errors.items, ok_vid
     has_points, _ = _check_points(table, errors)
     has_box = _check_box(table, errors)
     has_mask = _check_mask(table, errors)
@@ -352,14 +360,16 @@ def _check_protocols(table: pa.Table, data_root: str | None, protocols: Sequence
 
 def load_manifest(uri: str, data_root: str | None = None, storage_options: dict | None = None,
                   on_invalid: str = "fail", protocols: Sequence[str] = DEFAULT_PROTOCOLS,
-                  retry_s: float = 30.0) -> ManifestPlan:
-    """Read, validate and plan a manifest. ``on_invalid``: "fail" raises ManifestError listing every bad row;
+                  retry_s: float = 30.0, mode: str = "manifest") -> ManifestPlan:
+    """Read, validate and plan a manifest. ``mode`` (``data.prompts``): "manifest" needs prompt rows; "auto" only
+    video_id/video_uri (any prompt columns are ignored; objects are discovered); "manifest+auto" both.
+    ``on_invalid``: "fail" raises ManifestError listing every bad row;
     "drop_video" drops the videos with bad rows (see ``plan.dropped``) and plans the rest. ``protocols``: the
     fsspec protocols video URIs may use. ManifestReadError when it cannot be read at all."""
     if on_invalid not in ("fail", "drop_video"):
         raise ValueError(f"on_invalid must be 'fail' or 'drop_video', got {on_invalid!r}")
     table = read_manifest_table(uri, storage_options, retry_s)
-    errors, ok_vid = validate(table)
+    errors, ok_vid = validate(table, prompts=mode != "auto")
     if "video_uri" in table.column_names:
         extra = _Errors()
         _check_protocols(table, data_root, protocols, extra)
@@ -378,5 +388,37 @@ def load_manifest(uri: str, data_root: str | None = None, storage_options: dict 
         bad_set = pa.array(sorted(bad_vids), table["video_id"].type)
         keep = ok_vid & ~_np(pc.is_in(table["video_id"], value_set=bad_set), True)
     table = table.append_column("__row", pa.array(np.arange(table.num_rows))).filter(pa.array(keep))
-    return ManifestPlan(tasks=build_tasks(table, data_root, storage_options), dropped=dropped,
+    return ManifestPlan(tasks=build_tasks(table, data_root, storage_options, mode), dropped=dropped,
                         num_rows=int(keep.size))
+
+
+_GLOB_CHARS = "*?["
+
+
+def list_videos(pattern: str, storage_options: dict | None = None, protocols: Sequence[str] = DEFAULT_PROTOCOLS
+                ) -> ManifestPlan:
+    """``data.videos`` (``prompts=auto`` without a manifest): one prompt-less task per video file matching a glob
+    (``s3://bucket/clips/*.mp4``) or under a prefix (``s3://bucket/clips/``: every file there). A video's id is its
+    file name without the extension; two files with the same id are refused (ManifestError), as is a protocol
+    outside ``protocols``. ManifestReadError when nothing can be listed or nothing matches."""
+    glob = pattern if any(c in pattern for c in _GLOB_CHARS) else pattern.rstrip("/") + "/*"
+    try:
+        fs, path = filesystem(glob, storage_options)
+        found = sorted(p for p in fs.glob(path) if not fs.isdir(p))
+    except Exception as exc:  # noqa: BLE001 - any backend's error: one line naming the pattern
+        raise ManifestReadError(f"data.videos={pattern}: cannot list ({type(exc).__name__}: {exc})") from exc
+    if not found:
+        raise ManifestReadError(f"data.videos={pattern}: no video files match")
+    uris = [p if "://" not in pattern else fs.unstrip_protocol(p) for p in found]
+    ids = [re.sub(r"[^A-Za-z0-9._-]+", "_", os.path.splitext(os.path.basename(p))[0]) for p in found]
+    table = pa.table({"video_id": pa.array(ids, pa.string()), "video_uri": pa.array(uris, pa.string())})
+    errors = _Errors()
+    first: dict[str, str] = {}
+    for row, (v, u) in enumerate(zip(ids, uris)):
+        if first.setdefault(v, u) != u:
+            errors.add(row, "video_id", f"{u} and {first[v]} both name video {v!r}")
+    _check_protocols(table, None, protocols, errors)
+    if errors.items:
+        raise ManifestError(pattern, errors.items)
+    table = table.append_column("__row", pa.array(np.arange(table.num_rows)))
+    return ManifestPlan(tasks=build_tasks(table, None, storage_options, "auto"), num_rows=table.num_rows)

@@ -6,6 +6,11 @@ masklet costs a few hundred bytes per object-frame, never a bitmap. Two on-disk 
 * SA-V JSON (``to_sav_json``): the SA-V annotation layout plus ``frame_indices``, ``object_scores`` and
   ``provenance``; ``masklet_first_appeared_frame`` follows SA-V and is a position in the ``masklet`` list
   (equal to the frame index when every frame is output), -1 for an object whose mask is never non-empty.
+  Masklets with ``types`` (the automatic modes) also carry SA-V's auto-layout fields: per frame and object
+  ``masklet_stability_score``, and per object ``masklet_type`` ("auto" or "manual"), ``masklet_size_abs`` (mean
+  area over the frames where it is visible), ``masklet_size_rel`` (that over the frame area), ``masklet_size_bucket``
+  (COCO's small < 32², medium < 96², large), ``masklet_frame_count`` (frames in ``masklet``),
+  ``masklet_visibility_changes`` (visible ↔ invisible transitions) and ``masklet_edited_frame_count`` (0).
 * Parquet (``to_parquet_table``): one row per object-frame; video-level fields live in the schema metadata.
 """
 
@@ -40,6 +45,33 @@ class Masklets:
     scores: list[list[float]]
     first_appeared: list[int]
     provenance: dict = field(default_factory=dict)
+    stability: list[list[float]] | None = None  # per frame and object, SA-V's masklet_stability_score
+    types: list[str] | None = None  # per object "auto" | "manual" (automatic modes); None: a prompted job
+
+
+def masklet_statistics(m: Masklets) -> dict:
+    """SA-V's per-object masklet statistics (size, frame count, visibility changes), from the RLEs frame by frame."""
+    n = len(m.obj_ids)
+    total = np.zeros(n, dtype=np.float64)
+    visible = np.zeros(n, dtype=np.int64)
+    changes = np.zeros(n, dtype=np.int64)
+    last: np.ndarray | None = None
+    for frame in m.rles:
+        coded = [{"size": r["size"], "counts": r["counts"].encode("ascii") if isinstance(r["counts"], str)
+                  else r["counts"]} for r in frame]
+        areas = mask_utils.area(coded).astype(np.float64) if coded else np.zeros(0)
+        seen = areas > 0
+        total += areas
+        visible += seen
+        if last is not None:
+            changes += seen != last
+        last = seen
+    size_abs = np.divide(total, visible, out=np.zeros(n), where=visible > 0)
+    size_rel = size_abs / float(m.height * m.width)
+    buckets = ["small" if a < 32 ** 2 else "medium" if a < 96 ** 2 else "large" for a in size_abs]
+    return {"masklet_size_rel": size_rel.tolist(), "masklet_size_abs": size_abs.tolist(),
+            "masklet_size_bucket": buckets, "masklet_visibility_changes": changes.tolist(),
+            "masklet_frame_count": [len(m.rles)] * n, "masklet_edited_frame_count": [0] * n}
 
 
 def encode_rle(mask: np.ndarray) -> dict:
@@ -118,7 +150,7 @@ class MaskletBuilder:
 
 def to_sav_json(m: Masklets) -> dict:
     """SA-V annotation dict of the masklets (JSON-serialisable)."""
-    return {
+    d = {
         "video_id": m.video_id,
         "video_frame_count": m.frame_count,
         "video_height": m.height,
@@ -131,6 +163,9 @@ def to_sav_json(m: Masklets) -> dict:
         "object_scores": m.scores,
         "provenance": m.provenance,
     }
+    if m.types is not None:
+        d.update(masklet_statistics(m), masklet_type=list(m.types), masklet_stability_score=m.stability)
+    return d
 
 
 def from_sav_json(d: dict) -> Masklets:
@@ -147,7 +182,8 @@ def from_sav_json(d: dict) -> Masklets:
         video_id=str(d["video_id"]), frame_count=int(d["video_frame_count"]), height=int(d["video_height"]),
         width=int(d["video_width"]), obj_ids=obj_ids, frame_indices=[int(f) for f in frame_indices], rles=rles,
         scores=scores, first_appeared=[int(f) for f in d.get("masklet_first_appeared_frame", [-1] * len(obj_ids))],
-        provenance=d.get("provenance") or {},
+        provenance=d.get("provenance") or {}, stability=d.get("masklet_stability_score"),
+        types=d.get("masklet_type"),
     )
 
 
@@ -165,9 +201,11 @@ def to_parquet_table(m: Masklets) -> pa.Table:
         "counts": pa.array(counts, pa.string()),
         "score": pa.array(scores, pa.float32()),
     })
+    if m.stability is not None:
+        table = table.append_column("stability", pa.array([s for frame in m.stability for s in frame], pa.float32()))
     meta = {"video_id": m.video_id, "frame_count": m.frame_count, "height": m.height, "width": m.width,
             "obj_ids": m.obj_ids, "frame_indices": m.frame_indices, "first_appeared": m.first_appeared,
-            "provenance": m.provenance}
+            "provenance": m.provenance, "types": m.types}
     return table.replace_schema_metadata({_PARQUET_META_KEY: json.dumps(meta).encode()})
 
 
@@ -183,17 +221,21 @@ def from_parquet_table(table: pa.Table) -> Masklets:
     pos_o = {o: j for j, o in enumerate(obj_ids)}
     rles: list[list[Any]] = [[None] * len(obj_ids) for _ in frame_indices]
     scores: list[list[float]] = [[float("nan")] * len(obj_ids) for _ in frame_indices]
-    cols = table.select(["frame_idx", "obj_id", "counts", "score"]).to_pydict()
-    for f, o, c, s in zip(cols["frame_idx"], cols["obj_id"], cols["counts"], cols["score"]):
+    has_stability = "stability" in table.column_names
+    stability = [[float("nan")] * len(obj_ids) for _ in frame_indices] if has_stability else None
+    cols = table.select(["frame_idx", "obj_id", "counts", "score"] + ["stability"] * has_stability).to_pydict()
+    for k, (f, o, c, s) in enumerate(zip(cols["frame_idx"], cols["obj_id"], cols["counts"], cols["score"])):
         i, j = pos_f[f], pos_o[o]
         rles[i][j] = {"size": [h, w], "counts": c}
         scores[i][j] = float(s)
+        if stability is not None:
+            stability[i][j] = float(cols["stability"][k])
     missing = [(frame_indices[i], obj_ids[j]) for i, row in enumerate(rles) for j, r in enumerate(row) if r is None]
     if missing:
         raise ValueError(f"video {meta['video_id']}: Parquet masklets lack (frame, obj) rows {missing[:5]}")
     return Masklets(video_id=meta["video_id"], frame_count=meta["frame_count"], height=h, width=w, obj_ids=obj_ids,
                     frame_indices=frame_indices, rles=rles, scores=scores, first_appeared=meta["first_appeared"],
-                    provenance=meta["provenance"])
+                    provenance=meta["provenance"], stability=stability, types=meta.get("types"))
 
 
 def masklets_to_bytes(m: Masklets, fmt: str) -> bytes:

@@ -1,18 +1,22 @@
 """The job as plain, typed values: what the Hydra edge (jobs/propagate) reads from conf/ once and passes inward.
 
 Each group of conf/ has its spec: ``ModelSpec`` (model/), ``DataSpec`` (data/), ``OutputSpec`` (output/),
-``ClusterSpec`` (cluster/); ``JobSpec`` holds them all, and ``WorkerSpec`` is the part a worker replica needs.
+``ClusterSpec`` (cluster/), ``AutoSpec`` (prompts/: the ``auto.*`` keys); ``JobSpec`` holds them all, and
+``WorkerSpec`` is the part a worker replica needs.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass, fields
+import inspect
+from dataclasses import dataclass, field, fields
 
+from sam2core.automatic import AutomaticMaskGenerator
 from sam2core.config import MODEL_NAMES
 from sam2core.video import SessionOptions
 
 DEVICES = ("auto", "cpu", "cuda")
 DTYPES = ("auto", "float32", "bfloat16")
+PROMPT_MODES = ("manifest", "auto", "manifest+auto")
 
 
 class SpecError(ValueError):
@@ -71,8 +75,13 @@ class DataSpec:
     storage_options: dict | None = None
     protocols: tuple[str, ...] | None = None  # fsspec protocols video URIs may use; None: pipeline.manifest's default
     retry_s: float = 30.0  # transient storage errors on the manifest are retried this long
+    prompts: str = "manifest"  # manifest: its prompts; auto: only its videos, objects discovered; manifest+auto: both
+    videos: str | None = None  # prompts=auto only: a glob or prefix of video files, instead of the manifest
 
     def __post_init__(self) -> None:
+        _one_of("data.prompts", self.prompts, PROMPT_MODES)
+        if self.videos is not None and self.prompts != "auto":
+            raise SpecError(f"data.videos={self.videos}: lists videos without prompts, so it needs prompts=auto")
         _one_of("data.decoder", self.decoder, ("decord", "pyav"))
         _one_of("data.on_invalid", self.on_invalid, ("fail", "drop_video"))
         _at_least("data.retry_s", self.retry_s, 0)
@@ -132,6 +141,35 @@ class ClusterSpec:
 
 
 @dataclass(frozen=True)
+class AutoSpec:
+    """Automatic discovery (conf/prompts, ``auto.*``): ``generator`` holds ``AutomaticMaskGenerator`` keywords (the
+    official names); the rest drive ``pipeline.discovery``."""
+
+    generator: dict = field(default_factory=dict)
+    every: int = 4  # keyframe cadence: SA-V annotates every 4th frame of 24 fps video (6 fps)
+    match_iou: float = 0.5  # a generator mask with this IoU with a tracked mask is that object
+    match_coverage: float = 0.8  # ... or covered by it for this share of its area
+    max_objects: int = 50  # discovered objects per video at most (largest first)
+    min_area: int = 100  # pixels: smaller generator masks are ignored, masklets never larger are removed
+    dedupe_iou: float = 0.8  # masklets this similar on 90% of their frames are one object
+
+    def __post_init__(self) -> None:
+        _at_least("auto.every", self.every, 1)
+        _at_least("auto.max_objects", self.max_objects, 1)
+        _at_least("auto.min_area", self.min_area, 0)
+        for key in ("match_iou", "match_coverage", "dedupe_iou"):
+            value = getattr(self, key)
+            _at_least(f"auto.{key}", value, 0, strict=True)
+            if value > 1:
+                raise SpecError(f"auto.{key}={value}: must be in (0, 1]")
+        known = set(inspect.signature(AutomaticMaskGenerator).parameters) - {"model"}
+        unknown = sorted(set(self.generator) - known)
+        if unknown:
+            raise SpecError(f"auto.generator.{unknown[0]}: unknown generator option (known: "
+                            f"{', '.join(sorted(known))})")
+
+
+@dataclass(frozen=True)
 class JobSpec:
     """The whole job as plain values."""
 
@@ -143,6 +181,7 @@ class JobSpec:
     num_shards: int = 1
     shard_id: int = 0
     log_every_s: float = 10.0
+    auto: AutoSpec | None = None  # discovery options; required unless prompts=manifest
     config: dict | None = None  # the resolved config without credentials: recorded in provenance
     config_yaml: str = ""  # the same as YAML, written beside the summary
 
@@ -151,6 +190,9 @@ class JobSpec:
         if not 0 <= self.shard_id < self.num_shards:
             raise SpecError(f"sharding.shard_id={self.shard_id}: must be in 0..{self.num_shards - 1}")
         _at_least("log_every_s", self.log_every_s, 0, strict=True)
+        if self.data.prompts != "manifest" and self.auto is None:
+            raise SpecError(f"data.prompts={self.data.prompts}: needs the auto.* keys (select "
+                            f"prompts={self.data.prompts})")
         known = {f.name for f in fields(SessionOptions)} - {"dtype", "compile"}
         unknown = sorted(set(self.session) - known)
         if unknown:
@@ -179,3 +221,4 @@ class WorkerSpec:
     encode_threads: int | None = None
     queue_frames: int = 8
     retry_s: float = 120.0
+    auto: AutoSpec | None = None  # discovery options when some task runs in an automatic mode

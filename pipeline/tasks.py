@@ -46,6 +46,7 @@ class VideoTask:
     cost: float
     digest: str = ""  # of what produces the video's masklets (see ``task_digest``); kept in its done record
     object_batch: int | None = None  # most objects per batched step; set after the video ran out of memory
+    auto: bool = False  # discover the video's (other) objects automatically (prompts=auto / manifest+auto)
 
     def with_smaller_batches(self) -> "VideoTask":
         """The same task with half the objects per batched step (after an out-of-memory failure)."""
@@ -109,8 +110,12 @@ def _mask_dicts(table: pa.Table) -> list[dict | None]:
     return [{"size": s, "counts": c} if p else None for p, s, c in zip(present, sizes, counts)]
 
 
-def build_tasks(table: pa.Table, data_root: str | None, storage_options: dict | None) -> list[VideoTask]:
-    """One task per video from validated manifest rows (``__row`` holds each row's number), largest cost first."""
+def build_tasks(table: pa.Table, data_root: str | None, storage_options: dict | None,
+                mode: str = "manifest") -> list[VideoTask]:
+    """One task per video from validated manifest rows (``__row`` holds each row's number), largest cost first.
+    ``mode`` "auto": tasks without prompts (one per distinct video); "manifest+auto": prompts plus discovery."""
+    if mode == "auto":
+        return _video_tasks(table, data_root, storage_options)
     cols = {c: table[c].to_pylist() if c in table.column_names else [None] * table.num_rows
             for c in ("points", "point_labels", "box")}
     cols["mask"] = _mask_dicts(table)
@@ -130,6 +135,19 @@ def build_tasks(table: pa.Table, data_root: str | None, storage_options: dict | 
     for v, prompts in by_video.items():
         prompts.sort(key=lambda p: (p.frame_idx, p.obj_id))
         n_obj = len({p.obj_id for p in prompts})
-        tasks.append(VideoTask(v, uri_of[v], tuple(prompts), n_obj, n_obj * float(sizes.get(uri_of[v], fallback))))
+        tasks.append(VideoTask(v, uri_of[v], tuple(prompts), n_obj, n_obj * float(sizes.get(uri_of[v], fallback)),
+                               auto=mode == "manifest+auto"))
+    tasks.sort(key=lambda t: (-t.cost, t.video_id))
+    return tasks
+
+
+def _video_tasks(table: pa.Table, data_root: str | None, storage_options: dict | None) -> list[VideoTask]:
+    """``prompts=auto``: one prompt-less task per video, cost = file size (objects are not known yet)."""
+    uri_of: dict[str, str] = {}
+    for v, u in zip(table["video_id"].to_pylist(), table["video_uri"].to_pylist()):
+        uri_of.setdefault(v, _resolve_uri(u, data_root))
+    sizes = _file_sizes(uri_of.values(), storage_options)
+    fallback = float(np.median(list(sizes.values()))) if sizes else 1.0
+    tasks = [VideoTask(v, u, (), 0, float(sizes.get(u, fallback)), auto=True) for v, u in uri_of.items()]
     tasks.sort(key=lambda t: (-t.cost, t.video_id))
     return tasks

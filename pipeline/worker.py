@@ -8,28 +8,37 @@ outage, an out-of-memory (``fault: "oom"``, retried with smaller object batches)
 "device"``: the pool has Ray replace this process, whose CUDA context is lost) can. ``status`` answers while a
 video runs, from its own thread: the frame the worker is on, for progress and per-video timeouts.
 
+A task with ``auto`` set (``prompts=auto`` or ``manifest+auto``) first discovers the video's objects
+(``pipeline.discovery``: the replica's ``AutomaticMaskGenerator`` on keyframes, short tracking chunks between them),
+then runs the one final pass with every object, and writes the masklets in SA-V's auto layout without near-empty
+and duplicate masklets.
+
 Testing entry point: ``cluster.worker_class`` names the actor class (default this one); fault tests subclass it
 to raise GPU errors inside a real actor. Nothing else in the production path exists for tests.
 """
 
 from __future__ import annotations
 
+import math
 import os
 import threading
 import time
 from dataclasses import replace
 from typing import Any
 
+import numpy as np
 import ray
 import torch
 from ray.util import metrics
 
+from pipeline.discovery import Discovered, discover, prompt_of, prune
 from pipeline.masklets import MaskletBuilder, Masklets, decode_rle
 from pipeline.output import OutputStage
 from pipeline.sinks import make_sink
 from pipeline.sources import InputUnavailable, VideoError, open_video
 from pipeline.specs import WorkerSpec
 from pipeline.tasks import Prompt, VideoTask
+from sam2core.automatic import AutomaticMaskGenerator
 from sam2core.build import build_model
 from sam2core.video import PromptError, SessionOptions, VideoSession
 
@@ -110,6 +119,7 @@ class PropagationWorker:
         self.options = SessionOptions(dtype=pick_dtype(m.dtype, self.device), compile=m.compile, **spec.session)
         self.sink = make_sink(spec.output_uri, spec.output_format, spec.output_storage_options, spec.retry_s)
         self.session: VideoSession | None = None
+        self.generator = AutomaticMaskGenerator(self.model, **spec.auto.generator) if spec.auto else None
         self.low_res_size = (m.image_size // 4, m.image_size // 4)
         cpus = ray.get_runtime_context().get_assigned_resources().get("CPU", 1.0)  # this actor's share
         self.encode_threads = spec.encode_threads or max(1, int(cpus))
@@ -147,6 +157,7 @@ class PropagationWorker:
         try:
             masklets = self._propagate(task)
             record["frames"] = masklets.frame_count
+            record["objects"] = len(masklets.obj_ids)
             record["seconds"] = round(time.perf_counter() - start, 3)
             record["digest"] = task.digest
             self.sink.write(masklets)
@@ -170,8 +181,12 @@ class PropagationWorker:
         source = open_video(task.video_uri, self.spec.input_storage_options, decoder=self.spec.decoder)
         try:
             session = self._session_for(source, task.object_batch)
-            for prompt in task.prompts:
-                _apply_prompt(session, check_geometry(prompt, source.height, source.width))
+            prompts = [check_geometry(p, source.height, source.width) for p in task.prompts]
+            found = self._discover(session, source, prompts) if task.auto else []
+            for prompt in prompts:
+                _apply_prompt(session, prompt)
+            for d in found:
+                session.add_mask(d.frame_idx, d.obj_id, prompt_of(d))
             with self._lock:
                 self._status.update(frames=source.num_frames, objects=len(session.obj_ids))
             builder = MaskletBuilder(task.video_id, source.num_frames, source.height, source.width,
@@ -179,7 +194,7 @@ class PropagationWorker:
             stage = OutputStage(builder, self.device, self.low_res_size, self.options.non_overlap_masks,
                                 self.encode_threads, self.spec.queue_frames)
             try:
-                for result in session.propagate(direction="both"):
+                for result in session.propagate(direction="both") if session.obj_ids else ():
                     stage.put(result.frame_idx, result.low_res_logits, result.object_scores)
                     self._status["frames_done"] += 1
                     self._frames_metric.inc()
@@ -188,11 +203,47 @@ class PropagationWorker:
                 stage.abort()
                 raise
             stage.close()
-            return builder.build()
+            if not session.obj_ids:  # nothing found: every frame, no masklet
+                for f in range(source.num_frames):
+                    builder.add_rles(f, [], [], [])
+            if not task.auto:
+                return builder.build()
+            return self._auto_masklets(builder.build(), found, {p.obj_id for p in prompts})
         finally:
             if self.session is not None:
                 self.session.reset()
             source.close()
+
+    def _discover(self, session: VideoSession, source: Any, prompts: list[Prompt]) -> list[Discovered]:
+        """The objects of the video the generator finds on keyframes and ``prompts`` do not cover; leaves
+        ``session`` reset for the final pass."""
+        def generate(image: Any) -> tuple[Any, Any]:
+            found = self.generator.generate_masks(np.array(image))  # a writable copy for torch
+            return found.masks.cpu().numpy(), found.stability_score.float().cpu().numpy()
+
+        def progress(frame_idx: int) -> None:
+            self._status["frames_done"] = frame_idx
+
+        with self._lock:  # the time budget counts the walk as one object tracked through the video
+            self._status.update(frames=source.num_frames, objects=max(1, len({p.obj_id for p in prompts})))
+        found = discover(session, source, generate, self.spec.auto, prompts, _apply_prompt, on_frame=progress)
+        session.reset()
+        with self._lock:
+            self._status.update(frames_done=0)
+        return found
+
+    def _auto_masklets(self, m: Masklets, found: list[Discovered], manual: set[int]) -> Masklets:
+        """SA-V auto layout: per-object types, per-frame stability (the generator's on the keyframe an object was
+        found, sigmoid of the object score elsewhere), near-empty and duplicate masklets removed."""
+        found_at = {d.obj_id: (d.frame_idx, d.stability) for d in found}
+        stability = []
+        for f, row in zip(m.frame_indices, m.scores):
+            stability.append([found_at[o][1] if found_at.get(o, (None,))[0] == f else _sigmoid(s)
+                              for o, s in zip(m.obj_ids, row)])
+        types = ["manual" if o in manual else "auto" for o in m.obj_ids]
+        m = replace(m, stability=stability, types=types)
+        auto = self.spec.auto
+        return prune(m, auto.min_area, auto.dedupe_iou, keep=sorted(manual))
 
     def _session_for(self, source: Any, object_batch: int | None) -> VideoSession:
         """The replica's session switched to ``source`` (built on first use; keeps compiled modules warm); a task
@@ -205,14 +256,18 @@ class PropagationWorker:
         return self.session
 
 
-def _apply_prompt(session: VideoSession, prompt: Prompt) -> None:
-    """One manifest row → one engine call (points and/or box, or a mask); errors name the manifest row."""
+def _sigmoid(x: float) -> float:
+    return float(1.0 / (1.0 + math.exp(-min(max(x, -80.0), 80.0))))
+
+
+def _apply_prompt(session: VideoSession, prompt: Prompt) -> Any:
+    """One manifest row → one engine call (points and/or box, or a mask), returning the frame's result; errors name
+    the manifest row."""
     try:
         if prompt.mask is not None:
-            session.add_mask(prompt.frame_idx, prompt.obj_id, decode_rle(prompt.mask))
-        else:
-            session.add_points(prompt.frame_idx, prompt.obj_id, points=prompt.points, labels=prompt.point_labels,
-                               box=prompt.box)
+            return session.add_mask(prompt.frame_idx, prompt.obj_id, decode_rle(prompt.mask))
+        return session.add_points(prompt.frame_idx, prompt.obj_id, points=prompt.points,
+                                  labels=prompt.point_labels, box=prompt.box)
     except PromptError as exc:
         raise PromptError(f"manifest row {prompt.row}: {exc}") from exc
 
