@@ -9,17 +9,23 @@ from __future__ import annotations
 
 import hashlib
 import io
+import json
+import tarfile
 from dataclasses import dataclass
 
+import fsspec
 import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from pipeline.dataset.annotations import SAV_KINDS, AnnotationError, masklets_from_sav, merge_masklets
 from pipeline.manifest import MANIFEST_SCHEMA
 from pipeline.masklets import Masklets, decode_rle
+from pipeline.storage import resolve_storage_options
 
 FRAME_MODES = ("first", "all")
 PROMPT_KINDS = ("mask", "box", "points")
+VIDEO_EXTENSIONS = (".mp4", ".mov", ".avi", ".mkv", ".webm")
 
 
 
@@ -119,4 +125,77 @@ def manifest_from_annotations(root: str, spec: PromptSpec, video_uri: str, kinds
         except (KeyError, IndexError) as e:
             raise ValueError(f"video_uri pattern {video_uri!r} may only use {{video_id}}") from e
         rows.extend(prompt_rows(m, uri, spec))
+    return rows, failed
+
+
+def shard_member_uri(member: str, shard: str) -> str:
+    """The fsspec URI of one member of a tar shard: ``tar://{member}::{shard}``."""
+    return f"tar://{member}::{shard}"
+
+
+def open_shard(shard: str, storage_options: dict | None = None) -> fsspec.AbstractFileSystem:
+    """The tar shard at ``shard`` (any fsspec URI) as a filesystem over its members (reads the index once)."""
+    protocol = fsspec.utils.get_protocol(shard)
+    options = resolve_storage_options(storage_options) if protocol in ("s3", "s3a") else dict(storage_options or {})
+    try:
+        if protocol in ("file", "local"):
+            return fsspec.filesystem("tar", fo=shard.removeprefix("file://"))
+        return fsspec.filesystem("tar", fo=shard, target_protocol=protocol, target_options=options)
+    except FileNotFoundError:
+        raise ValueError(f"{shard}: no such tar shard") from None
+    except tarfile.TarError as e:
+        raise ValueError(f"{shard}: not a tar file ({e})") from e
+
+
+def shard_videos(names: list[str], kinds: list[str]) -> tuple[dict[str, tuple[str, list[str]]], dict[str, str]]:
+    """video_id → (video member, annotation members in ``kinds`` order) of a shard's member names, and the videos
+    left out (id → why). SA-V layout: ``{dir}/{video_id}.mp4`` beside ``{dir}/{video_id}_{kind}.json``."""
+    videos: dict[str, str] = {}
+    notes: dict[str, dict[str, str]] = {}
+    for name in names:
+        base = name.rsplit("/", 1)[-1]
+        if base.lower().endswith(VIDEO_EXTENSIONS):
+            videos[base.rsplit(".", 1)[0]] = name
+        elif base.endswith(".json"):
+            video_id, _, kind = base[: -len(".json")].rpartition("_")
+            if kind in SAV_KINDS and video_id:
+                notes.setdefault(video_id, {})[kind] = name
+    found, skipped = {}, {}
+    for video_id in sorted(set(videos) | set(notes)):
+        files = [notes.get(video_id, {})[k] for k in kinds if k in notes.get(video_id, {})]
+        if video_id not in videos:
+            skipped[video_id] = f"annotations {files or sorted(notes[video_id].values())} but no video member"
+        elif not files:
+            skipped[video_id] = f"no {'/'.join(kinds)} annotation beside {videos[video_id]}"
+        else:
+            found[video_id] = (videos[video_id], files)
+    return found, skipped
+
+
+def manifest_from_shard(shard: str, spec: PromptSpec, kinds: list[str], frame_step: int,
+                        storage_options: dict | None = None) -> tuple[list[dict], dict[str, str]]:
+    """Rows for every annotated video of a tar shard as SA-V ships them, each ``video_uri`` the member's chained
+    URI (``tar://{member}::{shard}``), and the videos left out (id → reason)."""
+    fs = open_shard(shard, storage_options)
+    names = [n for n, info in fs.find("", detail=True).items() if info.get("type") == "file"]
+    found, failed = shard_videos(names, kinds)
+    rows: list[dict] = []
+    for video_id, (video, notes) in found.items():
+        try:
+            parts = []
+            for member in notes:
+                source = shard_member_uri(member, shard)
+                try:
+                    d = json.loads(fs.cat_file(member))
+                except (json.JSONDecodeError, UnicodeDecodeError) as e:
+                    raise AnnotationError(f"{source}: not JSON ({e})") from e
+                m = masklets_from_sav(d, source, frame_step)
+                if m.video_id != video_id:
+                    raise AnnotationError(f"{source}: video_id {m.video_id!r} does not match its name ({video_id!r})")
+                parts.append(m)
+        except AnnotationError as e:
+            failed[video_id] = str(e)
+            continue
+        m = merge_masklets(parts) if len(parts) > 1 else parts[0]
+        rows.extend(prompt_rows(m, shard_member_uri(video, shard), spec))
     return rows, failed

@@ -160,6 +160,11 @@ def test_manifest_propagate_evaluate_render_export(tmp_path: Path, run_job) -> N
     assert proc.stdout.strip().splitlines()[-1].startswith("J&F ")
     run_job("render", f"prefix={out}", f"manifest={manifest}", f"data_root={tmp_path / 'videos'}")
     assert len(_decode_frames(out / "render" / "synth.mp4")) == 16
+    run_job("render", f"prefix={out}", f"out={tmp_path / 'again'}")       # the prefix alone: the job's config
+    assert len(_decode_frames(tmp_path / "again" / "synth.mp4")) == 16
+    run_job("export", f"prefix={out}", "format=davis")                     # object id 0: renumbered, mapped
+    assert json.loads((out / "export_davis" / "synth" / "object_ids.json").read_text()) == {
+        "palette_index": {"1": 0}}
     run_job("export", f"prefix={out}", "format=sav_png")
     assert len(list((out / "export_sav_png" / "synth" / "000").glob("*.png"))) == 16
 

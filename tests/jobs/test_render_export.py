@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import json
 from pathlib import Path
 
 import av
@@ -12,8 +13,9 @@ from PIL import Image
 
 from pipeline.dataset.annotations import read_png_video
 from pipeline.dataset.export import davis_palette, export_masklets
+from pipeline.dataset.manifest_maker import manifest_bytes
 from pipeline.masklets import Masklets, decode_rle, encode_rles, masklets_to_bytes
-from pipeline.dataset.render import object_color, overlay, render_video
+from pipeline.dataset.render import SheetOptions, object_color, overlay, pick_positions, render_sheet, render_video
 from tests.helpers import make_video, synthetic_frames
 
 H, W, T = 48, 64, 12
@@ -62,11 +64,41 @@ def test_render_video_frame_count_and_sizes() -> None:
     decoded = _decode_mp4(mp4)
     assert len(decoded) == T and decoded[0].shape == (H, W, 3)
     img = Image.open(io.BytesIO(sheet))
-    assert img.size == (4 * 32, 2 * 24)                    # 6 thumbnails of 32x24 in rows of 4
+    assert img.size[0] == 4 * 32 + 5 * 6                   # 4 columns of 32-pixel thumbnails, 6-pixel gaps
+    m.provenance = {"checkpoint": "random"}
+    first = _decode_mp4(render_video(m, frames, fps=24, thumb_width=32)[0])[0].astype(int)
+    assert (np.abs(first[1:8, 40:] - (200, 30, 30)).sum(axis=2) < 60).mean() > 0.5      # the banner on the frames
+    assert (np.abs(decoded[0][1:8, 40:].astype(int) - (200, 30, 30)).sum(axis=2) < 60).mean() < 0.1
     with pytest.raises(ValueError, match="video clip: the video gave 5 frames for 12 masklet frames"):
         render_video(m, frames[:5], fps=24)
     with pytest.raises(ValueError, match="video clip frame 0: frame is 40x64, masklets are 48x64"):
         render_video(m, synthetic_frames(T, 40, W), fps=24)
+
+
+def test_sheet_frames_key_and_random_banner() -> None:
+    m = _masklets()
+    frames = synthetic_frames(T, H, W)
+    assert pick_positions(m, 4) == [0, 4, 7, 11] and pick_positions(m, [7, 2]) == [2, 7]
+    with pytest.raises(ValueError, match=r"video clip: sheet.frames \[12, 30\] have no masklets \(masklet frames "
+                                         r"0..11, 12 in all\)"):
+        pick_positions(m, [3, 12, 30])
+    with pytest.raises(ValueError, match="sheet.frames: must be a count >= 1"):
+        pick_positions(m, 0)
+    opts = SheetOptions(frames=[0, 5], columns=4, width=64, gap=4)
+    plain = np.asarray(Image.open(io.BytesIO(render_sheet(m, [frames[0], frames[5]], opts))))
+    m.provenance = {"model": "sam2.1_hiera_tiny", "checkpoint": "random"}
+    random = np.asarray(Image.open(io.BytesIO(render_sheet(m, [frames[0], frames[5]], opts))))
+    assert plain.shape[1] == random.shape[1] == 2 * 64 + 3 * 4 and random.shape[0] > plain.shape[0]
+    banner = (random[..., 0] > 150) & (random[..., 1] < 60) & (random[..., 2] < 60)
+    assert banner[:12].mean() > 0.5 and not ((plain[..., 0] > 150) & (plain[..., 1] < 60) & (plain[..., 2] < 60))[
+        :12].any()
+    empty = encode_rles(np.zeros((3, H, W), dtype=bool))
+    m.rles = [empty] * T                                    # no masks: an id's colour can only be in the key
+    keyed = np.asarray(Image.open(io.BytesIO(render_sheet(m, [frames[0], frames[5]], opts)))).astype(int)
+    for obj in m.obj_ids:
+        assert (np.abs(keyed - object_color(obj)).sum(axis=2) < 8).sum() >= 25
+    with pytest.raises(ValueError, match="video clip: 1 of the sheet's 2 frames were decoded"):
+        render_sheet(m, [frames[0]], opts)
 
 
 def test_export_round_trips(tmp_path: Path) -> None:
@@ -74,20 +106,35 @@ def test_export_round_trips(tmp_path: Path) -> None:
     assert export_masklets(m, str(tmp_path / "sav"), "sav_png") == 3 * T
     back = read_png_video(str(tmp_path / "sav" / "clip"))
     assert back.obj_ids == m.obj_ids and back.frame_indices == m.frame_indices and back.rles == m.rles
-    assert export_masklets(m, str(tmp_path / "davis"), "davis") == T
+    assert export_masklets(m, str(tmp_path / "davis"), "davis") == T + 1             # + the id mapping (1, 3, 7)
     img = Image.open(tmp_path / "davis" / "clip" / "00005.png")
     assert img.mode == "P" and img.size == (W, H) and img.getpalette()[:6] == davis_palette()[:6]
     back = read_png_video(str(tmp_path / "davis" / "clip"))
-    assert back.obj_ids == m.obj_ids and back.rles == m.rles and back.first_appeared == [0, 0, 3]
+    assert back.obj_ids == [1, 2, 3] and back.rles == m.rles and back.first_appeared == [0, 0, 3]
+    dense = _masklets(obj_ids=(1, 2, 3))
+    assert export_masklets(dense, str(tmp_path / "dense"), "davis") == T                 # 1..N: ids kept, no map
+    assert read_png_video(str(tmp_path / "dense" / "clip")).obj_ids == [1, 2, 3]
 
 
-def test_davis_export_lower_id_wins_and_rejects_id_0(tmp_path: Path) -> None:
-    m = _masklets(overlap=True)
+def test_davis_export_lower_id_wins_and_remaps_other_ids(tmp_path: Path) -> None:
+    m = _masklets(obj_ids=(1, 2, 3), overlap=True)
     export_masklets(m, str(tmp_path), "davis")
     labels = np.asarray(Image.open(tmp_path / "clip" / "00000.png"))
     assert (labels[16:20, :] == 1).all()
-    with pytest.raises(ValueError, match=r"video clip: object ids \[0\] cannot be DAVIS palette indices"):
-        export_masklets(_masklets(obj_ids=(0, 1, 2)), str(tmp_path / "x"), "davis")
+    assert not (tmp_path / "clip" / "object_ids.json").exists()
+    odd = _masklets(obj_ids=(0, 300, 12))
+    assert export_masklets(odd, str(tmp_path / "x"), "davis") == T + 1
+    mapping = json.loads((tmp_path / "x" / "clip" / "object_ids.json").read_text())
+    assert mapping == {"palette_index": {"1": 0, "2": 12, "3": 300}}
+    back = read_png_video(str(tmp_path / "x" / "clip"))
+    by_id = {mapping["palette_index"][str(i)]: k for k, i in enumerate(back.obj_ids)}
+    for pos in range(T):
+        for j, obj in enumerate(odd.obj_ids):
+            assert (decode_rle(back.rles[pos][by_id[obj]]) == decode_rle(odd.rles[pos][j])).all()
+    many = Masklets("big", 1, 4, 4, list(range(1, 257)), [0], [encode_rles(np.zeros((256, 4, 4), bool))],
+                    [[1.0] * 256], [-1] * 256)
+    with pytest.raises(ValueError, match="video big: 256 objects do not fit a DAVIS palette"):
+        export_masklets(many, str(tmp_path / "y"), "davis")
 
 
 def test_render_and_export_jobs(tmp_path: Path, run_job) -> None:
@@ -103,13 +150,43 @@ def test_render_and_export_jobs(tmp_path: Path, run_job) -> None:
     assert "video gone: render failed" in proc.stdout and "rendered 1 videos" in proc.stdout
     decoded = _decode_mp4((prefix / "render" / "clip.mp4").read_bytes())
     assert len(decoded) == T and decoded[0].shape == (H, W, 3)
-    assert Image.open(prefix / "render" / "clip_sheet.png").size == (4 * 32, 2 * 24)
+    assert Image.open(prefix / "render" / "clip_sheet.png").size[0] == 4 * 32 + 5 * 6
 
     run_job("export", f"prefix={prefix}", "format=davis", f"out={tmp_path / 'png'}", "videos=[clip]")
     back = read_png_video(str(tmp_path / "png" / "clip"))
     assert back.rles == _masklets().rles
     proc = run_job("export", f"prefix={prefix}", "videos=[nope]", check=False)
     assert proc.returncode != 0 and "no predictions for videos ['nope']" in proc.stderr
+
+
+def test_render_job_finds_the_videos_from_the_prefix(tmp_path: Path, run_job) -> None:
+    """Given the prefix alone, render reads the manifest and data root the job recorded: in the masklets'
+    provenance, else in the prefix's config.yaml."""
+    data = tmp_path / "data"
+    make_video(data / "vids" / "clip.mp4", synthetic_frames(T, H, W), fps=24)
+    manifest = tmp_path / "m.parquet"
+    manifest.write_bytes(manifest_bytes([{"video_id": "clip", "video_uri": "vids/clip.mp4", "obj_id": 1,
+                                          "frame_idx": 0, "box": [2.0, 4.0, 16.0, 14.0]}]))
+    data_cfg = {"manifest": str(manifest), "root": str(data)}
+    m = _masklets()
+    m.provenance = {"model": "sam2.1_hiera_tiny", "checkpoint": "random", "config": {"data": data_cfg}}
+    prefix = tmp_path / "run"
+    (prefix / "masklets").mkdir(parents=True)
+    (prefix / "masklets" / "clip.json").write_bytes(masklets_to_bytes(m, "sav_json"))
+    proc = run_job("render", f"prefix={prefix}", "mp4=false", "sheet.frames=[1,4]", "sheet.width=40")
+    assert f"videos from manifest {manifest} (from the job's config)" in proc.stdout
+    assert not (prefix / "render" / "clip.mp4").exists()
+    assert Image.open(prefix / "render" / "clip_sheet.png").size[0] == 2 * 40 + 3 * 6
+
+    m.provenance = {"model": "sam2.1_hiera_tiny"}
+    (prefix / "masklets" / "clip.json").write_bytes(masklets_to_bytes(m, "sav_json"))
+    (prefix / "config.yaml").write_text(f"data:\n  manifest: {manifest}\n  root: {data}\n")
+    run_job("render", f"prefix={prefix}", "sheet.width=32")
+    assert len(_decode_mp4((prefix / "render" / "clip.mp4").read_bytes())) == T
+    proc = run_job("render", f"prefix={prefix}", "sheet.frames=[40]", check=False)
+    assert proc.returncode == 1 and "sheet.frames [40] have no masklets" in proc.stdout
+    proc = run_job("render", f"prefix={prefix}", "sheet.frames=abc", check=False)
+    assert proc.returncode != 0 and "sheet.frames: a count or a list of frame indices, got 'abc'" in proc.stderr
 
 
 def test_decoded_masks_match(tmp_path: Path) -> None:
