@@ -77,14 +77,18 @@ def resolve_storage_options(options: dict | None) -> dict:
 
 
 def filesystem(uri: str, storage_options: dict | None = None) -> tuple[fsspec.AbstractFileSystem, str]:
-    """The filesystem for ``uri`` and the path inside it; S3 options are resolved, local paths take none."""
-    protocol = get_protocol(uri)
-    if protocol in _S3_PROTOCOLS:
+    """The filesystem for ``uri`` and the path inside it; S3 options are resolved, local paths take none; for a
+    chained URI (``tar://member::s3://bucket/shard.tar``) the options go to the innermost filesystem."""
+    protocols = uri_protocols(uri)
+    inner = protocols[-1]  # where the bytes are; outer layers (tar://member::s3://...) read through it
+    if inner in _S3_PROTOCOLS:
         options = resolve_storage_options(storage_options)
-    elif protocol in _LOCAL_PROTOCOLS:
+    elif inner in _LOCAL_PROTOCOLS:
         options = {}
     else:
         options = dict(storage_options or {})
+    if len(protocols) > 1:
+        options = {inner: options} if options else {}
     fs, path = fsspec.core.url_to_fs(uri, **options)
     return fs, path
 

@@ -7,6 +7,7 @@ import json
 import logging
 import os
 import subprocess
+import sys
 import threading
 import time
 from pathlib import Path
@@ -182,7 +183,7 @@ def test_credentials_never_reach_the_files_the_job_writes(tmp_path, s3_server, s
     out = f"s3://{s3_bucket}/swept"
     options = (f"{{key: {s3_server['key']}, secret: {s3_server['secret']}, "
                f"client_kwargs: {{endpoint_url: '{s3_server['endpoint_url']}', region_name: us-east-1}}}}")
-    cmd = ["python", "-m", "jobs.propagate", "-m", "sharding.num_shards=2", "sharding.shard_id=0,1",
+    cmd = [sys.executable, "-m", "jobs.propagate", "-m", "sharding.num_shards=2", "sharding.shard_id=0,1",
            f"data.manifest={manifest}", f"data.root={tmp_path}", f"output.uri={out}",
            f"output.storage_options={options}", "model.checkpoint=random", "model.image_size=128",
            "cluster.num_workers=1", f"hydra.sweep.dir={tmp_path / 'sweep'}", f"hydra.run.dir={tmp_path / 'run'}"]
