@@ -29,7 +29,9 @@ Variants (``--variants``; the first official one is the baseline):
 
 Figures: frames/s and init seconds of every variant; the speed ratio (fps over fps, > 1: ours faster) of ``ours`` and
 ``ours_compiled`` against each official variant, with the configured targets against the baseline; the largest
-|Δ logit| between each of ours and the baseline over every frame and object. The official package is imported here
+|Δ logit| and the smallest mask IoU between each of ours and the baseline over every frame and object. On CPU the
+comparison is made at each intra-op thread count of ``threads`` (1 and 2 by default: ours splits that budget between
+its encoder thread and tracking, see ``sam2core.video.frames.plan_threads``). The official package is imported here
 alone, inside the measuring process: comparing with it is this benchmark's purpose, and no product code depends on it.
 """
 
@@ -81,6 +83,7 @@ class EngineRun:
     warmup: int
     runs: int
     seed: int
+    threads: int = 1  # intra-op threads of the measuring process
 
     def __post_init__(self) -> None:
         unknown = [v for v in self.variants if v not in OFFICIAL and v not in OURS]
@@ -108,7 +111,8 @@ class EngineRun:
 
     @property
     def where(self) -> str:
-        return f"{self.model} {self.device} {self.image_size}px {self.dtype}"
+        threads = f", {self.threads} thread{'s' if self.threads > 1 else ''}" if self.device == "cpu" else ""
+        return f"{self.model} {self.device} {self.image_size}px {self.dtype}{threads}"
 
 
 @contextlib.contextmanager
@@ -164,6 +168,17 @@ def _max_abs_diff(reference: dict[int, torch.Tensor], masks: dict[int, torch.Ten
     return max(float((reference[t].float() - masks[t].float()).abs().max()) for t in reference)
 
 
+def _min_iou(reference: dict[int, torch.Tensor], masks: dict[int, torch.Tensor]) -> float:
+    """Smallest IoU of the binary masks over every object-frame (1 where both are empty)."""
+    worst = 1.0
+    for t in reference:
+        a, b = reference[t].float() > 0, masks[t].float() > 0
+        union = (a | b).flatten(1).sum(1).float()
+        iou = torch.where(union > 0, (a & b).flatten(1).sum(1) / union.clamp(min=1), torch.ones_like(union))
+        worst = min(worst, float(iou.min()))
+    return worst
+
+
 def measure(run: EngineRun) -> list[dict[str, Any]]:
     """Seconds, frames/s, init seconds (and for ours the largest |Δ logit| against the baseline) of every variant
     for every object count; runs in a fresh process (see ``harness``)."""
@@ -178,12 +193,7 @@ def measure(run: EngineRun) -> list[dict[str, Any]]:
     weights = predictors[OFFICIAL[run.baseline].vos_optimized].state_dict()
     for predictor in predictors.values():
         predictor.load_state_dict(weights, strict=True)
-    # compiling patches the modules in place, so the compiled variant gets a model of its own
-    models = {}
-    for variant in run.ours:
-        compiled = OURS[variant].get("compile", False)
-        if compiled not in models:
-            models[compiled] = ours_from_official(weights, run.model, run.image_size).to(run.device)
+    model = ours_from_official(weights, run.model, run.image_size).to(run.device)  # compiling leaves it as it is
     results = []
     size = run.image_size
     with tempfile.TemporaryDirectory(prefix="bench-engine-") as tmp:
@@ -193,7 +203,7 @@ def measure(run: EngineRun) -> list[dict[str, Any]]:
             boxes = object_boxes(n, size, size)
             reference: dict[int, torch.Tensor] = {}
             for variant in run.officials + run.ours:  # the baseline first: its masks are the reference
-                diff = None
+                diff = iou = None
                 if variant in OFFICIAL:
                     spec = OFFICIAL[variant]
                     seconds, init, masks = _time_official(predictors[spec.vos_optimized], folder, boxes, run,
@@ -202,11 +212,12 @@ def measure(run: EngineRun) -> list[dict[str, Any]]:
                         reference = masks
                 else:
                     options = SessionOptions(dtype=run.dtype, **OURS[variant])
-                    seconds, init, masks = _time_ours(models[options.compile], frames, boxes, run, options)
-                    diff = _max_abs_diff(reference, masks)
+                    seconds, init, masks = _time_ours(model, frames, boxes, run, options)
+                    diff, iou = _max_abs_diff(reference, masks), _min_iou(reference, masks)
                 del masks
                 results.append({"variant": variant, "objects": n, "seconds": seconds, "fps": run.frames / seconds,
-                                "init_seconds": init, "max_abs_diff": diff})
+                                "init_seconds": init, "max_abs_diff": diff, "min_iou": iou,
+                                "threads": torch.get_num_threads()})
                 print(f"engine {run.where}: {variant}, {n} obj: {run.frames / seconds:.3g} frames/s", flush=True)
             del reference
             sync(run.device)
@@ -230,39 +241,44 @@ def figures(run: EngineRun, results: list[dict[str, Any]], ratio_targets: dict[i
         for o in run.ours:
             out.append(figure("engine", f"{o} max |dlogit| vs {run.baseline}, {where}", by[o, n]["max_abs_diff"],
                               "logit"))
+            out.append(figure("engine", f"{o} min mask IoU vs {run.baseline}, {where}", by[o, n]["min_iou"], ""))
     return out
 
 
-def runs_for(cfg: dict[str, Any], device: str, seed: int) -> list[EngineRun]:
-    """One run per model and image size of the ``engine.<device>`` config."""
+def runs_for(cfg: dict[str, Any], device: str, seed: int, threads: int = 1) -> list[EngineRun]:
+    """One run per model and image size of the ``engine.<device>`` config, at ``threads`` intra-op threads."""
     return [EngineRun(model, size, tuple(cfg["objects"]), cfg["frames"], device, cfg["dtype"], tuple(cfg["variants"]),
-                      cfg["warmup"], cfg["runs"], seed)
+                      cfg["warmup"], cfg["runs"], seed, threads)
             for model in cfg["models"] for size in cfg["image_sizes"]]
 
 
 def run_section(cfg: dict[str, Any], seed: int, threads: int) -> list[Figure]:
-    """The report's ``engine`` section: the CPU comparisons; the CUDA ones when a GPU is present."""
+    """The report's ``engine`` section: the CPU comparisons at each of ``engine.cpu.threads`` intra-op thread counts
+    (``threads`` when none are configured); the CUDA ones when a GPU is present."""
     out = []
     for device in ("cpu", "cuda"):
         if device == "cuda" and not torch.cuda.is_available():
             out.append(figure("engine", "CUDA comparison", None, "", note="skipped: no CUDA device"))
             continue
         targets = {int(k): v for k, v in cfg[device]["targets"].items()}
-        for run in runs_for(cfg[device], device, seed):
-            out += figures(run, run_isolated(measure, threads, run=run), targets)
+        counts = cfg[device].get("threads") or [threads] if device == "cpu" else [threads]
+        for count in counts:
+            for run in runs_for(cfg[device], device, seed, count):
+                out += figures(run, run_isolated(measure, count, run=run), targets)
     return out
 
 
-def format_table(measured: list[tuple[EngineRun, list[dict[str, Any]]]], threads: int) -> str:
-    """One row per (model, size, objects): seconds per frame, speed ratios, init seconds, |Δ logit| per variant."""
+def format_table(measured: list[tuple[EngineRun, list[dict[str, Any]]]]) -> str:
+    """One row per (model, size, threads, objects): seconds per frame, speed ratios, init seconds, |Δ logit|."""
     first = measured[0][0]
-    header = ["model", "size", "obj", "dtype"]
+    header = ["model", "size", "thr", "obj", "dtype"]
     rows = []
     for run, results in measured:
         by = {(r["variant"], r["objects"]): r for r in results}
         columns: dict[str, str] = {}
         for n in run.objects:
-            columns = {"model": run.model, "size": str(run.image_size), "obj": str(n), "dtype": run.dtype}
+            columns = {"model": run.model, "size": str(run.image_size), "thr": str(run.threads), "obj": str(n),
+                       "dtype": run.dtype}
             columns.update({f"{v} s/f": f"{by[v, n]['seconds'] / run.frames:.4f}" for v in run.variants})
             columns.update({f"{o}/{b}": f"{by[o, n]['fps'] / by[b, n]['fps']:.2f}"
                             for o in run.compared for b in run.officials})
@@ -272,8 +288,9 @@ def format_table(measured: list[tuple[EngineRun, list[dict[str, Any]]]], threads
         header += [c for c in columns if c not in header]
     widths = {c: max(len(c), *(len(r.get(c, "-")) for r in rows)) for c in header}
     lines = [
-        f"device={first.device}, {threads} torch/OpenMP thread(s) per measuring process; official_2t: "
-        "torch.set_num_threads(2); ours: encoder thread + tracking thread, ours_serial: overlap_encoder=False",
+        f"device={first.device}, thr: torch/OpenMP threads of the measuring process; official_2t: "
+        "torch.set_num_threads(2); ours: the thread budget split between an encoder thread and tracking (serial "
+        "when there is no core to spare), ours_serial: overlap_encoder=False",
         f"s/f: seconds per frame, best of {first.runs} after {first.warmup} warm-up; ours/official: frames/s ratio "
         f"(> 1: ours faster); init: official init_state, ours session creation; |dlogit|: max vs {first.baseline}",
         f"1-min load average now {os.getloadavg()[0]:.2f} on {os.cpu_count()} cores",
@@ -307,8 +324,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--dtype", choices=["float32", "bfloat16"])
     parser.add_argument("--warmup", type=int)
     parser.add_argument("--runs", type=int)
-    parser.add_argument("--threads", type=int, default=config.threads,
-                        help="torch/OpenMP threads of each measuring process (default %(default)s)")
+    parser.add_argument("--threads", type=int, nargs="+",
+                        help="torch/OpenMP threads of the measuring processes, one comparison per count (default: "
+                             "engine.cpu.threads on CPU, threads on CUDA)")
     parser.add_argument("--seed", type=int, default=config.seed)
     args = parser.parse_args(argv)
     if args.device == "cuda" and not torch.cuda.is_available():
@@ -319,10 +337,12 @@ def main(argv: list[str] | None = None) -> None:
                        ("warmup", args.warmup), ("runs", args.runs)):
         if value is not None:
             cfg[key] = value
-    os.environ.update(OMP_NUM_THREADS=str(args.threads), TQDM_DISABLE="1")
-    measured = [(run, run_isolated(measure, args.threads, run=run)) for run in runs_for(cfg, args.device, args.seed)]
+    counts = args.threads or (cfg.get("threads") if args.device == "cpu" else None) or [config.threads]
+    os.environ.update(TQDM_DISABLE="1")
+    measured = [(run, run_isolated(measure, count, run=run))
+                for count in counts for run in runs_for(cfg, args.device, args.seed, count)]
     print()
-    print(format_table(measured, args.threads))
+    print(format_table(measured))
 
 
 if __name__ == "__main__":

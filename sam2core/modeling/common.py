@@ -70,9 +70,12 @@ class Attention(nn.Module):
         """[B, N, C] -> [B, heads, N, C/heads]."""
         return x.unflatten(-1, (self.num_heads, -1)).transpose(1, 2)
 
-    def attend(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
-        """SDPA on head-split tensors, heads merged and projected back to the model width."""
-        out = F.scaled_dot_product_attention(q, k, v)
+    def attend(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
+               key_mask: torch.Tensor | None = None) -> torch.Tensor:
+        """SDPA on head-split tensors, heads merged and projected back to the model width. ``key_mask [B, M]``
+        (bool, True = attend) hides padded keys, so fixed-size key sets give the attention of the valid keys."""
+        mask = None if key_mask is None else key_mask[:, None, None, :]
+        out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
         return self.out_proj(out.transpose(1, 2).flatten(2))
 
     def forward(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:

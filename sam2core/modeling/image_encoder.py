@@ -28,8 +28,10 @@ class FpnNeck(nn.Module):
         s4, s8, s16, s32 = stages
         lateral = [conv(x) for conv, x in zip(self.convs, (s32, s16, s8, s4))]
         top_down = F.interpolate(lateral[0].float(), scale_factor=2.0, mode="nearest")
-        # summed in fp32 (as the official neck), then kept in the weights' dtype (fp32 under autocast)
-        fused = (lateral[1] + top_down).to(self.convs[1].conv.weight.dtype)
+        # summed in fp32 (as the official neck), then kept in fp32 under autocast (whatever the weights' dtype: the
+        # engine's bf16 weight copies give the autocast numbers), else in the weights' dtype
+        autocast = torch.is_autocast_enabled(top_down.device.type)
+        fused = (lateral[1] + top_down).to(torch.float32 if autocast else self.convs[1].conv.weight.dtype)
         return [lateral[3], lateral[2], fused]
 
 

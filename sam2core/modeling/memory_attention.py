@@ -31,8 +31,9 @@ class RoPEAttention(Attention):
         return apply_rope(self.split_heads(self.q_proj(q)), self.rope_cos, self.rope_sin)
 
     def forward_query_heads(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
-                            num_plain_keys: int = 0) -> torch.Tensor:
-        """``forward`` with queries already through ``query_heads`` (they may broadcast over the batch)."""
+                            num_plain_keys: int = 0, key_mask: torch.Tensor | None = None) -> torch.Tensor:
+        """``forward`` with queries already through ``query_heads`` (they may broadcast over the batch);
+        ``key_mask [B, M]`` (True = valid) hides padded keys."""
         k, v = self.split_heads(self.k_proj(k)), self.split_heads(self.v_proj(v))
         if q.shape[0] != k.shape[0]:
             q = q.expand(k.shape[0], -1, -1, -1)
@@ -40,7 +41,7 @@ class RoPEAttention(Attention):
         frames = num_rotated // self.rope_cos.shape[0]
         rotated = apply_rope(k[..., :num_rotated, :], self.rope_cos.repeat(frames, 1), self.rope_sin.repeat(frames, 1))
         k = torch.cat((rotated, k[..., num_rotated:, :]), dim=-2)
-        return self.attend(q, k, v)
+        return self.attend(q, k, v, key_mask)
 
 
 class MemoryAttentionLayer(nn.Module):
@@ -57,10 +58,10 @@ class MemoryAttentionLayer(nn.Module):
         self.norm3 = nn.LayerNorm(dim)
 
     def forward(
-        self, x: torch.Tensor, memory: torch.Tensor, memory_keys: torch.Tensor, num_ptr_tokens: int
+        self, x: torch.Tensor, memory: torch.Tensor, memory_keys: torch.Tensor, num_ptr_tokens: int,
+        key_mask: torch.Tensor | None = None,
     ) -> torch.Tensor:
-        return self.forward_from_prefix(self.shared_prefix(x), memory, memory_keys, num_ptr_tokens)
-
+        return self.forward_from_prefix(self.shared_prefix(x), memory, memory_keys, num_ptr_tokens, key_mask)
 
     def shared_prefix(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """What ``forward`` computes before it reads the memory: the tokens after self-attention and the rotated
@@ -70,10 +71,12 @@ class MemoryAttentionLayer(nn.Module):
         return x, self.cross_attn_image.query_heads(self.norm2(x))
 
     def forward_from_prefix(self, prefix: tuple[torch.Tensor, torch.Tensor], memory: torch.Tensor,
-                            memory_keys: torch.Tensor, num_ptr_tokens: int) -> torch.Tensor:
+                            memory_keys: torch.Tensor, num_ptr_tokens: int,
+                            key_mask: torch.Tensor | None = None) -> torch.Tensor:
         """``forward`` continued from ``shared_prefix`` (computed for one object, broadcast to the batch)."""
         x, queries = prefix
-        x = x + self.cross_attn_image.forward_query_heads(queries, memory_keys, memory, num_plain_keys=num_ptr_tokens)
+        x = x + self.cross_attn_image.forward_query_heads(queries, memory_keys, memory, num_plain_keys=num_ptr_tokens,
+                                                          key_mask=key_mask)
         return x + self.linear2(F.relu(self.linear1(self.norm3(x))))
 
 
@@ -105,11 +108,13 @@ class MemoryAttention(nn.Module):
         return self.layers[0].shared_prefix(tokens + 0.1 * tokens_pos)
 
     def forward_from_prefix(self, prefix: tuple[torch.Tensor, torch.Tensor], memory: torch.Tensor,
-                            memory_pos: torch.Tensor, num_ptr_tokens: int = 0) -> torch.Tensor:
-        """``forward`` for a batch of objects ``memory [B, M, mem_dim]`` of the frame ``prefix`` was computed for."""
+                            memory_pos: torch.Tensor, num_ptr_tokens: int = 0,
+                            key_mask: torch.Tensor | None = None) -> torch.Tensor:
+        """``forward`` for a batch of objects ``memory [B, M, mem_dim]`` of the frame ``prefix`` was computed for;
+        ``key_mask [B, M]`` (True = valid) hides padded memory tokens."""
         memory_keys = memory + memory_pos
         first, *rest = self.layers
-        x = first.forward_from_prefix(prefix, memory, memory_keys, num_ptr_tokens)
+        x = first.forward_from_prefix(prefix, memory, memory_keys, num_ptr_tokens, key_mask)
         for layer in rest:
-            x = layer(x, memory, memory_keys, num_ptr_tokens)
+            x = layer(x, memory, memory_keys, num_ptr_tokens, key_mask)
         return self.norm(x)

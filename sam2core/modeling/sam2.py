@@ -308,6 +308,43 @@ class SAM2Model(nn.Module):
         side = self.config.feat_size
         return out.transpose(1, 2).reshape(out.shape[0], out.shape[2], side, side)
 
+    def attend_memory_slots(
+        self,
+        prefix: tuple[torch.Tensor, torch.Tensor],
+        memory: torch.Tensor,
+        memory_valid: torch.Tensor,
+        memory_tpos: tuple[int, ...],
+        obj_ptrs: torch.Tensor,
+        ptr_offsets: torch.Tensor,
+        ptr_valid: torch.Tensor,
+    ) -> torch.Tensor:
+        """``attend_memory_from_prefix`` with shapes that do not depend on how full the memory is: spatial memories
+        ``memory [B, S, mem, h, w]`` in S slots (slot i takes row ``memory_tpos[i]`` of ``maskmem_tpos_enc``), object
+        pointers ``obj_ptrs [B, P, C]`` with their offsets already divided by the pointer window ``ptr_offsets
+        [B, P]``; ``memory_valid [B, S]`` and ``ptr_valid [B, P]`` (bool) mark the filled slots. Empty slots are
+        hidden from attention, so the result is the attention of the filled ones alone."""
+        cfg = self.config
+        dtype = prefix[0].dtype
+        b, s, _, h, w = memory.shape
+        p, c = obj_ptrs.shape[1:]
+        split = c // cfg.mem_dim
+        tokens = memory.to(dtype).flatten(3).transpose(2, 3).reshape(b, s * h * w, cfg.mem_dim)
+        mem_pos = self.memory_pos.to(dtype).flatten(1).t()
+        tpos = torch.stack([self.maskmem_tpos_enc[t].view(1, -1) for t in memory_tpos]).to(dtype)
+        positions = (mem_pos[None] + tpos).reshape(1, s * h * w, cfg.mem_dim).expand(b, -1, -1)
+        ptr_tokens = obj_ptrs.to(dtype).reshape(b, p * split, cfg.mem_dim)
+        if cfg.add_tpos_enc_to_obj_ptrs:
+            code = sine_1d_encoding(ptr_offsets.reshape(-1), c).to(dtype).view(b, p, c)
+            ptr_pos = self.obj_ptr_tpos_proj(code).repeat_interleave(split, dim=1)
+        else:
+            ptr_pos = ptr_tokens.new_zeros(b, p * split, cfg.mem_dim)
+        key_mask = torch.cat((memory_valid.repeat_interleave(h * w, dim=1), ptr_valid.repeat_interleave(split, dim=1)),
+                             dim=1)
+        out = self.memory_attention.forward_from_prefix(prefix, torch.cat((tokens, ptr_tokens), dim=1),
+                                                        torch.cat((positions, ptr_pos), dim=1), p * split, key_mask)
+        side = cfg.feat_size
+        return out.transpose(1, 2).reshape(b, out.shape[2], side, side)
+
     def _memory_tokens(
         self,
         memories: list[torch.Tensor],

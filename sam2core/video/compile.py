@@ -1,24 +1,87 @@
-"""``torch.compile`` of the model's heavy modules, patched in place once per model (``SessionOptions.compile``)."""
+"""What the engine runs the model with: compute-dtype weight copies and the (optionally compiled) hot entry points.
+
+Both belong to the engine, never to the model: nothing is patched into a ``SAM2Model``. They are built once per model
+(and dtype, and switches) and shared by every session on it, so a pipeline worker compiles and warms up once.
+
+- ``compute_weights``: for bf16, a view of the model whose matmul/conv weights (``nn.Linear``, ``nn.Conv2d``,
+  ``nn.ConvTranspose2d``) are bf16 copies and whose other tensors are the model's own. Under autocast these are the
+  weights autocast would cast on every call (to the same values), so the numbers equal the autocast path while the
+  per-call casts disappear; LayerNorm, softmax and the free parameters stay where autocast keeps them (fp32).
+- ``compiled``: ``torch.compile`` with ``fullgraph=True`` and static shapes; on CUDA with CUDA graphs
+  (``reduce-overhead``) where ``cuda_graphs`` is asked for. The engine feeds these callables a fixed set of shapes
+  (object buckets, memory slots), warms every one up on one thread before the first video, and clones the outputs
+  of CUDA-graph calls that it keeps across steps.
+"""
 
 from __future__ import annotations
 
-from typing import Any
+import copy
+import threading
+import weakref
+from typing import Any, Callable
 
 import torch
+from torch import nn
 
-# module -> (method, dynamic shapes) compiled; memory attention is entered through its per-frame prefix and its
-# per-object remainder, whose memory length varies
-COMPILED_METHODS = {"image_encoder": (("forward", False),),
-                    "memory_attention": (("shared_prefix", False), ("forward_from_prefix", True)),
-                    "memory_encoder": (("forward", False),), "sam_mask_decoder": (("forward", False),)}
+# every shape the engine feeds one compiled entry point is a graph of its own (buckets x memory layouts x dtypes);
+# dynamo's default of 8 per code object would silently fall back to eager past that
+RECOMPILE_LIMIT = 64
+BACKEND = "inductor"  # tests that check guards and shapes only use "eager" (same graphs, no code generation)
+_CAST_MODULES = (nn.Linear, nn.Conv2d, nn.ConvTranspose2d)
+_LOCK = threading.Lock()
+_WEIGHTS: "weakref.WeakKeyDictionary[nn.Module, dict[torch.dtype, nn.Module]]" = weakref.WeakKeyDictionary()
+_SHARED: "weakref.WeakKeyDictionary[nn.Module, dict[Any, Any]]" = weakref.WeakKeyDictionary()
 
 
-def compile_model(model: Any) -> None:
-    """Replace the entry points in ``COMPILED_METHODS`` of a ``SAM2Model`` by compiled ones; a module already
-    compiled (by an earlier session on the same model) is left as it is, so sessions share the compiled graphs."""
-    for name, methods in COMPILED_METHODS.items():
-        module = getattr(model, name)
-        if not getattr(module, "_sam2core_compiled", False):
-            for method, dynamic in methods:
-                setattr(module, method, torch.compile(getattr(module, method), dynamic=dynamic))
-            module._sam2core_compiled = True
+def compute_weights(model: nn.Module, dtype: torch.dtype) -> nn.Module:
+    """The model to run under autocast to ``dtype``: the model itself for float32, else (built once per model) a
+    copy of its module tree sharing every tensor except the matmul/conv weights and biases, which are ``dtype``."""
+    if dtype == torch.float32:
+        return model
+    with _LOCK:
+        per_model = _WEIGHTS.setdefault(model, {})
+        if dtype not in per_model:
+            shared = {id(t): t for t in [*model.parameters(), *model.buffers()]}
+            twin = copy.deepcopy(model, memo=shared)
+            for module in twin.modules():
+                if isinstance(module, _CAST_MODULES):
+                    for name, param in list(module.named_parameters(recurse=False)):
+                        setattr(module, name, nn.Parameter(param.detach().to(dtype), requires_grad=False))
+            per_model[dtype] = twin
+        return per_model[dtype]
+
+
+def shared(model: nn.Module, key: Any, build: Callable[[], Any]) -> Any:
+    """The object ``build()`` made for ``model`` and ``key``, made on first request (thread-safe)."""
+    with _LOCK:
+        per_model = _SHARED.setdefault(model, {})
+        if key not in per_model:
+            per_model[key] = build()
+        return per_model[key]
+
+
+def compiled(fn: Callable, cuda_graphs: bool) -> Callable:
+    """``fn`` compiled as one graph with static shapes (CUDA graphs when ``cuda_graphs``)."""
+    torch._dynamo.config.recompile_limit = max(torch._dynamo.config.recompile_limit, RECOMPILE_LIMIT)
+    mode = "reduce-overhead" if cuda_graphs else None
+    return torch.compile(fn, fullgraph=True, dynamic=False, mode=mode, backend=BACKEND)
+
+
+def object_buckets(cap: int) -> tuple[int, ...]:
+    """Batch sizes a tracking step runs with under ``max_objects_per_batch = cap``: powers of two below it, and it."""
+    sizes = []
+    size = 1
+    while size < cap:
+        sizes.append(size)
+        size *= 2
+    return (*sizes, cap)
+
+
+def bucket_of(n: int, buckets: tuple[int, ...]) -> int:
+    """The smallest bucket that holds ``n`` objects."""
+    return next(b for b in buckets if b >= n)
+
+
+def cond_slots(n: int) -> int:
+    """Conditioning-memory slots for ``n`` conditioning frames under static shapes: the next power of two."""
+    return 1 << max(n - 1, 0).bit_length()

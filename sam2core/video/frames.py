@@ -9,9 +9,11 @@ on CPU both threads compute at once and on CUDA the encoder's kernels run on a s
 
 from __future__ import annotations
 
+import os
 import queue
 import threading
 from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
 from typing import Any, Callable, Protocol, runtime_checkable
 
 import numpy as np
@@ -52,6 +54,31 @@ class ArrayFrameSource:
 
 _END = object()
 _POLL_S = 0.1
+
+
+@dataclass(frozen=True)
+class ThreadPlan:
+    """How a pass uses the CPU: whether the encoder runs on its own thread, and that thread's intra-op threads
+    (None: the process's setting)."""
+
+    overlap: bool
+    encoder_threads: int | None = None
+
+
+def plan_threads(overlap: bool, device: torch.device) -> ThreadPlan:
+    """Keep the encoder overlap from oversubscribing the CPU: with ``T`` intra-op threads on the calling thread and
+    ``C`` cores, the encoder thread gets ``min(T, C - T)`` threads of its own when a core is spare, and the pass is
+    serial otherwise (measured: at 2 threads on 2 cores, two one-thread stages are slower than one two-thread
+    stage, as intra-op parallelism scales well there). On accelerators the threads only launch kernels: the overlap
+    stays as asked."""
+    if not overlap or device.type != "cpu":
+        return ThreadPlan(overlap)
+    budget = torch.get_num_threads()
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+    spare = cores - budget
+    if spare < 1:
+        return ThreadPlan(False)
+    return ThreadPlan(True, min(budget, spare))
 
 
 def host_frame(frame: np.ndarray | torch.Tensor, frame_idx: int, source: FrameSource, pin: bool) -> torch.Tensor:
@@ -135,19 +162,22 @@ def _feature_tensors(feats: Any) -> tuple[torch.Tensor, ...]:
 class FeatureStream:
     """Image features for a sequence of frames, encoded ``batch`` frames per call.
 
-    A daemon thread decodes up to ``prefetch`` frames ahead. With ``overlap`` a second one also preprocesses and
-    encodes the next batch while the caller tracks the current one (one batch waits in a queue, one is being
+    A daemon thread decodes up to ``prefetch`` frames ahead. With ``overlap`` a second one (with
+    ``encoder_threads`` intra-op threads on CPU, see ``plan_threads``) also preprocesses and encodes the next batch
+    while the caller tracks the current one (one batch waits in a queue, one is being
     encoded; on CUDA on its own stream, handed over through an event). Without it the caller encodes. ``encode`` maps
     a [B,H,W,3] uint8 tensor on the model device to batched features supporting ``.index(i)``. Iterating yields
     ``(frame_idx, features_of_that_frame)``; errors name the frames; ``close`` stops the threads early.
     """
 
     def __init__(self, source: FrameSource, indices: Sequence[int], encode: Callable[[torch.Tensor], Any],
-                 device: torch.device, prefetch: int, batch: int, overlap: bool) -> None:
+                 device: torch.device, prefetch: int, batch: int, overlap: bool,
+                 encoder_threads: int | None = None) -> None:
         self._indices = list(indices)
         self._encode = encode
         self._device = device
         self._batch = max(1, batch)
+        self._encoder_threads = encoder_threads
         self._frames = _Background(lambda: _decoded(source, self._indices, device.type == "cuda"),
                                    max(prefetch, self._batch))
         self._encoder = _Background(self._encoded_on_side_stream, 1) if overlap else None
@@ -175,8 +205,10 @@ class FeatureStream:
 
     def _encoded_on_side_stream(self) -> Iterator[tuple[list[int], Any, torch.cuda.Event | None]]:
         """``_encoded`` for the encoder thread: on CUDA its kernels run on a side stream and an event marks each
-        batch's completion, for the consumer's stream to wait on."""
+        batch's completion, for the consumer's stream to wait on; on CPU with its share of the intra-op threads."""
         if self._device.type != "cuda":
+            if self._encoder_threads is not None:
+                torch.set_num_threads(self._encoder_threads)  # this thread's own setting; it ends with the pass
             for chunk, feats in self._encoded():
                 yield chunk, feats, None
             return

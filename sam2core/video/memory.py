@@ -27,16 +27,16 @@ class MemoryParams:
 
 @dataclass
 class MemoryPlan:
-    """What one object attends to at one frame. ``key`` equal ⇒ the objects can share one batched call."""
+    """What one object attends to at one frame: conditioning memories then tracked ones (``tpos``: their rows of the
+    temporal code), conditioning pointers then tracked ones (``offsets``: signed frame offsets; a tracked pointer's
+    offset is its distance, 1 … ``max_obj_ptrs - 1``). ``num_cond`` / ``num_cond_ptrs``: how many of each lead."""
 
     memories: list[FrameOutput]
     tpos: list[int]
     pointers: list[FrameOutput]
     offsets: list[int]
-
-    @property
-    def key(self) -> tuple[tuple[int, ...], tuple[int, ...]]:
-        return tuple(self.tpos), tuple(self.offsets)
+    num_cond: int = 0
+    num_cond_ptrs: int = 0
 
 
 def split_cond_frames(frame_idx: int, cond: dict[int, FrameOutput], limit: int
@@ -91,7 +91,8 @@ def plan_memory(obj: ObjectState, frame_idx: int, reverse: bool, num_frames: int
     """The memories, temporal slots, pointers and pointer offsets of ``obj`` for a non-initial step at ``frame_idx``."""
     selected, unselected = split_cond_frames(frame_idx, obj.cond, p.max_cond_frames)
     memories = list(selected.values())
-    tpos = [p.num_maskmem - 1] * len(memories)
+    num_cond = len(memories)
+    tpos = [p.num_maskmem - 1] * num_cond
     for slot, t in enumerate(memory_frames(frame_idx, reverse, p), start=1):
         out = obj.non_cond.get(t) or unselected.get(t)
         if out is not None:
@@ -104,12 +105,13 @@ def plan_memory(obj: ObjectState, frame_idx: int, reverse: bool, num_frames: int
         if (t >= frame_idx) if reverse else (t <= frame_idx):
             pointers.append(out)
             offsets.append((frame_idx - t) * sign if p.signed_ptr_offsets else abs(frame_idx - t))
+    num_cond_ptrs = len(pointers)
     for dist, t in enumerate(pointer_frames(frame_idx, reverse, num_frames, p), start=1):
         out = obj.non_cond.get(t) or unselected.get(t)
         if out is not None:
             pointers.append(out)
             offsets.append(dist)
-    return MemoryPlan(memories, tpos, pointers, offsets)
+    return MemoryPlan(memories, tpos, pointers, offsets, num_cond, num_cond_ptrs)
 
 
 def frames_to_keep(frame_idx: int, reverse: bool, num_frames: int, p: MemoryParams) -> tuple[set[int], set[int]]:

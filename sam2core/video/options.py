@@ -32,6 +32,7 @@ class SessionOptions:
     keep_history: bool = False
     max_cond_frames: int = -1
     memory_stride: int = 1
+    max_objects_per_batch: int | None = None
 
     def validate(self) -> None:
         """Raise ``ValueError`` for settings the engine cannot run with (checked when a session is created)."""
@@ -39,3 +40,11 @@ class SessionOptions:
             raise ValueError(f"dtype must be one of {sorted(COMPUTE_DTYPES)}, got {self.dtype!r}")
         if self.encoder_batch < 1 or self.prefetch < 0:
             raise ValueError("encoder_batch must be >= 1 and prefetch >= 0")
+        if self.max_objects_per_batch is not None and self.max_objects_per_batch < 1:
+            raise ValueError(f"max_objects_per_batch must be >= 1 or None, got {self.max_objects_per_batch}")
+
+    def objects_per_batch(self, device: torch.device) -> int:
+        """``max_objects_per_batch``, or its default for ``device``."""
+        if self.max_objects_per_batch is not None:
+            return self.max_objects_per_batch
+        return 1 if device.type == "cpu" else 16

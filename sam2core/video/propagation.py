@@ -13,7 +13,7 @@ from dataclasses import dataclass
 
 import torch
 
-from .frames import FeatureStream, FrameSource
+from .frames import FeatureStream, FrameSource, plan_threads
 from .memory import MemoryParams, frames_to_keep, prune
 from .options import SessionOptions
 from .results import FrameResult, tracked_frame_result
@@ -98,8 +98,10 @@ class Propagator:
         kept_ptr |= hold
         kept_mem |= hold
         to_compute = [t for t in order if any(t not in obj.cond for obj in objects)]
+        threads = plan_threads(self.options.overlap_encoder, self.tracker.device)
         stream = FeatureStream(self.source, to_compute, self.tracker.encode, self.tracker.device,
-                               self.options.prefetch, self.options.encoder_batch, self.options.overlap_encoder)
+                               self.options.prefetch, self.options.encoder_batch, threads.overlap,
+                               threads.encoder_threads)
         features = iter(stream)
         mark = BACKWARD if reverse else FORWARD
         try:

@@ -2,7 +2,7 @@
 
 Semantics are those of the official ``SAM2VideoPredictor`` (sam2 1.1.0, per-object predictor). Differences, by design:
 - frames are streamed (never the whole video in memory) and encoded on a background thread while the previous
-  frame is tracked; on accelerators objects with the same memory layout are batched (``tracker.py``);
+  frame is tracked; objects are batched (up to ``max_objects_per_batch``; memories in fixed slots, ``tracker.py``);
 - by default (``keep_history=False``) the tracking store keeps only what later frames can read, so memory does not
   grow with the video. A forward or "both" propagation then starts from a clean store (as the first propagation of a
   fresh official session with the same prompts does), and a "backward" call re-uses what a preceding forward call from
@@ -27,7 +27,6 @@ from typing import Any
 import numpy as np
 import torch
 
-from .compile import compile_model
 from .frames import FrameSource, host_frame, to_device
 from .memory import MemoryParams
 from .options import COMPUTE_DTYPES, SessionOptions
@@ -53,12 +52,13 @@ class VideoSession:
                               max_cond_frames=self.options.max_cond_frames,
                               max_obj_ptrs=cfg.max_obj_ptrs_in_encoder,
                               signed_ptr_offsets=cfg.use_signed_tpos_enc_to_obj_ptrs)
+        device = next(model.parameters()).device
         self._tracker = Tracker(model, params, self.options.fill_hole_area, self.options.apply_postprocessing,
-                                COMPUTE_DTYPES[self.options.dtype])
-        self._device = self._tracker.device
+                                COMPUTE_DTYPES[self.options.dtype], self.options.objects_per_batch(device),
+                                self.options.compile, self.options.encoder_batch)
+        self._device = device
         self._image_size = cfg.image_size
-        if self.options.compile:
-            compile_model(model)
+        self._tracker.warm_up()
         self.reset(source)
 
     # ------------------------------------------------------------------ lifecycle

@@ -1,11 +1,16 @@
 """Model steps of the video engine: image encoding, prompt steps for one object, and a tracking step for the objects
 of a frame, all under the session's compute dtype.
 
-On accelerators, objects whose memory plans have the same layout (same temporal slots, same pointer offsets) are
-stacked along the batch dimension and share one memory-attention, mask-decoder and memory-encoder call; the results
-equal those of one object at a time up to float rounding. On CPU each object gets its own calls: stacking measured
-slower there (the stacked memory keys and values no longer fit in cache). Either way the memory-independent start of
-memory attention is computed once per frame for all objects.
+A tracking step sees every object's memory in fixed slots: ``c`` conditioning slots, then one per temporal slot
+(``num_maskmem - 1``), then ``c + max_obj_ptrs - 1`` pointer slots (conditioning pointers, then one per distance).
+Empty slots are zeros, hidden from attention by a validity mask, so the keys have the same length whatever the
+object's history and the masks equal those of attending to the filled slots alone. Objects are stacked along the
+batch dimension in chunks of at most ``max_objects_per_batch`` (one memory-attention, mask-decoder and
+memory-encoder call per chunk); the memory-independent start of memory attention is computed once per frame.
+
+With static shapes (``compile``) a chunk is padded to the next object bucket (1, 2, 4, … the cap) by repeating its
+first object and ``c`` is rounded up to a power of two, so the compiled step sees a handful of shapes, all of them
+run once by ``warm_up``.
 """
 
 from __future__ import annotations
@@ -15,7 +20,9 @@ from typing import Any
 
 import torch
 import torch.nn.functional as F
+from torch import nn
 
+from .compile import bucket_of, compiled, compute_weights, cond_slots, object_buckets, shared
 from .memory import MemoryParams, MemoryPlan, plan_memory
 from .postprocess import fill_holes
 from .state import FrameOutput, ObjectState, PointPrompt
@@ -24,18 +31,108 @@ MEMORY_DTYPE = torch.bfloat16  # spatial memories are stored in bf16, as the off
 PREV_MASK_CLAMP = 32.0
 
 
+def slot_layout(num_cond: int, num_maskmem: int) -> tuple[int, ...]:
+    """Rows of the temporal memory code of the memory slots: ``num_cond`` conditioning slots, then temporal slots
+    1 … ``num_maskmem - 1`` (nearest last)."""
+    return (num_maskmem - 1,) * num_cond + tuple(range(num_maskmem - 2, -1, -1))
+
+
+def stored_memory(memory: torch.Tensor) -> torch.Tensor:
+    """A memory as it is stored: bf16, contiguous (the memory encoder may leave channels-last strides), so every
+    stacked memory batch has one layout."""
+    return memory.to(MEMORY_DTYPE, memory_format=torch.contiguous_format)
+
+
+def unpack_slots(packed: torch.Tensor, b: int, s: int, p: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(memory_valid [b,s], ptr_valid [b,p], normalised pointer offsets [b,p]) from one packed float vector."""
+    memory_valid = packed[:b * s].view(b, s) > 0
+    ptr_valid = packed[b * s:b * (s + p)].view(b, p) > 0
+    return memory_valid, ptr_valid, packed[b * (s + p):].view(b, p)
+
+
+class TrackingStep(nn.Module):
+    """One tracking step for a batch of objects of one frame, from fixed-slot inputs (the graph ``compile``
+    compiles): memory attention, mask decoder (multimask), memory encoder. Holds the model, changes nothing in it."""
+
+    def __init__(self, model: nn.Module, stability_fallback: bool) -> None:
+        super().__init__()
+        self.model = model
+        self.stability_fallback = stability_fallback
+
+    def forward(self, prefix_x: torch.Tensor, prefix_q: torch.Tensor, feat: torch.Tensor, high_res_0: torch.Tensor,
+                high_res_1: torch.Tensor, memory: torch.Tensor, packed: torch.Tensor, ptrs: torch.Tensor
+                ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+        """(low-res logits [b,1,S/4,S/4], pointers [b,256], scores [b,1], bf16 memories [b,64,h,w]) of ``b`` objects
+        with memories ``memory [b,s,64,h,w]`` and pointers ``ptrs [b,p,256]``; frame inputs have batch 1."""
+        b, s = memory.shape[:2]
+        p = ptrs.shape[1]
+        model = self.model
+        num_maskmem = model.maskmem_tpos_enc.shape[0]
+        memory_valid, ptr_valid, offsets = unpack_slots(packed, b, s, p)
+        tpos = slot_layout(s - (num_maskmem - 1), num_maskmem)
+        pix = model.attend_memory_slots((prefix_x, prefix_q), memory, memory_valid, tpos, ptrs, offsets, ptr_valid)
+        high_res = (high_res_0.expand(b, -1, -1, -1), high_res_1.expand(b, -1, -1, -1))
+        out = model.decode_masks(pix, high_res, None, None, None, multimask=True,
+                                 stability_fallback=self.stability_fallback)
+        mem, _ = model.encode_memory(feat.expand(b, -1, -1, -1), out.high_res, out.object_score_logits,
+                                     binarize=False)
+        return out.low_res, out.obj_ptr, out.object_score_logits, stored_memory(mem)
+
+
+class EngineSteps:
+    """The callables a tracker runs for one model, dtype and switch set: ``encode_image``, ``memory_prefix`` and
+    ``track`` (a ``TrackingStep``), eager or compiled; shared by the sessions on that model."""
+
+    def __init__(self, model: nn.Module, stability_fallback: bool, compile_steps: bool) -> None:
+        self.step = TrackingStep(model, stability_fallback)
+        self.compiled = compile_steps
+        self.cuda_graphs = compile_steps and model.device.type == "cuda"
+        self.warmed: set[Any] = set()
+        if compile_steps:
+            # the encoder runs on its own thread and stream: no CUDA graphs there (its kernels are large anyway)
+            self.encode_image = compiled(model.encode_image, cuda_graphs=False)
+            self.memory_prefix = compiled(model.memory_prefix, self.cuda_graphs)
+            self.track = compiled(self.step, self.cuda_graphs)
+        else:
+            self.encode_image = model.encode_image
+            self.memory_prefix = model.memory_prefix
+            self.track = self.step
+
+
 class Tracker:
-    """Runs the model for the session; ``model`` is a ``SAM2Model``, ``feats`` arguments its ``ImageFeatures``."""
+    """Runs the model for the session; ``model`` is a ``SAM2Model``, ``feats`` arguments its ``ImageFeatures``.
+
+    ``max_batch``: objects per tracking call (``SessionOptions.max_objects_per_batch``); ``static``: fixed shapes and
+    compiled entry points (``SessionOptions.compile``); ``encoder_batch``: frames per image-encoder call.
+    """
 
     def __init__(self, model: Any, params: MemoryParams, fill_hole_area: int, apply_postprocessing: bool,
-                 dtype: torch.dtype = torch.float32) -> None:
-        self.model = model
+                 dtype: torch.dtype = torch.float32, max_batch: int = 1, static: bool = False,
+                 encoder_batch: int = 1) -> None:
+        self.model = compute_weights(model, dtype)
         self.params = params
         self.fill_hole_area = fill_hole_area
         self.apply_postprocessing = apply_postprocessing
         self.dtype = dtype
         self.device = next(model.parameters()).device
-        self.stack_objects = self.device.type != "cpu"
+        self.max_batch = max_batch
+        self.static = static
+        self.encoder_batch = encoder_batch
+        self.buckets = object_buckets(max_batch)
+        self.steps: EngineSteps = shared(self.model, ("steps", apply_postprocessing, static),
+                                         lambda: EngineSteps(self.model, apply_postprocessing, static))
+        cfg = model.config
+        side = cfg.feat_size
+        self._zero_memory = torch.zeros(1, cfg.mem_dim, side, side, dtype=MEMORY_DTYPE, device=self.device)
+        self._zero_ptr = torch.zeros(1, cfg.d_model, device=self.device)
+        self._frame_pos: torch.Tensor | None = None
+
+    def _pos(self, pos: torch.Tensor) -> torch.Tensor:
+        """The frame position code is the same for every frame (a broadcast view whose strides depend on the encoder
+        batch): one contiguous copy serves every frame, so the compiled prefix always sees one layout."""
+        if self._frame_pos is None or self._frame_pos.dtype != pos.dtype:
+            self._frame_pos = pos[:1].contiguous()
+        return self._frame_pos
 
     def autocast(self) -> contextlib.AbstractContextManager:
         """The context every model step runs in: autocast to the compute dtype (nothing for float32)."""
@@ -44,27 +141,61 @@ class Tracker:
         return torch.autocast(self.device.type, dtype=self.dtype)
 
     def encode(self, frames: torch.Tensor) -> Any:
-        """Image features of frames [B,H,W,3] uint8 on the model device (may run on the encoder thread)."""
+        """Image features of frames [B,H,W,3] uint8 on the model device (may run on the encoder thread). With static
+        shapes a batch between 1 and ``encoder_batch`` frames is padded to ``encoder_batch``."""
         with torch.inference_mode(), self.autocast():
-            return self.model.encode_image(self.model.preprocess(frames))
+            images = self.model.preprocess(frames)
+            n = images.shape[0]
+            if not self.static:
+                return self.steps.encode_image(images)
+            if 1 < n < self.encoder_batch:
+                images = torch.cat([images, images[-1:].expand(self.encoder_batch - n, -1, -1, -1)])
+            feats = self.steps.encode_image(images.contiguous())
+            return feats.index(slice(0, n)) if feats.feat.shape[0] != n else feats
 
     def _finish_masks(self, low_res: torch.Tensor) -> torch.Tensor:
         return fill_holes(low_res, self.fill_hole_area) if self.fill_hole_area > 0 else low_res
 
+    def _slots(self, plans: list[MemoryPlan], num_frames: int
+               ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Fixed-slot inputs of a batch: memories [b,s,64,h,w], the packed validity and pointer offsets (one host
+        vector, one copy to the device) and pointers [b,p,256]; with static shapes b and the conditioning slots are
+        rounded up (padded rows repeat the first object)."""
+        p = self.params
+        num_cond = max(plan.num_cond for plan in plans)
+        size = len(plans)
+        if self.static:
+            num_cond, size = cond_slots(num_cond), bucket_of(size, self.buckets)
+        s, n_ptr = num_cond + p.num_maskmem - 1, num_cond + p.max_obj_ptrs - 1
+        memories = [self._zero_memory] * (size * s)
+        pointers = [self._zero_ptr] * (size * n_ptr)
+        packed = [0.0] * (size * (s + 2 * n_ptr))
+        ptr_valid, ptr_offsets = size * s, size * (s + n_ptr)
+        for row in range(size):
+            plan = plans[row] if row < len(plans) else plans[0]
+            for i, out in enumerate(plan.memories):
+                slot = row * s + (i if i < plan.num_cond else num_cond + p.num_maskmem - 2 - plan.tpos[i])
+                memories[slot] = out.memory
+                packed[slot] = 1.0
+            for i, out in enumerate(plan.pointers):
+                slot = row * n_ptr + (i if i < plan.num_cond_ptrs else num_cond + plan.offsets[i] - 1)
+                pointers[slot] = out.obj_ptr
+                packed[ptr_valid + slot] = 1.0
+                packed[ptr_offsets + slot] = float(plan.offsets[i])
+        # pinned on CUDA: the copy below is then truly asynchronous (no wait for the stream)
+        host = torch.tensor(packed, dtype=torch.float32, pin_memory=self.device.type == "cuda")
+        host[ptr_offsets:].div_(max(min(num_frames, p.max_obj_ptrs) - 1, 1))
+        memory = torch.cat(memories).view(size, s, *memories[0].shape[1:])
+        ptrs = torch.cat(pointers).float().view(size, n_ptr, -1)
+        return memory, host.to(self.device, non_blocking=True), ptrs
+
     def _attend(self, prefix: Any, plans: list[MemoryPlan], num_frames: int) -> torch.Tensor:
-        """Memory-conditioned features [B,256,h,w] for objects sharing one plan layout, from the frame's
-        ``memory_prefix`` (the memory-independent start of memory attention, computed once per frame)."""
-        first = plans[0]
-        if len(plans) == 1:
-            memories = [m.memory for m in first.memories]
-        else:
-            memories = [torch.cat([p.memories[i].memory for p in plans]) for i in range(len(first.memories))]
-        if first.pointers:
-            ptrs = torch.stack([torch.cat([o.obj_ptr for o in p.pointers]) for p in plans])
-            offsets = torch.tensor(first.offsets, dtype=torch.float32).to(self.device, non_blocking=True)
-        else:
-            ptrs, offsets = None, None
-        return self.model.attend_memory_from_prefix(prefix, memories, first.tpos, ptrs, offsets, num_frames)
+        """Memory-conditioned features [B,256,h,w] of objects from the frame's ``memory_prefix`` (eager)."""
+        memory, packed, ptrs = self._slots(plans, num_frames)
+        b, s, p = memory.shape[0], memory.shape[1], ptrs.shape[1]
+        memory_valid, ptr_valid, offsets = unpack_slots(packed, b, s, p)
+        tpos = slot_layout(s - (self.params.num_maskmem - 1), self.params.num_maskmem)
+        return self.model.attend_memory_slots(prefix, memory, memory_valid, tpos, ptrs, offsets, ptr_valid)
 
     def track(self, feats: Any, objects: list[ObjectState], frame_idx: int, reverse: bool, num_frames: int,
               keep_masks: bool) -> tuple[torch.Tensor, list[FrameOutput]]:
@@ -74,43 +205,79 @@ class Tracker:
         (memory encoded; ``low_res`` kept only when ``keep_masks``).
         """
         plans = [plan_memory(obj, frame_idx, reverse, num_frames, self.params) for obj in objects]
-        groups: dict[Any, list[int]] = {}
-        for i, plan in enumerate(plans):
-            groups.setdefault(plan.key if self.stack_objects else i, []).append(i)
-        low_res: list[torch.Tensor | None] = [None] * len(objects)
-        outputs: list[FrameOutput | None] = [None] * len(objects)
-        prefix = self.model.memory_prefix(feats.feat, feats.pos)
-        for members in groups.values():
-            group_feats = feats.expand(len(members))
-            pix = self._attend(prefix, [plans[i] for i in members], num_frames)
-            out = self.model.decode_masks(pix, group_feats.high_res, None, None, None, multimask=True,
-                                          stability_fallback=self.apply_postprocessing)
-            memory, _ = self.model.encode_memory(group_feats.feat, out.high_res, out.object_score_logits,
-                                                 binarize=False)
-            memory = memory.to(MEMORY_DTYPE)
-            masks = self._finish_masks(out.low_res)
-            for j, i in enumerate(members):
-                low_res[i] = masks[j:j + 1]
-                outputs[i] = FrameOutput(low_res=masks[j:j + 1] if keep_masks else None,
-                                         obj_ptr=out.obj_ptr[j:j + 1], score=out.object_score_logits[j:j + 1],
-                                         memory=memory[j:j + 1])
+        steps = self.steps
+        if steps.cuda_graphs:
+            torch.compiler.cudagraph_mark_step_begin()
+        prefix = steps.memory_prefix(feats.feat, self._pos(feats.pos))
+        low_res: list[torch.Tensor] = []
+        outputs: list[FrameOutput] = []
+        for start in range(0, len(plans), self.max_batch):
+            chunk = plans[start:start + self.max_batch]
+            n = len(chunk)
+            memory, packed, ptrs = self._slots(chunk, num_frames)
+            low, ptr, score, mem = steps.track(prefix[0], prefix[1], feats.feat, feats.high_res[0],
+                                               feats.high_res[1], memory, packed, ptrs)
+            if steps.cuda_graphs:  # graph outputs are overwritten by the next replay; these are kept
+                low, ptr, score, mem = (t[:n].clone() for t in (low, ptr, score, mem))
+            masks = self._finish_masks(low)
+            low_res.append(masks[:n])
+            for j in range(n):
+                outputs.append(FrameOutput(low_res=masks[j:j + 1] if keep_masks else None, obj_ptr=ptr[j:j + 1],
+                                           score=score[j:j + 1], memory=mem[j:j + 1]))
         stacked = low_res[0] if len(low_res) == 1 else torch.cat(low_res)
-        return stacked, outputs  # type: ignore[return-value]
+        return stacked, outputs
+
+    def warm_up(self) -> None:
+        """Run every shape the compiled entry points will see (encoder at 1 and ``encoder_batch`` frames, the frame
+        prefix, the tracking step for every object bucket with one conditioning slot) once, on this thread, so no
+        compilation happens during a video; done once per set of shapes for the sessions on a model."""
+        key = (self.dtype, self.buckets, self.encoder_batch)
+        if not self.static or key in self.steps.warmed:
+            return
+        p = self.params
+        size = self.model.config.image_size
+        frames = torch.zeros(self.encoder_batch, size, size, 3, dtype=torch.uint8, device=self.device)
+        with torch.inference_mode():
+            if self.encoder_batch > 1:
+                self.encode(frames)
+            feats = self.encode(frames[:1])
+            s, n_ptr = 1 + p.num_maskmem - 1, 1 + p.max_obj_ptrs - 1
+            # CUDA graphs are recorded on a shape's second call: run each twice there
+            for _ in range(2 if self.steps.cuda_graphs else 1):
+                for bucket in self.buckets:
+                    self._warm_step(feats, bucket, s, n_ptr)
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
+        self.steps.warmed.add(key)
+
+    def _warm_step(self, feats: Any, bucket: int, s: int, n_ptr: int) -> None:
+        """One frame prefix and tracking step of ``bucket`` objects with only their first memory slot filled."""
+        if self.steps.cuda_graphs:
+            torch.compiler.cudagraph_mark_step_begin()
+        with self.autocast():
+            prefix = self.steps.memory_prefix(feats.feat, self._pos(feats.pos))
+            memory = self._zero_memory.expand(bucket * s, -1, -1, -1).contiguous()
+            packed = torch.zeros(bucket * (s + 2 * n_ptr))
+            packed[:bucket * s:s] = 1.0
+            ptrs = self._zero_ptr.expand(bucket * n_ptr, -1).contiguous()
+            self.steps.track(prefix[0], prefix[1], feats.feat, feats.high_res[0], feats.high_res[1],
+                             memory.view(bucket, s, *memory.shape[1:]), packed.to(self.device),
+                             ptrs.view(bucket, n_ptr, -1))
 
     def points_step(self, feats: Any, obj: ObjectState, frame_idx: int, prompt: PointPrompt,
                     prev_logits: torch.Tensor | None, initial: bool, reverse: bool, num_frames: int) -> FrameOutput:
         """Decode one object's clicks: an initial frame uses no memory; a correction on a tracked frame attends to
         the object's memory and also feeds the previous logits (clamped) as a mask prompt."""
+        model = self.model
         if initial:
-            pix = self.model.add_no_memory(feats.feat)
+            pix = model.add_no_memory(feats.feat)
         else:
             plan = plan_memory(obj, frame_idx, reverse, num_frames, self.params)
-            pix = self._attend(self.model.memory_prefix(feats.feat, feats.pos), [plan], num_frames)
+            pix = self._attend(model.memory_prefix(feats.feat, feats.pos), [plan], num_frames)
         if prev_logits is not None:
             prev_logits = prev_logits.clamp(-PREV_MASK_CLAMP, PREV_MASK_CLAMP)
-        out = self.model.decode_masks(pix, feats.high_res, prompt.coords, prompt.labels, prev_logits,
-                                      multimask=prompt.labels.shape[1] <= 1,
-                                      stability_fallback=self.apply_postprocessing)
+        out = model.decode_masks(pix, feats.high_res, prompt.coords, prompt.labels, prev_logits,
+                                 multimask=prompt.labels.shape[1] <= 1, stability_fallback=self.apply_postprocessing)
         return FrameOutput(low_res=self._finish_masks(out.low_res), obj_ptr=out.obj_ptr,
                            score=out.object_score_logits)
 
@@ -128,6 +295,6 @@ class Tracker:
         scores = torch.cat([o.score for o in outputs])
         memory, _ = self.model.encode_memory(feats.expand(len(outputs)).feat, high, scores,
                                              binarize=self.apply_postprocessing)
-        memory = memory.to(MEMORY_DTYPE)
+        memory = stored_memory(memory)
         for j, out in enumerate(outputs):
             out.memory = memory[j:j + 1]

@@ -69,13 +69,33 @@ def test_unknown_section_is_refused(tmp_path: Path) -> None:
 
 
 def test_engine_command_prints_its_table() -> None:
+    """One row per thread count (1 and 2 by default)."""
     proc = _run("benchmarks.engine", "--sizes", "128", "--objects", "1", "--frames", "3", "--variants",
                 "official", "ours")
     header = next(line for line in proc.stdout.splitlines() if line.lstrip().startswith("model"))
-    for column in ("official s/f", "ours s/f", "ours/official", "official init s", "ours init s", "ours |dlogit|"):
+    for column in ("thr", "official s/f", "ours s/f", "ours/official", "official init s", "ours init s",
+                   "ours |dlogit|"):
         assert column in header, header
     rows = [line.split() for line in proc.stdout.splitlines() if line.lstrip().startswith("sam2.1_hiera_tiny")]
-    assert len(rows) == 1 and rows[0][:4] == ["sam2.1_hiera_tiny", "128", "1", "float32"], proc.stdout
+    assert [r[:5] for r in rows] == [["sam2.1_hiera_tiny", "128", str(t), "1", "float32"] for t in (1, 2)], \
+        proc.stdout
+
+
+def test_gpu_preset_runs_as_a_cpu_smoke_test(tmp_path: Path) -> None:
+    """``preset=gpu`` without a GPU: the acceptance section at tiny sizes, every kind of figure present."""
+    report = tmp_path / "gpu.json"
+    proc = _report("preset=gpu", f"report={report}", tmp_path=tmp_path)
+    figures = json.loads(report.read_text())["figures"]
+    names = [f["name"] for f in figures]
+    assert figures and all(f["section"] == "gpu" for f in figures), names
+    assert not [n for n in names if n == "section failed"], figures
+    for prefix in ("official object-frames/s, 1 obj", "ours object-frames/s, 2 obj", "ours/official, 2 obj",
+                   "parity: ours min IoU vs official, 1 obj", "memory growth", "FLOPs per frame", "achieved FLOP/s"):
+        assert any(n.startswith(prefix) for n in names), (prefix, names)
+    parity = [f for f in figures if f["name"].startswith("parity")]
+    assert all(f["met"] for f in parity), parity
+    assert all(f["value"] > 0 for f in figures if f["name"].startswith(("FLOPs", "achieved"))), figures
+    assert "status" in proc.stdout
 
 
 def test_engine_command_refuses_unknown_variants() -> None:

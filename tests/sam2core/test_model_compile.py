@@ -25,6 +25,11 @@ def test_no_graph_breaks():
         "attend_memory": (model.attend_memory, (feats.feat, feats.pos, [memory.bfloat16(), memory], [6, 0],
                                                 out.obj_ptr[:, None].expand(-1, 3, -1), torch.tensor([4, 1, 2]), 20)),
     }
+    side = model.config.feat_size
+    prefix = model.memory_prefix(feats.feat[:1], feats.pos[:1])
+    slots = (prefix, torch.randn(2, 8, 64, side, side).bfloat16(), torch.rand(2, 8) > 0.5, (6, 6, 5, 4, 3, 2, 1, 0),
+             torch.randn(2, 17, 256), torch.rand(2, 17), torch.rand(2, 17) > 0.5)
+    calls["attend_memory_slots"] = (model.attend_memory_slots, slots)
     breaks = {}
     for name, (fn, args) in calls.items():
         dynamo.reset()
