@@ -19,6 +19,7 @@ TINY = {
     "engine": ["engine.cpu.image_sizes=[128]", "engine.cpu.objects=[1,2]", "engine.cpu.frames=3"],
     "worker": ["worker.cases=[{image_size: 128, objects: 2, frames: 4, height: 64, width: 96}]", "worker.warmup=0",
                "worker.runs=1"],
+    "automatic": ["automatic.cases=[{image_size: 64, height: 48, width: 64, points_per_side: 4}]"],
     "output": ["output.objects=3", "output.image_size=128", "output.height=90", "output.width=160", "output.frames=3",
                "output.warmup=0", "output.runs=1"],
     "driver": ["driver.videos=200", "driver.rows=2500", "driver.dispatch_tasks=50"],
