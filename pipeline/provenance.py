@@ -40,7 +40,7 @@ def job_provenance(model: ModelSpec, session: dict, config: dict | None) -> dict
     return {**prov, "checkpoint": model.checkpoint, "checkpoint_sha256": sha256}
 
 
-_THROUGHPUT_OPTIONS = ("prefetch", "encoder_batch")  # session options that change speed, never the masks
+_THROUGHPUT_OPTIONS = ("prefetch", "encoder_batch", "max_objects_per_batch")  # change speed, never the masks
 
 
 def _mask_options(session: dict) -> dict:
