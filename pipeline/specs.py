@@ -7,10 +7,9 @@ Each group of conf/ has its spec: ``ModelSpec`` (model/), ``DataSpec`` (data/), 
 
 from __future__ import annotations
 
-import inspect
 from dataclasses import dataclass, field, fields
 
-from sam2core.automatic import AutomaticMaskGenerator
+from sam2core.automatic import GeneratorOptions
 from sam2core.config import MODEL_NAMES
 from sam2core.video import SessionOptions
 
@@ -162,7 +161,7 @@ class AutoSpec:
             _at_least(f"auto.{key}", value, 0, strict=True)
             if value > 1:
                 raise SpecError(f"auto.{key}={value}: must be in (0, 1]")
-        known = set(inspect.signature(AutomaticMaskGenerator).parameters) - {"model"}
+        known = {f.name for f in fields(GeneratorOptions)}
         unknown = sorted(set(self.generator) - known)
         if unknown:
             raise SpecError(f"auto.generator.{unknown[0]}: unknown generator option (known: "

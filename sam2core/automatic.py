@@ -77,71 +77,73 @@ class _CropMasks:
                             ("masks", "iou", "stability", "points", "boxes")))
 
 
-class AutomaticMaskGenerator:
-    """Masks for everything in an image from a grid of point prompts.
+@dataclass(frozen=True)
+class GeneratorOptions:
+    """The generator's settings, under the official keyword names and with the official defaults.
 
-    Keywords and defaults are the official generator's, plus ``dynamic_multimask_via_stability``: a setting of the
-    official model rather than of its generator, on (True) for models built by the official ``build_sam2``.
+    Grid: ``points_per_side`` clicks per side (or explicit normalised ``point_grids``, one per crop layer), decoded
+    ``points_per_batch`` at a time. Filters: ``pred_iou_thresh``, ``stability_score_thresh`` (stability measured
+    at ``mask_threshold`` ± ``stability_score_offset``), then box NMS at ``box_nms_thresh``. Crops:
+    ``crop_n_layers`` extra layers of overlapping crops (``crop_overlap_ratio``), each with
+    ``crop_n_points_downscale_factor`` fewer clicks per side and merged by NMS at ``crop_nms_thresh``.
+    ``min_mask_region_area`` > 0 fills background holes and removes foreground specks of at most that many
+    low-resolution pixels before upsampling; ``use_m2m`` re-decodes each candidate with its own logits as mask
+    prompt; ``dynamic_multimask_via_stability`` (a model setting in the official package, on for models built by
+    ``build_sam2``): an unstable single-mask output is replaced by the best multimask candidate.
     """
 
-    def __init__(
-        self,
-        model: SAM2Model,
-        points_per_side: int | None = 32,
-        points_per_batch: int = 64,
-        pred_iou_thresh: float = 0.8,
-        stability_score_thresh: float = 0.95,
-        stability_score_offset: float = 1.0,
-        mask_threshold: float = 0.0,
-        box_nms_thresh: float = 0.7,
-        crop_n_layers: int = 0,
-        crop_nms_thresh: float = 0.7,
-        crop_overlap_ratio: float = 512 / 1500,
-        crop_n_points_downscale_factor: int = 1,
-        point_grids: list[np.ndarray] | None = None,
-        min_mask_region_area: int = 0,
-        output_mode: str = "binary_mask",
-        use_m2m: bool = False,
-        multimask_output: bool = True,
-        dynamic_multimask_via_stability: bool = True,
-    ) -> None:
-        """``points_per_side`` (or explicit normalised ``point_grids``, one per crop layer) sets the clicks;
-        ``min_mask_region_area`` > 0 fills background holes and removes foreground specks of at most that many
-        low-resolution pixels before upsampling; ``use_m2m`` re-decodes each candidate with its own logits as mask
-        prompt; ``dynamic_multimask_via_stability``: a single-mask output (``multimask_output=False``, m2m) that is
-        unstable is replaced by the best multimask candidate."""
-        if (points_per_side is None) == (point_grids is None):
+    # the click grid
+    points_per_side: int | None = 32
+    point_grids: list[np.ndarray] | None = None
+    points_per_batch: int = 64
+    multimask_output: bool = True
+    dynamic_multimask_via_stability: bool = True
+    use_m2m: bool = False
+    # which candidates survive
+    mask_threshold: float = 0.0
+    pred_iou_thresh: float = 0.8
+    stability_score_offset: float = 1.0
+    stability_score_thresh: float = 0.95
+    box_nms_thresh: float = 0.7
+    min_mask_region_area: int = 0
+    # crop layers
+    crop_n_layers: int = 0
+    crop_overlap_ratio: float = 512 / 1500
+    crop_n_points_downscale_factor: int = 1
+    crop_nms_thresh: float = 0.7
+    # what comes out
+    output_mode: str = "binary_mask"
+
+    def __post_init__(self) -> None:
+        if (self.points_per_side is None) == (self.point_grids is None):
             raise ValueError("give exactly one of points_per_side and point_grids")
-        if output_mode not in OUTPUT_MODES:
-            raise ValueError(f"output_mode must be one of {OUTPUT_MODES}, got {output_mode!r}")
-        if points_per_batch < 1 or crop_n_layers < 0:
+        if self.output_mode not in OUTPUT_MODES:
+            raise ValueError(f"output_mode must be one of {OUTPUT_MODES}, got {self.output_mode!r}")
+        if self.points_per_batch < 1 or self.crop_n_layers < 0:
             raise ValueError("points_per_batch must be >= 1 and crop_n_layers >= 0")
-        if points_per_side is not None:
-            grids = layer_point_grids(points_per_side, crop_n_layers, crop_n_points_downscale_factor)
+
+    def grids(self) -> list[np.ndarray]:
+        """Normalised click positions of every crop layer."""
+        if self.point_grids is None:
+            grids = layer_point_grids(self.points_per_side, self.crop_n_layers, self.crop_n_points_downscale_factor)
         else:
-            grids = [np.asarray(g, dtype=np.float64) for g in point_grids]
-            if len(grids) < crop_n_layers + 1:
-                raise ValueError(f"need {crop_n_layers + 1} point grids (one per crop layer), got {len(grids)}")
-        if any(len(g) == 0 for g in grids[:crop_n_layers + 1]):
+            grids = [np.asarray(g, dtype=np.float64) for g in self.point_grids]
+            if len(grids) < self.crop_n_layers + 1:
+                raise ValueError(f"need {self.crop_n_layers + 1} point grids (one per crop layer), got {len(grids)}")
+        if any(len(g) == 0 for g in grids[:self.crop_n_layers + 1]):
             raise ValueError("every crop layer needs at least one point (points_per_side too small for the "
                              "downscale factor?)")
+        return grids
+
+
+class AutomaticMaskGenerator:
+    """Masks for everything in an image from a grid of point prompts: ``AutomaticMaskGenerator(model, **options)``
+    with the official generator's keywords and defaults (see ``GeneratorOptions``); an unknown keyword is refused."""
+
+    def __init__(self, model: SAM2Model, **options: Any) -> None:
         self.model = model
-        self.point_grids = grids
-        self.points_per_batch = points_per_batch
-        self.pred_iou_thresh = pred_iou_thresh
-        self.stability_score_thresh = stability_score_thresh
-        self.stability_score_offset = stability_score_offset
-        self.mask_threshold = mask_threshold
-        self.box_nms_thresh = box_nms_thresh
-        self.crop_n_layers = crop_n_layers
-        self.crop_nms_thresh = crop_nms_thresh
-        self.crop_overlap_ratio = crop_overlap_ratio
-        self.crop_n_points_downscale_factor = crop_n_points_downscale_factor
-        self.min_mask_region_area = min_mask_region_area
-        self.output_mode = output_mode
-        self.use_m2m = use_m2m
-        self.multimask_output = multimask_output
-        self.dynamic_multimask_via_stability = dynamic_multimask_via_stability
+        self.options = GeneratorOptions(**options)
+        self.point_grids = self.options.grids()
 
     # ---- public ----------------------------------------------------------------------------------------------
 
@@ -187,7 +189,7 @@ class AutomaticMaskGenerator:
             raise ValueError(f"features must hold one frame, got a batch of {features.feat.shape[0]}")
         frame = frame.to(self.model.device)
         h, w = frame.shape[:2]
-        boxes, layers = crop_boxes((h, w), self.crop_n_layers, self.crop_overlap_ratio)
+        boxes, layers = crop_boxes((h, w), self.options.crop_n_layers, self.options.crop_overlap_ratio)
         per_crop = []
         for box, layer in zip(boxes, layers):
             x0, y0, x1, y1 = box
@@ -214,7 +216,7 @@ class AutomaticMaskGenerator:
         if len(boxes) > 1:
             prefer_small_crops = 1 / box_area(crops)
             keep = batched_nms(all_boxes.float(), prefer_small_crops, torch.zeros_like(crop_of),
-                               self.crop_nms_thresh)
+                               self.options.crop_nms_thresh)
             crop_of, index_in_crop = crop_of[keep], index_in_crop[keep]
             all_boxes, iou, stability, points, crops = (t[keep] for t in (all_boxes, iou, stability, points, crops))
 
@@ -245,29 +247,29 @@ class AutomaticMaskGenerator:
         crop_hw = (y1 - y0, x1 - x0)
         scaled = self.point_grids[layer] * np.array([[crop_hw[1], crop_hw[0]]])
         points = torch.as_tensor(scaled, dtype=torch.float32).to(self.model.device)
-        parts = [self._process_batch(feats, points[i:i + self.points_per_batch], crop_hw, box, image_hw)
-                 for i in range(0, len(points), self.points_per_batch)]
+        parts = [self._process_batch(feats, points[i:i + self.options.points_per_batch], crop_hw, box, image_hw)
+                 for i in range(0, len(points), self.options.points_per_batch)]
         found = _CropMasks.cat(parts)
         keep = batched_nms(found.boxes.float(), found.iou, torch.zeros_like(found.boxes[:, 0]),
-                           self.box_nms_thresh)
+                           self.options.box_nms_thresh)
         return found.select(keep)
 
     def _process_batch(self, feats: ImageFeatures, points: torch.Tensor, crop_hw: tuple[int, int],
                        box: list[int], image_hw: tuple[int, int]) -> _CropMasks:
         """Decode one batch of clicks (crop pixels) and keep the candidates that pass every filter."""
-        low, iou = self._decode(feats, self._model_coords(points, crop_hw), None, self.multimask_output)
+        low, iou = self._decode(feats, self._model_coords(points, crop_hw), None, self.options.multimask_output)
         per_point = low.shape[1]
         low, iou = low.flatten(0, 1), iou.flatten(0, 1)
         points = points.repeat_interleave(per_point, dim=0)
-        if self.use_m2m:
+        if self.options.use_m2m:
             coords = self._model_coords(points, crop_hw)
             prompts = low.clamp(-LOGIT_CLAMP, LOGIT_CLAMP)
-            refined = [self._decode(feats, coords[i:i + self.points_per_batch], prompts[i:i + self.points_per_batch],
-                                    False) for i in range(0, len(points), self.points_per_batch)]
+            refined = [self._decode(feats, coords[i:i + self.options.points_per_batch], prompts[i:i + self.options.points_per_batch],
+                                    False) for i in range(0, len(points), self.options.points_per_batch)]
             low = torch.cat([r[0][:, 0] for r in refined])
             iou = torch.cat([r[1][:, 0] for r in refined])
-        if self.pred_iou_thresh > 0.0:
-            keep = iou > self.pred_iou_thresh
+        if self.options.pred_iou_thresh > 0.0:
+            keep = iou > self.options.pred_iou_thresh
             low, iou, points = low[keep], iou[keep], points[keep]
         parts = [self._score_and_box(low[i:i + UPSAMPLE_CHUNK], iou[i:i + UPSAMPLE_CHUNK],
                                      points[i:i + UPSAMPLE_CHUNK], crop_hw, box, image_hw)
@@ -280,11 +282,11 @@ class AutomaticMaskGenerator:
                        box: list[int], image_hw: tuple[int, int]) -> _CropMasks:
         """Candidates at crop resolution: stability filter, binary masks and boxes, crop-edge filter."""
         logits = self._upsample(low, crop_hw)
-        stability = stability_score(logits, self.mask_threshold, self.stability_score_offset)
-        if self.stability_score_thresh > 0.0:
-            keep = stability >= self.stability_score_thresh
+        stability = stability_score(logits, self.options.mask_threshold, self.options.stability_score_offset)
+        if self.options.stability_score_thresh > 0.0:
+            keep = stability >= self.options.stability_score_thresh
             logits, iou, points, stability = logits[keep], iou[keep], points[keep], stability[keep]
-        masks = logits > self.mask_threshold
+        masks = logits > self.options.mask_threshold
         del logits
         boxes = mask_boxes(masks)
         keep = ~self._cut_by_crop(boxes, box, image_hw)
@@ -312,7 +314,7 @@ class AutomaticMaskGenerator:
         masks, iou = out.masks.float(), out.iou.float()
         if multimask:
             return masks[:, 1:], iou[:, 1:]
-        if not self.dynamic_multimask_via_stability:
+        if not self.options.dynamic_multimask_via_stability:
             return masks[:, :1], iou[:, :1]
         return _single_or_best(masks, iou)
 
@@ -322,7 +324,7 @@ class AutomaticMaskGenerator:
         x = low[:, None]
         if len(x) == 0:
             return x.new_zeros(0, *crop_hw)
-        area = self.min_mask_region_area
+        area = self.options.min_mask_region_area
         if area > 0:
             holes = small_components(x <= 0, area)
             specks = small_components(x > 0, area)
@@ -343,9 +345,9 @@ class AutomaticMaskGenerator:
 
     def _encode_mask(self, mask: np.ndarray) -> Any:
         """One output mask in ``output_mode``: the bool array itself, or its uncompressed or COCO RLE."""
-        if self.output_mode == "coco_rle":
+        if self.options.output_mode == "coco_rle":
             return coco_rle(mask)
-        if self.output_mode == "uncompressed_rle":
+        if self.options.output_mode == "uncompressed_rle":
             return uncompressed_rle(mask)
         return mask
 
