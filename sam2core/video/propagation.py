@@ -8,8 +8,9 @@ mode records the frames each pass tracked, for ``replay.py`` to re-run parts of 
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence, Set as AbstractSet
+from collections.abc import Callable, Iterator, Sequence, Set as AbstractSet
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 
@@ -51,12 +52,14 @@ def mirror_frames(start: int, num_frames: int, params: MemoryParams) -> tuple[se
 class Propagator:
     """Runs the passes of one video's session over its objects (``state``), recording them in bounded mode."""
 
-    def __init__(self, tracker: Tracker, source: FrameSource, state: SessionState, options: SessionOptions) -> None:
+    def __init__(self, tracker: Tracker, source: FrameSource, state: SessionState, options: SessionOptions,
+                 on_features: Callable[[int, Any], None] | None = None) -> None:
         self.tracker = tracker
         self.source = source
         self.state = state
         self.options = options
         self.passes: list[Pass] = []  # bounded mode: the passes since the tracking store was last cleared
+        self.on_features = on_features  # told each tracked frame's features (the session keeps the newest)
 
     def clear(self) -> None:
         """Empty the tracking store and the record of passes (conditioning outputs stay)."""
@@ -110,6 +113,8 @@ class Propagator:
                 low = {}
                 if tracked:
                     _, feats = next(features)
+                    if self.on_features is not None:
+                        self.on_features(frame_idx, feats)
                     with torch.inference_mode(), self.tracker.autocast():
                         masks, outputs = self.tracker.track(feats, tracked, frame_idx, reverse, num_frames,
                                                             keep_masks=keep_history)

@@ -68,9 +68,10 @@ class VideoSession:
             if source.num_frames < 1:
                 raise ValueError("the video has no frames")
             self.source = source
+            self._cached: tuple[int, Any] | None = None  # (frame, features) of the frame encoded last
+        # on the same video the newest frame's features stay valid: they hold no tracking state
         self.state = SessionState(num_frames=self.source.num_frames)
-        self._cached: tuple[int, Any] | None = None
-        self._propagator = Propagator(self._tracker, self.source, self.state, self.options)
+        self._propagator = Propagator(self._tracker, self.source, self.state, self.options, self._remember)
         self._replay = Replay(self.state, self._propagator)
 
     @property
@@ -79,7 +80,7 @@ class VideoSession:
         return self.state.obj_ids
 
     def state_nbytes(self) -> int:
-        """Bytes of tensors this session holds (tracking state plus the one cached frame's features)."""
+        """Bytes of tensors this session holds (tracking state plus the cached frame features)."""
         total = self.state.nbytes() + self._replay.nbytes()
         if self._cached is not None:
             feats = self._cached[1]
@@ -87,12 +88,23 @@ class VideoSession:
             total += sum(t.numel() * t.element_size() for t in tensors)
         return total
 
-    def _features(self, frame_idx: int) -> Any:
-        """Features of one frame; the most recent one is cached (repeated clicks on a frame encode it once)."""
+    def _remember(self, frame_idx: int, feats: Any) -> None:
+        self._cached = (frame_idx, feats)
+
+    def features(self, frame_idx: int) -> Any:
+        """Image features of one frame (raw backbone output, batch 1, in the session's compute dtype): the frame
+        encoded last, whether for a prompt or as the last frame a propagation tracked, is reused, also across
+        ``reset()`` on the same video. So a prompt (or an automatic mask generator, see
+        ``AutomaticMaskGenerator.generate_masks``) on the frame a chunked propagation stopped at encodes nothing."""
         if self._cached is None or self._cached[0] != frame_idx:
             frame = host_frame(next(iter(self.source.iter_frames([frame_idx]))), frame_idx, self.source, False)
-            self._cached = (frame_idx, self._tracker.encode(to_device([frame], self._device)))
+            self._remember(frame_idx, self._tracker.encode(to_device([frame], self._device)))
         return self._cached[1]
+
+    def compute_context(self) -> Any:
+        """The context the session's model steps run in (autocast to its compute dtype; nothing for float32):
+        code that runs the model on ``features`` outside the session enters it too."""
+        return self._tracker.autocast()
 
     # ------------------------------------------------------------------ prompts
     def _check_target(self, frame_idx: int, obj_id: int) -> tuple[int, int]:
@@ -143,7 +155,7 @@ class VideoSession:
         store = obj if initial or self.options.keep_history else self._replay.stores(frame_idx)[obj_id]
         previous = self._shown_output(obj, frame_idx, initial)
         prev_logits = previous.low_res if previous is not None else None
-        feats = self._features(frame_idx)
+        feats = self.features(frame_idx)
         with torch.inference_mode(), self._tracker.autocast():
             out = self._tracker.points_step(feats, store, frame_idx, prompt, prev_logits, initial, reverse,
                                             self.state.num_frames)
@@ -159,7 +171,7 @@ class VideoSession:
         mask_t = mask_prompt(f"object {obj_id}, frame {frame_idx}", mask, self._image_size, self._device)
         obj = self.state.get_or_new(obj_id)
         initial, _ = self._frame_role(obj, frame_idx)
-        feats = self._features(frame_idx)
+        feats = self.features(frame_idx)
         with torch.inference_mode(), self._tracker.autocast():
             out = self._tracker.mask_step(feats, mask_t)
         self.state.register(obj)
@@ -187,7 +199,7 @@ class VideoSession:
                 if out.memory is None:
                     by_frame.setdefault(frame_idx, []).append(out)
         for frame_idx in sorted(by_frame):
-            feats = self._features(frame_idx)
+            feats = self.features(frame_idx)
             with torch.inference_mode(), self._tracker.autocast():
                 self._tracker.encode_prompt_memories(feats, by_frame[frame_idx])
         for obj in self.state.objects.values():

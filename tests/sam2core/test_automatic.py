@@ -20,6 +20,7 @@ import torch
 import torch.nn.functional as F
 
 from sam2core import AutomaticMaskGenerator
+from sam2core.video import ArrayFrameSource, SessionOptions, VideoSession
 from sam2core.mask_ops import batched_nms, mask_boxes, nms, small_components, uncompressed_rle
 from tests.oracle import official_and_ours, report_parity
 
@@ -318,6 +319,25 @@ def test_reuses_given_features(models, image, monkeypatch):
     assert len(gen.generate_masks(image, features=video_style)) > 0 and not calls
     with pytest.raises(ValueError, match="one frame"):
         gen.generate_masks(image, features=video_style.expand(2))
+
+
+def test_runs_on_a_bfloat16_session_s_features(models, image):
+    """The pipeline hands the generator the features a bf16 session computed, under that session's autocast: it runs
+    there and finds masks close to the fp32 ones of the same features."""
+    _, ours = models
+    gen = AutomaticMaskGenerator(ours, **LOW)
+    frames = ArrayFrameSource(image[None])
+    fp32 = VideoSession(ours, frames, SessionOptions(dtype="float32"))
+    bf16 = VideoSession(ours, frames, SessionOptions(dtype="bfloat16"))
+    reference = gen.generate_masks(image, fp32.features(0))
+    assert bf16.features(0).high_res[0].dtype == torch.bfloat16  # (the neck hands out bf16 and fp32 maps)
+    with bf16.compute_context():
+        found = gen.generate_masks(image, bf16.features(0))
+    assert len(found) > 0 and found.masks.shape[1:] == reference.masks.shape[1:]
+    inter = (found.masks[:, None] & reference.masks[None]).flatten(2).sum(-1).float()
+    union = (found.masks[:, None] | reference.masks[None]).flatten(2).sum(-1).float()
+    best = (inter / union.clamp(min=1)).max(dim=1).values
+    assert float(best.median()) > 0.8  # most bf16 masks have an fp32 twin
 
 
 def test_rejects_bad_arguments(models):

@@ -382,3 +382,24 @@ def test_cuda_bfloat16_close_to_official_autocast() -> None:
     """Random weights give many logits near 0, so bf16 rounding flips more pixels than trained weights would
     (0.987 measured on CPU bf16)."""
     assert _bf16_against_official_autocast("cuda") >= 0.95
+
+
+def test_chunked_walk_encodes_every_frame_once(model) -> None:
+    """Tracking to a frame, resetting and prompting there (what automatic discovery does on each keyframe) reuses
+    that frame's features: each frame is decoded once, and the prompt gives what a fresh session gives."""
+    frames = synthetic_video(9)
+    source = CountingSource(frames)
+    session = VideoSession(model, source, SessionOptions(overlap_encoder=False))
+    session.add_mask(0, 1, shape_mask(0, 0))
+    last = None
+    for start in (0, 4):
+        for result in session.propagate(start_frame=start, direction="forward", max_frames=4):
+            last = (result.frame_idx, result.mask_logits[0] > 0)
+        session.reset()
+        session.add_mask(last[0], 1, last[1])
+    assert source.produced == 9
+    reused = session.features(8)
+    fresh = VideoSession(model, ArrayFrameSource(frames), SessionOptions(overlap_encoder=False))
+    torch.testing.assert_close(reused.feat, fresh.features(8).feat)
+    session.reset(ArrayFrameSource(frames[::-1].copy()))  # another video: nothing of the old one is reused
+    torch.testing.assert_close(session.features(8).feat, fresh.features(0).feat)
