@@ -14,9 +14,12 @@ Mixed mode (``prompts=manifest+auto``): the manifest's objects are known from th
 prompt frame is also a chunk boundary, where the manifest prompt replaces the tracked mask); new ids start above the
 manifest's. The cap counts discovered objects only.
 
+Every frame is encoded once by the walk: a chunk's tracking stops on the next keyframe, whose features the session
+keeps (``VideoSession.features``), and the generator and the next chunk's prompts reuse them there.
+
 Both the session and the generator are parameters (any object with ``VideoSession``'s ``reset``/``add_mask``/
-``propagate``, any callable image → masks): the worker passes the real ones; tests pass stand-ins that know the
-true masks of a synthetic video.
+``propagate``, any callable (frame index, image) → masks): the worker passes the real ones (its generator reads the
+session's features of that frame); tests pass stand-ins that know the true masks of a synthetic video.
 """
 
 from __future__ import annotations
@@ -26,13 +29,15 @@ from dataclasses import dataclass, replace
 from typing import Any
 
 import numpy as np
+import torch
 from pycocotools import mask as mask_utils
 
 from pipeline.masklets import Masklets, decode_rle, encode_rle
 from pipeline.specs import AutoSpec
 from pipeline.tasks import Prompt
 
-Generate = Callable[[np.ndarray], tuple[np.ndarray, np.ndarray]]  # image → masks [N, H, W] bool, stability [N]
+# (keyframe index, its image) → masks [N, H, W] bool, stability [N]
+Generate = Callable[[int, np.ndarray], tuple[np.ndarray, np.ndarray]]
 ApplyPrompt = Callable[[Any, Prompt], Any]  # (session, manifest prompt) → FrameResult of its frame
 
 
@@ -45,6 +50,18 @@ class Discovered:
     frame_idx: int
     mask: dict
     stability: float
+
+
+def session_generator(generator: Any, session: Any) -> Generate:
+    """``generate`` for ``discover`` from an ``AutomaticMaskGenerator`` and the walk's ``VideoSession``: the
+    generator runs on the features the session keeps for the keyframe (tracking computed them: encoded once), in
+    the session's compute dtype."""
+    def generate(frame_idx: int, image: Any) -> tuple[np.ndarray, np.ndarray]:
+        with torch.inference_mode(), session.compute_context():
+            found = generator.generate_masks(np.array(image), session.features(frame_idx))  # a writable copy
+        return found.masks.cpu().numpy(), found.stability_score.float().cpu().numpy()
+
+    return generate
 
 
 def keyframes(num_frames: int, every: int) -> list[int]:
@@ -144,7 +161,7 @@ def discover(session: Any, source: Any, generate: Generate, spec: AutoSpec,
             known.update(_prompted_masks(session, b, here, apply_prompt))
         if b in keys and len(found) < spec.max_objects:
             image = next(iter(source.iter_frames([b])))
-            masks, stability = generate(image)
+            masks, stability = generate(b, image)
             masks = np.asarray(masks, dtype=bool)
             for i in admit(masks, list(known.values()), spec, spec.max_objects - len(found)):
                 found.append(Discovered(next_id, b, encode_rle(masks[i]), float(stability[i])))
@@ -157,37 +174,42 @@ def discover(session: Any, source: Any, generate: Generate, spec: AutoSpec,
 
 def prune(m: Masklets, min_area: int, dedupe_iou: float, keep: Sequence[int] = (),
           overlap_share: float = 0.9) -> Masklets:
-    """``m`` without near-empty masklets (fewer than ``min_area`` pixels on every frame) and duplicates (IoU ≥
-    ``dedupe_iou`` with an earlier masklet on ≥ ``overlap_share`` of the frames where either is present); objects in
-    ``keep`` (manifest objects) are never removed. Compares the RLEs frame by frame (pycocotools, no decoding),
-    keeping per-object and per-pair counters only."""
+    """``m`` without near-empty masklets (fewer than ``min_area`` pixels on every frame) and duplicates; objects in
+    ``keep`` (manifest objects) are never removed.
+
+    Two masklets are one object when, on at least ``overlap_share`` of the frames where the shorter one is present,
+    both are present with IoU ≥ ``dedupe_iou``: the shorter one then adds nothing and is removed (the unprotected one
+    when one is in ``keep``; the later one when equally long). Containment, not equality, is what catches an object
+    that left and came back: discovery gave it a second id on reappearing, and the final pass tracked the first one
+    through the gap too. Compares the RLEs frame by frame (pycocotools, no decoding), keeping per-object and
+    per-pair counters only."""
     n = len(m.obj_ids)
     max_area = np.zeros(n, dtype=np.int64)
-    either = np.zeros((n, n), dtype=np.int64)
-    same = np.zeros((n, n), dtype=np.int64)
+    shown = np.zeros(n, dtype=np.int64)  # frames where each masklet is present
+    same = np.zeros((n, n), dtype=np.int64)  # frames where both are present and match
     for frame in m.rles:
         coded = [_coded(r) for r in frame]
         areas = mask_utils.area(coded).astype(np.int64) if coded else np.zeros(0, dtype=np.int64)
         max_area = np.maximum(max_area, areas)
         present = areas > 0
-        either += present[:, None] | present[None, :]
+        shown += present
         idx = np.flatnonzero(present)
         if len(idx) > 1:
             iou = np.asarray(mask_utils.iou([coded[i] for i in idx], [coded[i] for i in idx], [0] * len(idx)))
             same[np.ix_(idx, idx)] += iou >= dedupe_iou
     protected = {int(o) for o in keep}
-    drop = set()
-    for j in range(n):
-        if m.obj_ids[j] in protected:
-            continue
-        if max_area[j] < min_area:
-            drop.add(j)
-            continue
-        for i in range(j):
-            if i not in drop and either[i, j] and same[i, j] >= overlap_share * either[i, j]:
-                drop.add(j)
-                break
-    return select_objects(m, [j for j in range(n) if j not in drop])
+    is_kept = [m.obj_ids[j] in protected for j in range(n)]
+    # protected first, then the longest masklets, then id order: each is removed when a kept one contains it
+    order = sorted(range(n), key=lambda j: (not is_kept[j], -int(shown[j]), j))
+    kept: list[int] = []
+    for j in order:
+        if not is_kept[j]:
+            if max_area[j] < min_area:
+                continue
+            if any(same[i, j] >= overlap_share * min(shown[i], shown[j]) for i in kept):
+                continue
+        kept.append(j)
+    return select_objects(m, sorted(kept))
 
 
 def _coded(rle: dict) -> dict:

@@ -230,7 +230,7 @@ class WorkerPool:
             log.warning("video %s attempt %d failed (%s); retrying in %.1f s", vid, self.attempts[vid],
                         record["error"], delay)
             if record.get("fault") == "oom":
-                task = task.with_smaller_batches()
+                task = task.with_smaller_batches(record.get("object_batch"))
             heapq.heappush(self.delayed, (time.monotonic() + delay, next(self._tiebreak), task))
             return None
         record["attempts"] = self.attempts[vid]

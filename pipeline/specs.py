@@ -150,7 +150,7 @@ class AutoSpec:
     match_coverage: float = 0.8  # ... or covered by it for this share of its area
     max_objects: int = 50  # discovered objects per video at most (largest first)
     min_area: int = 100  # pixels: smaller generator masks are ignored, masklets never larger are removed
-    dedupe_iou: float = 0.8  # masklets this similar on 90% of their frames are one object
+    dedupe_iou: float = 0.8  # a masklet this similar to another on 90% of its frames is a duplicate
 
     def __post_init__(self) -> None:
         _at_least("auto.every", self.every, 1)

@@ -48,9 +48,11 @@ class VideoTask:
     object_batch: int | None = None  # most objects per batched step; set after the video ran out of memory
     auto: bool = False  # discover the video's (other) objects automatically (prompts=auto / manifest+auto)
 
-    def with_smaller_batches(self) -> "VideoTask":
-        """The same task with half the objects per batched step (after an out-of-memory failure)."""
-        current = self.object_batch or max(self.num_objects, 1)
+    def with_smaller_batches(self, used: int | None = None) -> "VideoTask":
+        """The same task with half the objects per batched step after an out-of-memory failure: half of ``used``
+        (what the failed attempt batched, as its worker reported it: discovered objects count too), else of the
+        task's cap, else of its manifest objects."""
+        current = used or self.object_batch or max(self.num_objects, 1)
         return replace(self, object_batch=max(1, current // 2))
 
 

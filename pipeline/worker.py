@@ -26,12 +26,11 @@ import time
 from dataclasses import replace
 from typing import Any
 
-import numpy as np
 import ray
 import torch
 from ray.util import metrics
 
-from pipeline.discovery import Discovered, discover, prompt_of, prune
+from pipeline.discovery import Discovered, discover, prompt_of, prune, session_generator
 from pipeline.masklets import MaskletBuilder, Masklets, decode_rle
 from pipeline.output import OutputStage
 from pipeline.sinks import make_sink
@@ -83,6 +82,14 @@ def fault_of(exc: BaseException) -> str | None:
     return None
 
 
+def batched_objects(task: VideoTask, default_cap: int, held: int) -> int:
+    """Objects per batched step of an attempt at ``task`` whose session held ``held`` objects at its end: the
+    task's cap (else ``default_cap``), at most the objects there were (discovered ones count: an automatic task
+    has no manifest objects)."""
+    cap = task.object_batch or default_cap
+    return max(1, min(cap, held or task.num_objects or cap))
+
+
 def check_geometry(prompt: Prompt, height: int, width: int) -> Prompt:
     """A prompt checked against its video: a mask must have the video's size; points must lie in the frame
     (``0 ≤ x ≤ W``, ``0 ≤ y ≤ H``); a box is clipped to the frame and refused if nothing of it is left.
@@ -119,6 +126,7 @@ class PropagationWorker:
         self.options = SessionOptions(dtype=pick_dtype(m.dtype, self.device), compile=m.compile, **spec.session)
         self.sink = make_sink(spec.output_uri, spec.output_format, spec.output_storage_options, spec.retry_s)
         self.session: VideoSession | None = None
+        self._objects_held = 0  # objects the session held when the last video ended or failed
         self.generator = AutomaticMaskGenerator(self.model, **spec.auto.generator) if spec.auto else None
         self.low_res_size = (m.image_size // 4, m.image_size // 4)
         cpus = ray.get_runtime_context().get_assigned_resources().get("CPU", 1.0)  # this actor's share
@@ -151,6 +159,7 @@ class PropagationWorker:
         start = time.perf_counter()
         record: dict[str, Any] = {"video_id": task.video_id, "status": "done", "frames": 0,
                                   "objects": task.num_objects, "error": None, "retryable": False, **self.identity}
+        self._objects_held = 0
         with self._lock:
             self._status = {"video_id": task.video_id, "frames": 0, "frames_done": 0, "objects": task.num_objects,
                             "started": time.time()}
@@ -170,6 +179,9 @@ class PropagationWorker:
             fault = fault_of(exc)
             kind = {"oom": "out of memory", "device": "GPU fault"}.get(fault, type(exc).__name__)
             record.update(status="failed", error=f"{kind}: {exc}".splitlines()[0], retryable=True, fault=fault)
+            if fault == "oom":  # what this attempt batched, for the retry to halve
+                record["object_batch"] = batched_objects(task, self.options.objects_per_batch(self.device),
+                                                         self._objects_held)
         finally:
             with self._lock:
                 self._status = {}
@@ -211,22 +223,20 @@ class PropagationWorker:
             return self._auto_masklets(builder.build(), found, {p.obj_id for p in prompts})
         finally:
             if self.session is not None:
+                self._objects_held = len(self.session.obj_ids)  # at the end (or the failure) of this video
                 self.session.reset()
             source.close()
 
     def _discover(self, session: VideoSession, source: Any, prompts: list[Prompt]) -> list[Discovered]:
         """The objects of the video the generator finds on keyframes and ``prompts`` do not cover; leaves
         ``session`` reset for the final pass."""
-        def generate(image: Any) -> tuple[Any, Any]:
-            found = self.generator.generate_masks(np.array(image))  # a writable copy for torch
-            return found.masks.cpu().numpy(), found.stability_score.float().cpu().numpy()
-
         def progress(frame_idx: int) -> None:
             self._status["frames_done"] = frame_idx
 
         with self._lock:  # the time budget counts the walk as one object tracked through the video
             self._status.update(frames=source.num_frames, objects=max(1, len({p.obj_id for p in prompts})))
-        found = discover(session, source, generate, self.spec.auto, prompts, _apply_prompt, on_frame=progress)
+        found = discover(session, source, session_generator(self.generator, session), self.spec.auto, prompts,
+                         _apply_prompt, on_frame=progress)
         session.reset()
         with self._lock:
             self._status.update(frames_done=0)

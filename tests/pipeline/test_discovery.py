@@ -64,8 +64,9 @@ class TrueGenerator:
         self.gt = gt
         self.frames: list[int] = []
 
-    def __call__(self, image: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    def __call__(self, frame_idx: int, image: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         t = int(image[0, 0, 0])
+        assert t == frame_idx
         self.frames.append(t)
         masks = [m for m in self.gt[:, t] if m.any()][::-1]
         return np.asarray(masks, dtype=bool).reshape(-1, H, W), np.linspace(0.9, 1.0, len(masks))
@@ -217,7 +218,8 @@ def test_prune_removes_near_empty_and_duplicate_masklets() -> None:
     assert kept.obj_ids == [0, 1, 4]
     assert kept.first_appeared == [0, 6, 17]
     assert len(kept.rles[0]) == 3 and len(kept.scores[5]) == 3
-    assert prune(m, min_area=5, dedupe_iou=0.8, keep=[2, 3]).obj_ids == [0, 1, 2, 3, 4]
+    # manifest objects are never removed; a discovered copy of one is, even when it is the longer masklet
+    assert prune(m, min_area=5, dedupe_iou=0.8, keep=[2, 3]).obj_ids == [0, 2, 3, 4]
 
 
 def test_auto_layout_fields_round_trip() -> None:
@@ -248,3 +250,23 @@ def test_auto_spec_checks_its_ranges() -> None:
         AutoSpec(match_iou=1.5)
     with pytest.raises(SpecError, match="auto.generator.points"):
         AutoSpec(generator={"points": 3})
+
+
+def test_an_object_that_leaves_and_returns_keeps_one_masklet() -> None:
+    """E is visible on frames 0-9 and 18-23. The walk loses it in the gap and gives it a second id on keyframe 20;
+    the final pass (full memory) tracks the first id through the gap as well, so the second masklet is contained in
+    the first one and is removed, however long the gap."""
+    gt = np.zeros((2, T, H, W), dtype=bool)
+    for t in range(T):
+        gt[0, t] = square(2, 2, 12)
+        if t <= 9 or t >= 18:
+            gt[1, t] = square(24, 24, 10)
+    found = discover(TrueTracker(gt), FrameSource(T), TrueGenerator(gt), AutoSpec(min_area=1))
+    assert [(d.obj_id, d.frame_idx) for d in found] == [(0, 0), (1, 0), (2, 20)]
+    builder = MaskletBuilder("v", T, H, W, [0, 1, 2])
+    for t in range(T):  # the final pass as SAM 2 tracks it: id 2 backward from keyframe 20 only to frame 18
+        builder.add_frame(t, np.stack([gt[0, t], gt[1, t], gt[1, t] if t >= 18 else np.zeros((H, W), bool)]),
+                          [1.0] * 3)
+    kept = prune(builder.build(), min_area=1, dedupe_iou=0.8)
+    assert kept.obj_ids == [0, 1]
+    assert prune(builder.build(), min_area=1, dedupe_iou=0.8, keep=[2]).obj_ids == [0, 2]  # a manifest id stays

@@ -7,11 +7,14 @@ from __future__ import annotations
 import json
 import logging
 import os
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
 
 from pipeline.driver import EXIT_BAD_INPUT, EXIT_FAILED_VIDEOS, EXIT_OK, run
+from pipeline.tasks import VideoTask
+from pipeline.worker import batched_objects
 from tests.helpers import make_video, synthetic_frames
 from tests.pipeline.propagate_support import job_spec, prompts_for, write_manifest
 
@@ -115,3 +118,16 @@ def test_a_worker_that_never_starts_is_dropped(tmp_path, ray_cluster, caplog):
     with caplog.at_level(logging.ERROR):
         assert run(spec) == EXIT_BAD_INPUT
     assert "worker did not start within 3 s" in caplog.text
+
+
+def test_out_of_memory_halves_what_the_attempt_batched() -> None:
+    prompted = VideoTask("v", "v.mp4", (), 40, 1.0)
+    assert prompted.with_smaller_batches(16).object_batch == 8  # 40 objects in batches of 16: next 8, not 20
+    assert prompted.with_smaller_batches().object_batch == 20  # no report: half the manifest objects
+    discovered = VideoTask("v", "v.mp4", (), 0, 1.0, auto=True)  # objects unknown until discovery
+    assert discovered.with_smaller_batches(12).object_batch == 6
+    assert discovered.with_smaller_batches().object_batch == 1
+    # what the worker reports: its cap, at most the objects its session held (discovered ones included)
+    assert batched_objects(discovered, 16, held=12) == 12 and batched_objects(discovered, 16, held=30) == 16
+    assert batched_objects(prompted, 16, held=0) == 16  # failed before its session had objects
+    assert batched_objects(replace(prompted, object_batch=4), 16, held=30) == 4
