@@ -22,6 +22,10 @@ from pipeline.storage import filesystem, is_transient, retrying, uri_protocols
 from pipeline.tasks import VideoTask, build_tasks
 
 REQUIRED = ("video_id", "video_uri", "obj_id", "frame_idx")
+# all null (or absent) in a video-only row: it lists its video for discovery (prompts=manifest+auto), no prompt
+PROMPT_COLUMNS = ("obj_id", "frame_idx", "points", "point_labels", "box", "mask")
+MODES = ("manifest", "auto", "manifest+auto")
+_VIDEO_ONLY = "no prompt (obj_id/frame_idx missing); video-only rows need prompts=manifest+auto or prompts=auto"
 # local files and the object stores fsspec/s3fs serve, and tar members of those (SA-V's shards); http(s) only when
 # a config allows it (data.protocols)
 DEFAULT_PROTOCOLS = ("file", "local", "s3", "s3a", "gs", "gcs", "abfs", "az", "tar")
@@ -100,13 +104,14 @@ def read_manifest_table(uri: str, storage_options: dict | None = None, retry_s: 
 
 
 class _Errors:
-    """Accumulates row errors; vectorised checks add whole boolean masks at once."""
+    """Accumulates row errors; vectorised checks add whole boolean masks at once, limited to ``rows`` when given."""
 
-    def __init__(self) -> None:
+    def __init__(self, rows: np.ndarray | None = None) -> None:
         self.items: list[RowError] = []
+        self.rows = rows
 
     def add_mask(self, bad: np.ndarray, column: str, reason) -> None:
-        for r in np.flatnonzero(bad):
+        for r in np.flatnonzero(bad if self.rows is None else bad & self.rows):
             self.items.append(RowError(int(r), column, reason(int(r)) if callable(reason) else reason))
 
     def add(self, row: int, column: str, reason: str) -> None:
@@ -142,9 +147,8 @@ def _check_numbers(values: pa.Array, parents: np.ndarray, n: int) -> tuple[np.nd
     return _any_per_row(n, parents, ~np.isfinite(nums)), nums
 
 
-def _check_ids(table: pa.Table, errors: _Errors, prompt_columns: bool = True) -> np.ndarray:
-    """video_id / video_uri / obj_id / frame_idx checks (the last two only with ``prompt_columns``); returns the rows
-    whose video_id is usable."""
+def _check_ids(table: pa.Table, errors: _Errors) -> np.ndarray:
+    """video_id / video_uri checks; returns the rows whose video_id is usable."""
     n = table.num_rows
     vid = table["video_id"]
     ok_vid = np.ones(n, dtype=bool)
@@ -165,7 +169,15 @@ def _check_ids(table: pa.Table, errors: _Errors, prompt_columns: bool = True) ->
     else:
         empty = _np(pc.equal(pc.utf8_length(pc.utf8_trim_whitespace(uri)), 0), True)
         errors.add_mask(empty, "video_uri", "missing or empty")
-    for col in ("obj_id", "frame_idx") if prompt_columns else ():
+    return ok_vid
+
+
+def _check_prompt_ids(table: pa.Table, errors: _Errors) -> None:
+    """obj_id / frame_idx: integers >= 0 (an absent column counts as all null)."""
+    for col in ("obj_id", "frame_idx"):
+        if col not in table.column_names:
+            errors.add_mask(np.ones(table.num_rows, dtype=bool), col, "missing")
+            continue
         arr = table[col]
         if not pa.types.is_integer(arr.type):
             errors.add(-1, col, f"must be an integer column, got {arr.type}")
@@ -174,7 +186,15 @@ def _check_ids(table: pa.Table, errors: _Errors, prompt_columns: bool = True) ->
         errors.add_mask(null, col, "missing")
         neg = ~null & _np(pc.less(arr, 0), False)
         errors.add_mask(neg, col, lambda r, a=arr, c=col: f"{c} {a[r].as_py()} must be >= 0")
-    return ok_vid
+
+
+def video_only_rows(table: pa.Table) -> np.ndarray:
+    """Per row: every prompt column (PROMPT_COLUMNS) null or absent, i.e. the row only lists its video."""
+    out = np.ones(table.num_rows, dtype=bool)
+    for c in PROMPT_COLUMNS:
+        if c in table.column_names:
+            out &= _np(table[c].is_null(), True)
+    return out
 
 
 def _check_uri_consistency(table: pa.Table, ok_vid: np.ndarray, errors: _Errors) -> None:
@@ -294,8 +314,9 @@ def _check_kinds(table: pa.Table, has_points, has_box, has_mask, errors: _Errors
 
 
 def _check_duplicates(table: pa.Table, ok_vid: np.ndarray, errors: _Errors) -> None:
-    """One prompt per (video, object, frame): a second row would silently replace the first."""
-    if not (pa.types.is_integer(table["obj_id"].type) and pa.types.is_integer(table["frame_idx"].type)):
+    """One prompt per (video, object, frame) among the ``ok_vid`` rows: a second row would silently replace the
+    first."""
+    if not all(c in table.column_names and pa.types.is_integer(table[c].type) for c in ("obj_id", "frame_idx")):
         return
     sub = table.select(["video_id", "obj_id", "frame_idx"]).append_column("row", pa.array(np.arange(table.num_rows)))
     sub = sub.filter(pa.array(ok_vid))
@@ -312,27 +333,39 @@ def _check_duplicates(table: pa.Table, ok_vid: np.ndarray, errors: _Errors) -> N
             errors.add(r, "frame_idx", f"second prompt for video {v!r} object {o} frame {f} (first in row {r0})")
 
 
-def validate(table: pa.Table, prompts: bool = True) -> tuple[list[RowError], np.ndarray]:
-    """Every problem of every row, and the per-row usable-video_id flags. ``prompts=False`` (``prompts=auto``):
-    only the video columns are required and checked; prompt columns, if any, are ignored."""
+def validate(table: pa.Table, mode: str = "manifest") -> tuple[list[RowError], np.ndarray]:
+    """Every problem of every row, and the per-row usable-video_id flags. ``mode`` (``data.prompts``): "manifest":
+    every row is a prompt; "auto": only the video columns are required and checked, prompt columns are ignored;
+    "manifest+auto": a video-only row (``video_only_rows``) lists its video for discovery, every other row is a
+    prompt checked as in "manifest", and obj_id/frame_idx are not required columns."""
+    if mode not in MODES:
+        raise ValueError(f"mode must be one of {', '.join(MODES)}, got {mode!r}")
     errors = _Errors()
-    required = REQUIRED if prompts else REQUIRED[:2]
+    required = REQUIRED if mode == "manifest" else REQUIRED[:2]
     missing = [c for c in required if c not in table.column_names]
     for c in missing:
-        errors.add(-1, c, "required column missing")
+        hint = "" if c in REQUIRED[:2] else " (a manifest of videos only needs prompts=manifest+auto or prompts=auto)"
+        errors.add(-1, c, "required column missing" + hint)
     if missing:
         return errors.items, np.zeros(table.num_rows, dtype=bool)
-    ok_vid = _check_ids(table, errors, prompts)
+    if mode == "manifest+auto":  # all-null id columns (as pandas writes them) are as good as absent there
+        table = table.drop_columns([c for c in REQUIRED[2:] if c in table.column_names
+                                    and pa.types.is_null(table.schema.field(c).type)])
+    ok_vid = _check_ids(table, errors)
     if pa.types.is_string(table["video_uri"].type) or pa.types.is_large_string(table["video_uri"].type):
         _check_uri_consistency(table, ok_vid, errors)
-    if not prompts:
-        errors.items.sort(key=lambda e: e.row)
-        return errors.items, ok_vid
-    has_points, _ = _check_points(table, errors)
-    has_box = _check_box(table, errors)
-    has_mask = _check_mask(table, errors)
-    _check_kinds(table, has_points, has_box, has_mask, errors)
-    _check_duplicates(table, ok_vid, errors)
+    if mode != "auto":
+        listed = video_only_rows(table)
+        if mode == "manifest":
+            errors.add_mask(listed, "obj_id", _VIDEO_ONLY)
+        prompt_errors = _Errors(rows=~listed)  # a video-only row is not a prompt: its empty prompt is no error
+        _check_prompt_ids(table, prompt_errors)
+        has_points, _ = _check_points(table, prompt_errors)
+        has_box = _check_box(table, prompt_errors)
+        has_mask = _check_mask(table, prompt_errors)
+        _check_kinds(table, has_points, has_box, has_mask, prompt_errors)
+        _check_duplicates(table, ok_vid & ~listed, prompt_errors)
+        errors.items += prompt_errors.items
     errors.items.sort(key=lambda e: e.row)
     return errors.items, ok_vid
 
@@ -362,14 +395,15 @@ def load_manifest(uri: str, data_root: str | None = None, storage_options: dict 
                   on_invalid: str = "fail", protocols: Sequence[str] = DEFAULT_PROTOCOLS,
                   retry_s: float = 30.0, mode: str = "manifest") -> ManifestPlan:
     """Read, validate and plan a manifest. ``mode`` (``data.prompts``): "manifest" needs prompt rows; "auto" only
-    video_id/video_uri (any prompt columns are ignored; objects are discovered); "manifest+auto" both.
+    video_id/video_uri (any prompt columns are ignored; objects are discovered); "manifest+auto" both, and a video
+    listed only by video-only rows (every prompt column null) is planned as in "auto".
     ``on_invalid``: "fail" raises ManifestError listing every bad row;
     "drop_video" drops the videos with bad rows (see ``plan.dropped``) and plans the rest. ``protocols``: the
     fsspec protocols video URIs may use. ManifestReadError when it cannot be read at all."""
     if on_invalid not in ("fail", "drop_video"):
         raise ValueError(f"on_invalid must be 'fail' or 'drop_video', got {on_invalid!r}")
     table = read_manifest_table(uri, storage_options, retry_s)
-    errors, ok_vid = validate(table, prompts=mode != "auto")
+    errors, ok_vid = validate(table, mode)
     if "video_uri" in table.column_names:
         extra = _Errors()
         _check_protocols(table, data_root, protocols, extra)

@@ -115,9 +115,19 @@ def _mask_dicts(table: pa.Table) -> list[dict | None]:
 def build_tasks(table: pa.Table, data_root: str | None, storage_options: dict | None,
                 mode: str = "manifest") -> list[VideoTask]:
     """One task per video from validated manifest rows (``__row`` holds each row's number), largest cost first.
-    ``mode`` "auto": tasks without prompts (one per distinct video); "manifest+auto": prompts plus discovery."""
-    if mode == "auto":
-        return _video_tasks(table, data_root, storage_options)
+    ``mode`` "auto": tasks without prompts (one per distinct video); "manifest+auto": prompts plus discovery, where
+    a video listed only by video-only rows (null obj_id: see pipeline.manifest) gets a task without prompts."""
+    if mode == "auto" or "obj_id" not in table.column_names:
+        prompted = table.slice(0, 0)
+    else:
+        prompted = table.filter(pc.is_valid(table["obj_id"]))
+    return _video_tasks(table, data_root, storage_options, _prompts_by_video(prompted), auto=mode != "manifest")
+
+
+def _prompts_by_video(table: pa.Table) -> dict[str, list[Prompt]]:
+    """The prompt rows of ``table`` per video, each video's ordered by (frame, object)."""
+    if table.num_rows == 0:
+        return {}
     cols = {c: table[c].to_pylist() if c in table.column_names else [None] * table.num_rows
             for c in ("points", "point_labels", "box")}
     cols["mask"] = _mask_dicts(table)
@@ -125,31 +135,29 @@ def build_tasks(table: pa.Table, data_root: str | None, storage_options: dict | 
     obj = table["obj_id"].to_pylist()
     frame = table["frame_idx"].to_pylist()
     by_video: dict[str, list[Prompt]] = defaultdict(list)
-    uri_of: dict[str, str] = {}
-    for i, (v, u) in enumerate(zip(table["video_id"].to_pylist(), table["video_uri"].to_pylist())):
+    for i, v in enumerate(table["video_id"].to_pylist()):
         by_video[v].append(Prompt(obj[i], frame[i], cols["points"][i], cols["point_labels"][i], cols["box"][i],
                                   cols["mask"][i], rows[i]))
+    for prompts in by_video.values():
+        prompts.sort(key=lambda p: (p.frame_idx, p.obj_id))
+    return by_video
+
+
+def _video_tasks(table: pa.Table, data_root: str | None, storage_options: dict | None,
+                 prompts_of: dict[str, list[Prompt]], auto: bool) -> list[VideoTask]:
+    """One task per distinct video of ``table`` with its ``prompts_of`` (none for a video without prompt rows),
+    largest cost first. Cost = objects × file size; a video without prompts counts as one object (its objects are
+    not known yet)."""
+    uri_of: dict[str, str] = {}
+    for v, u in zip(table["video_id"].to_pylist(), table["video_uri"].to_pylist()):
         if v not in uri_of:
             uri_of[v] = _resolve_uri(u, data_root)
     sizes = _file_sizes(uri_of.values(), storage_options)
     fallback = float(np.median(list(sizes.values()))) if sizes else 1.0
     tasks = []
-    for v, prompts in by_video.items():
-        prompts.sort(key=lambda p: (p.frame_idx, p.obj_id))
+    for v, u in uri_of.items():
+        prompts = tuple(prompts_of.get(v, ()))
         n_obj = len({p.obj_id for p in prompts})
-        tasks.append(VideoTask(v, uri_of[v], tuple(prompts), n_obj, n_obj * float(sizes.get(uri_of[v], fallback)),
-                               auto=mode == "manifest+auto"))
-    tasks.sort(key=lambda t: (-t.cost, t.video_id))
-    return tasks
-
-
-def _video_tasks(table: pa.Table, data_root: str | None, storage_options: dict | None) -> list[VideoTask]:
-    """``prompts=auto``: one prompt-less task per video, cost = file size (objects are not known yet)."""
-    uri_of: dict[str, str] = {}
-    for v, u in zip(table["video_id"].to_pylist(), table["video_uri"].to_pylist()):
-        uri_of.setdefault(v, _resolve_uri(u, data_root))
-    sizes = _file_sizes(uri_of.values(), storage_options)
-    fallback = float(np.median(list(sizes.values()))) if sizes else 1.0
-    tasks = [VideoTask(v, u, (), 0, float(sizes.get(u, fallback)), auto=True) for v, u in uri_of.items()]
+        tasks.append(VideoTask(v, u, prompts, n_obj, max(n_obj, 1) * float(sizes.get(u, fallback)), auto=auto))
     tasks.sort(key=lambda t: (-t.cost, t.video_id))
     return tasks

@@ -189,6 +189,84 @@ def test_video_uri_protocols_are_an_allow_list(tmp_path):
     assert len(plan.tasks) == 3
 
 
+def test_manifest_auto_plans_video_only_rows_as_prompt_less_tasks(tmp_path):
+    (tmp_path / "videos").mkdir()
+    (tmp_path / "videos" / "v1.mp4").write_bytes(b"x" * 100)
+    (tmp_path / "videos" / "v2.mp4").write_bytes(b"x" * 1000)
+    listed = dict(obj_id=None, frame_idx=None)
+    rows = [_row(points=[[10, 20]], point_labels=[1]),
+            _row(video_id="v2", video_uri="videos/v2.mp4", **listed),
+            _row(**listed),                                              # adds nothing to v1's prompts
+            _row(obj_id=1, frame_idx=3, box=[1, 2, 30, 40]),
+            _row(video_id="v2", video_uri="videos/v2.mp4", **listed)]    # not a second prompt
+    uri = _write(tmp_path / "m.parquet", rows)
+    plan = load_manifest(uri, data_root=str(tmp_path), mode="manifest+auto")
+    assert plan.dropped == {} and plan.num_rows == 5
+    assert [t.video_id for t in plan.tasks] == ["v2", "v1"]  # v2: 1000 bytes; v1: 2 objects x 100
+    v2, v1 = plan.tasks
+    assert v1.auto and [p.row for p in v1.prompts] == [0, 3] and v1.num_objects == 2 and v1.cost == 200.0
+    assert v2.auto and v2.prompts == () and v2.num_objects == 0 and v2.cost == 1000.0
+    assert v2.video_uri == str(tmp_path / "videos" / "v2.mp4")
+
+
+def test_manifest_auto_without_prompt_columns_lists_every_video(tmp_path):
+    pq.write_table(pa.table({"video_id": ["a", "b", "a"], "video_uri": ["a.mp4", "b.mp4", "a.mp4"]}),
+                   tmp_path / "m.parquet")
+    # as pandas writes all-None columns: Arrow type null
+    pq.write_table(pa.table({"video_id": ["a", "b"], "video_uri": ["a.mp4", "b.mp4"], "obj_id": pa.nulls(2),
+                             "frame_idx": pa.nulls(2), "box": pa.nulls(2)}), tmp_path / "pandas.parquet")
+    for name in ("m.parquet", "pandas.parquet"):
+        plan = load_manifest(str(tmp_path / name), data_root="/r", mode="manifest+auto")
+        assert sorted(t.video_id for t in plan.tasks) == ["a", "b"]
+        assert all(t.auto and t.prompts == () and t.num_objects == 0 for t in plan.tasks)
+
+
+def test_manifest_auto_partly_filled_rows_are_errors(tmp_path):
+    rows = [_row(points=[[1, 2]], point_labels=[1]),                     # 0 ok
+            _row(obj_id=1, frame_idx=None, box=[0, 0, 1, 1]),            # 1 frame missing
+            _row(video_id="v2", obj_id=None, box=[0, 0, 1, 1]),          # 2 box without object
+            _row(video_id="v3", obj_id=None, frame_idx=None, points=[[1, 2]], point_labels=[1]),  # 3 no ids
+            _row(video_id="v4", obj_id=4, frame_idx=None),               # 4 object only
+            _row(video_id="v5", obj_id=None, frame_idx=None),            # 5 video-only: fine
+            _row(video_id="v6", video_uri="", obj_id=None, frame_idx=None)]  # 6 video columns still checked
+    uri = _write(tmp_path / "m.parquet", rows)
+    with pytest.raises(ManifestError) as info:
+        load_manifest(uri, data_root="/r", mode="manifest+auto")
+    assert {(e.row, e.column) for e in info.value.errors} == {
+        (1, "frame_idx"), (2, "obj_id"), (3, "obj_id"), (3, "frame_idx"), (4, "frame_idx"), (4, "points"),
+        (6, "video_uri")}
+    assert "row 1, column 'frame_idx': missing" in str(info.value)
+    plan = load_manifest(uri, data_root="/r", mode="manifest+auto", on_invalid="drop_video")
+    assert [(t.video_id, t.prompts == ()) for t in plan.tasks] == [("v5", True)]
+    assert set(plan.dropped) == {"v1", "v2", "v3", "v4", "v6"}
+    pq.write_table(pa.table({"video_id": ["a", "b"], "video_uri": ["a.mp4", "b.mp4"],
+                             "box": [None, [0.0, 0.0, 1.0, 1.0]]}), tmp_path / "no_ids.parquet")
+    with pytest.raises(ManifestError) as info:
+        load_manifest(str(tmp_path / "no_ids.parquet"), mode="manifest+auto")
+    assert {(e.row, e.column) for e in info.value.errors} == {(1, "obj_id"), (1, "frame_idx")}
+
+
+def test_video_only_rows_need_a_mixed_or_auto_mode(tmp_path):
+    rows = [_row(points=[[1, 2]], point_labels=[1]), _row(video_id="v2", obj_id=None, frame_idx=None)]
+    uri = _write(tmp_path / "m.parquet", rows)
+    with pytest.raises(ManifestError) as info:
+        load_manifest(uri, data_root="/r")
+    assert [(e.row, e.column) for e in info.value.errors] == [(1, "obj_id")]  # one error, not one per column
+    assert ("row 1, column 'obj_id': no prompt (obj_id/frame_idx missing); video-only rows need "
+            "prompts=manifest+auto or prompts=auto") in str(info.value)
+    pq.write_table(pa.table({"video_id": ["a"], "video_uri": ["a.mp4"]}), tmp_path / "videos.parquet")
+    with pytest.raises(ManifestError, match="obj_id.*required column missing.*prompts=manifest\\+auto"):
+        load_manifest(str(tmp_path / "videos.parquet"))
+
+
+def test_auto_mode_ignores_prompt_columns_even_partly_filled(tmp_path):
+    rows = [_row(points=[[1, 2]], point_labels=[1]), _row(obj_id=None, box=[0, 0, 1, 1]),
+            _row(video_id="v2", obj_id=None, frame_idx=None), _row(video_id="v2", obj_id=-3, box=[5, 0, 1, 1])]
+    plan = load_manifest(_write(tmp_path / "m.parquet", rows), data_root="/r", mode="auto")
+    assert plan.dropped == {} and sorted(t.video_id for t in plan.tasks) == ["v1", "v2"]
+    assert all(t.auto and t.prompts == () and t.num_objects == 0 and t.cost == 1.0 for t in plan.tasks)
+
+
 def test_shard_of_is_stable_and_balanced():
     assert shard_of("sav_000001", 8) == shard_of("sav_000001", 8)
     assert shard_of("sav_000001", 1) == 0

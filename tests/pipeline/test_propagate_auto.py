@@ -19,7 +19,7 @@ from pipeline.dataset.evaluate import evaluate_one
 from pipeline.manifest import ManifestError, ManifestReadError, list_videos, load_manifest
 from pipeline.masklets import read_masklets
 from pipeline.specs import DataSpec, SpecError
-from tests.pipeline.propagate_support import REPO, job_overrides
+from tests.pipeline.propagate_support import REPO, job_overrides, write_manifest
 
 SAMPLE = REPO / "data" / "sample"
 LOOSE = {"auto.generator.points_per_side": 4, "auto.generator.pred_iou_thresh": 0.0,
@@ -61,6 +61,26 @@ def test_auto_job_on_the_sample_writes_sav_auto_masklets(tmp_path: Path, run_job
     assert rerun.returncode == 0 and "3 already done, 0 to run" in rerun.stdout + rerun.stderr
 
 
+def test_mixed_job_with_a_video_only_row(tmp_path: Path, run_job, ray_cluster) -> None:
+    """prompts=manifest+auto: bouncing keeps its prompt rows, slide is listed by a video-only row."""
+    rows = [r for r in pq.read_table(SAMPLE / "manifest.parquet").to_pylist() if r["video_id"] == "bouncing"]
+    manifest = write_manifest(rows + [{"video_id": "slide", "video_uri": "videos/slide.mp4"}],
+                              str(tmp_path / "mixed.parquet"))
+    out = tmp_path / "out"
+    cheap = {**LOOSE, "model.image_size": 128, "auto.every": 8}  # ~20 s on 2 CPU threads
+    proc = run_job(job_overrides(manifest, str(SAMPLE), str(out), ray_cluster.address, prompts="manifest+auto",
+                                 **cheap), timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    for video_id in ("bouncing", "slide"):
+        assert json.loads((out / "_state" / "done" / f"{video_id}.json").read_text())["status"] == "done"
+    bouncing = json.loads((out / "masklets" / "bouncing.json").read_text())
+    types = dict(zip(bouncing["masklet_id"], bouncing["masklet_type"]))
+    assert {o: types.get(o) for o in (0, 1)} == {0: "manual", 1: "manual"}
+    assert all(t == "auto" and o > 1 for o, t in types.items() if o not in (0, 1))  # new ids above the manifest's
+    slide = json.loads((out / "masklets" / "slide.json").read_text())
+    assert slide["masklet_type"] == ["auto"] * slide["masklet_num"]
+
+
 def test_auto_manifest_needs_only_video_columns(tmp_path: Path) -> None:
     uri = str(tmp_path / "videos.parquet")
     pq.write_table(pa.table({"video_id": ["slide", "slide", "orbit"],
@@ -72,6 +92,8 @@ def test_auto_manifest_needs_only_video_columns(tmp_path: Path) -> None:
         load_manifest(uri, str(SAMPLE))
     mixed = load_manifest(str(SAMPLE / "manifest.parquet"), str(SAMPLE), mode="manifest+auto")
     assert all(t.auto and t.prompts for t in mixed.tasks)
+    listed = load_manifest(uri, str(SAMPLE), mode="manifest+auto")  # only video-only rows: as prompts=auto
+    assert listed.tasks == plan.tasks
 
 
 def test_data_videos_lists_files_by_glob_or_prefix(tmp_path: Path) -> None:
