@@ -16,6 +16,12 @@ tracking (``generate(image, features=...)``: the video pipeline encodes each key
 alone. On CPU the 1024 px case uses an 8 x 8 grid (64 clicks, one decoder batch) instead of the official 32 x 32:
 one 1024 px keyframe at 32 x 32 takes minutes on one CPU thread; the per-click cost is reported so the full grid
 can be read off (x 16 for 32 x 32). Each case runs in a fresh process with ``threads`` torch threads.
+
+Whole video (``video_cases``): what ``prompts=auto`` costs over prompting the same objects. The worker's two stages
+are run as it runs them (``pipeline.discovery``: the walk over keyframes with the real generator on the session's
+features, then the final pass); the prompted baseline is that final pass alone (the discovered objects prompted
+where they were found, propagated both ways), i.e. a manifest job that already knew them. Figures: seconds of
+both, the overhead ratio (auto over prompted), and the walk's share spent in the generator.
 """
 
 from __future__ import annotations
@@ -38,6 +44,12 @@ DEFAULTS: dict[str, Any] = {
     "cuda_cases": [  # on a GPU instead: the official defaults' 32 x 32 grid
         {"image_size": 1024, "height": 1024, "width": 1024, "points_per_side": 32},
         {"image_size": 1024, "height": 1080, "width": 1920, "points_per_side": 32},
+    ],
+    "video_cases": [  # CPU, whole video: 24 frames at 256 px, keyframes every 4, a 16 x 16 grid, 4 objects
+        {"image_size": 256, "frames": 24, "every": 4, "points_per_side": 16, "max_objects": 4},
+    ],
+    "cuda_video_cases": [  # on a GPU: 1024 px, the official grid, 16 objects
+        {"image_size": 1024, "frames": 96, "every": 4, "points_per_side": 32, "max_objects": 16},
     ],
     "dtype": "float32",  # CPU cases
     "cuda_dtype": "bfloat16",  # CUDA cases, as the pipeline runs on a GPU
@@ -81,6 +93,69 @@ def measure(arch: str, image_size: int, height: int, width: int, points_per_side
             "clicks": points_per_side**2}
 
 
+def measure_video(arch: str, image_size: int, frames: int, every: int, points_per_side: int, max_objects: int,
+                  dtype: str, pred_iou_thresh: float, stability_score_thresh: float, seed: int,
+                  device: str) -> dict[str, Any]:
+    """Seconds of the discovery walk (and of the generator inside it) and of the final pass on one synthetic video,
+    as the worker runs them; the final pass alone is the prompted baseline."""
+    import time
+
+    from benchmarks.harness import sync
+    from benchmarks.video import synthetic_video
+    from pipeline.discovery import discover, prompt_of, session_generator
+    from pipeline.specs import AutoSpec
+    from sam2core import AutomaticMaskGenerator, build_model
+    from sam2core.video import ArrayFrameSource, SessionOptions, VideoSession
+
+    torch.manual_seed(seed)
+    model = build_model(arch, image_size=image_size, device=device).eval()
+    source = ArrayFrameSource(synthetic_video(frames, max_objects, image_size, image_size))
+    session = VideoSession(model, source, SessionOptions(dtype=dtype))
+    generator = AutomaticMaskGenerator(model, points_per_side=points_per_side, pred_iou_thresh=pred_iou_thresh,
+                                       stability_score_thresh=stability_score_thresh)
+    spec = AutoSpec(every=every, max_objects=max_objects, min_area=1)
+    inner = session_generator(generator, session)
+    spent = [0.0]
+
+    def generate(frame_idx: int, image: Any) -> Any:
+        start = time.perf_counter()
+        out = inner(frame_idx, image)
+        sync(device)
+        spent[0] += time.perf_counter() - start
+        return out
+
+    def final_pass() -> int:
+        session.reset()
+        for d in found:
+            session.add_mask(d.frame_idx, d.obj_id, prompt_of(d))
+        return sum(1 for _ in session.propagate(direction="both"))
+
+    sync(device)
+    start = time.perf_counter()
+    found = discover(session, source, generate, spec)
+    sync(device)
+    walk_s = time.perf_counter() - start
+    final_s, yielded = best_seconds(final_pass, 0, 1, device=device)
+    assert yielded == frames
+    return {"walk": walk_s, "generator": spent[0], "final": final_s, "objects": len(found),
+            "keyframes": len(range(0, frames, every))}
+
+
+def _video_figures(arch: str, case: dict[str, Any], dtype: str, device: str, threads: int,
+                   r: dict[str, Any]) -> list[Figure]:
+    where = (f"{arch} {case['image_size']}px, {case['frames']} frames, keyframes every {case['every']}, "
+             f"{case['points_per_side']}x{case['points_per_side']} clicks, {r['objects']} objects, {device} {dtype}, "
+             f"{threads} thread(s)")
+    auto = r["walk"] + r["final"]
+    note = (f"walk {r['walk']:.2f} s, of which generator {r['generator']:.2f} s on {r['keyframes']} keyframes; "
+            f"final pass {r['final']:.2f} s")
+    return [
+        figure("automatic", f"prompts=auto, whole video ({where})", auto, "s"),
+        figure("automatic", f"same objects prompted, whole video ({where})", r["final"], "s"),
+        figure("automatic", f"overhead of discovery, auto / prompted ({where})", auto / r["final"], "x", note=note),
+    ]
+
+
 def _case_figures(arch: str, case: dict[str, Any], dtype: str, device: str, threads: int,
                   r: dict[str, Any]) -> list[Figure]:
     where = (f"{arch} {case['image_size']}px, {case['width']}x{case['height']} frame, "
@@ -107,6 +182,11 @@ def run_section(cfg: dict[str, Any], seed: int, threads: int) -> list[Figure]:
                              stability_score_thresh=c["stability_score_thresh"], warmup=c["warmup"],
                              runs=c["runs"], seed=seed, device=device, **case)
             out += _case_figures(c["arch"], case, dtype, device, threads, r)
+        for case in c["video_cases" if device == "cpu" else "cuda_video_cases"]:
+            r = run_isolated(measure_video, threads, arch=c["arch"], dtype=dtype,
+                             pred_iou_thresh=c["pred_iou_thresh"], stability_score_thresh=c["stability_score_thresh"],
+                             seed=seed, device=device, **case)
+            out += _video_figures(c["arch"], case, dtype, device, threads, r)
     return out
 
 
@@ -121,9 +201,9 @@ def main() -> None:
     args = parser.parse_args()
     cfg = {"warmup": args.warmup, "runs": args.runs}
     if args.device == "cuda":
-        cfg["cases"] = []
+        cfg["cases"] = cfg["video_cases"] = []
     else:
-        cfg["cuda_cases"] = []
+        cfg["cuda_cases"] = cfg["cuda_video_cases"] = []
     figures = [f for f in run_section(cfg, args.seed, args.threads) if f.value is not None]
     print(format_table(figures))
 

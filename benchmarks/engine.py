@@ -12,8 +12,9 @@ Setup: the official predictor is built with seeded random weights at the image s
 state dict is loaded strictly into our model. Both get the same pixels (the official one a JPEG folder, ours the
 frames decoded back from it) and the same prompts (one box per object on frame 0).
 
-Timing: each variant is timed over a forward propagation, best of ``runs`` after ``warmup`` untimed ones; resetting
-and prompting are outside the timing. The official ``init_state`` (which decodes and normalises the whole video up
+Timing: each variant is timed over a forward propagation, best of ``runs`` after ``warmup`` untimed ones, the
+variants taking turns in every round (``harness.interleaved_best``: a drift in the machine's load then hits all of
+them alike); resetting and prompting are outside the timing. The official ``init_state`` (which decodes and normalises the whole video up
 front) is outside it too and reported apart as that variant's init; our streaming decode is inside ours, and our
 init is the session's creation. Each (model, image size) is measured in a fresh process with ``threads`` torch/OpenMP
 threads (see ``harness``).
@@ -49,7 +50,7 @@ from typing import Any, NamedTuple
 import numpy as np
 import torch
 
-from benchmarks.harness import best_seconds, run_isolated, sync
+from benchmarks.harness import Timed, best_seconds, interleaved_best, run_isolated, sync
 from benchmarks.report import Figure, figure
 from benchmarks.video import object_boxes, synthetic_video, write_jpeg_folder
 from sam2core.video import ArrayFrameSource, SessionOptions, VideoSession
@@ -128,27 +129,38 @@ def _torch_threads(threads: int | None) -> Iterator[None]:
         torch.set_num_threads(before)
 
 
-def _time_official(predictor: Any, folder: Path, boxes: np.ndarray, run: EngineRun,
-                   threads: int | None) -> tuple[float, float, dict[int, torch.Tensor]]:
-    """(propagation seconds, ``init_state`` seconds, mask logits [K, H, W] per frame of the last run)."""
-    autocast = (torch.autocast(run.device, dtype=torch.bfloat16) if run.dtype == "bfloat16"
-                else contextlib.nullcontext())
-    with _torch_threads(threads), torch.inference_mode(), autocast:
+def _official_step(predictor: Any, folder: Path, boxes: np.ndarray, run: EngineRun,
+                   threads: int | None) -> tuple[Timed, float]:
+    """The timed propagation of the official predictor (returns the mask logits [K, H, W] per frame) and its
+    ``init_state`` seconds."""
+    def contexts() -> contextlib.ExitStack:
+        stack = contextlib.ExitStack()
+        stack.enter_context(_torch_threads(threads))
+        stack.enter_context(torch.inference_mode())
+        if run.dtype == "bfloat16":
+            stack.enter_context(torch.autocast(run.device, dtype=torch.bfloat16))
+        return stack
+
+    with contexts():
         init, state = best_seconds(lambda: predictor.init_state(video_path=str(folder)), 0, 1, device=run.device)
 
-        def prepare() -> None:
+    def prepare() -> None:
+        with contexts():
             predictor.reset_state(state)
             for k, box in enumerate(boxes):
                 predictor.add_new_points_or_box(state, frame_idx=0, obj_id=k, box=box)
 
-        best, masks = best_seconds(lambda: {t: m[:, 0] for t, _, m in predictor.propagate_in_video(state)},
-                                   run.warmup, run.runs, prepare=prepare, device=run.device)
-    return best, init, masks
+    def step() -> dict[int, torch.Tensor]:
+        with contexts():
+            return {t: m[:, 0] for t, _, m in predictor.propagate_in_video(state)}
+
+    return Timed(step, prepare), init
 
 
-def _time_ours(model: torch.nn.Module, frames: np.ndarray, boxes: np.ndarray, run: EngineRun,
-               options: SessionOptions) -> tuple[float, float, dict[int, torch.Tensor]]:
-    """(propagation seconds, session creation seconds, mask logits [K, H, W] per frame of the last run)."""
+def _our_step(model: torch.nn.Module, frames: np.ndarray, boxes: np.ndarray, run: EngineRun,
+              options: SessionOptions) -> tuple[Timed, float]:
+    """The timed forward propagation of a ``VideoSession`` (returns the mask logits per frame) and the session's
+    creation seconds."""
     init, session = best_seconds(lambda: VideoSession(model, ArrayFrameSource(frames), options), 0, 1,
                                  device=run.device)
 
@@ -157,9 +169,7 @@ def _time_ours(model: torch.nn.Module, frames: np.ndarray, boxes: np.ndarray, ru
         for k, box in enumerate(boxes):
             session.add_points(0, k, box=box)
 
-    best, masks = best_seconds(lambda: {r.frame_idx: r.mask_logits for r in session.propagate(direction="forward")},
-                               run.warmup, run.runs, prepare=prepare, device=run.device)
-    return best, init, masks
+    return Timed(lambda: {r.frame_idx: r.mask_logits for r in session.propagate(direction="forward")}, prepare), init
 
 
 def _max_abs_diff(reference: dict[int, torch.Tensor], masks: dict[int, torch.Tensor]) -> float:
@@ -201,25 +211,34 @@ def measure(run: EngineRun) -> list[dict[str, Any]]:
             folder = Path(tmp) / f"objects{n}"
             frames = write_jpeg_folder(folder, synthetic_video(run.frames, n, size, size))
             boxes = object_boxes(n, size, size)
-            reference: dict[int, torch.Tensor] = {}
+            steps: dict[str, Timed] = {}
+            inits: dict[str, float] = {}
             for variant in run.officials + run.ours:  # the baseline first: its masks are the reference
-                diff = iou = None
                 if variant in OFFICIAL:
                     spec = OFFICIAL[variant]
-                    seconds, init, masks = _time_official(predictors[spec.vos_optimized], folder, boxes, run,
-                                                          spec.threads)
-                    if variant == run.baseline:
-                        reference = masks
+                    steps[variant], inits[variant] = _official_step(predictors[spec.vos_optimized], folder, boxes,
+                                                                    run, spec.threads)
                 else:
                     options = SessionOptions(dtype=run.dtype, **OURS[variant])
-                    seconds, init, masks = _time_ours(model, frames, boxes, run, options)
-                    diff, iou = _max_abs_diff(reference, masks), _min_iou(reference, masks)
-                del masks
-                results.append({"variant": variant, "objects": n, "seconds": seconds, "fps": run.frames / seconds,
-                                "init_seconds": init, "max_abs_diff": diff, "min_iou": iou,
-                                "threads": torch.get_num_threads()})
-                print(f"engine {run.where}: {variant}, {n} obj: {run.frames / seconds:.3g} frames/s", flush=True)
-            del reference
+                    steps[variant], inits[variant] = _our_step(model, frames, boxes, run, options)
+            reference: dict[int, torch.Tensor] = {}
+            compared: dict[str, tuple[float, float]] = {}
+
+            def compare(variant: str, masks: dict[int, torch.Tensor]) -> None:
+                if variant == run.baseline:
+                    reference.update(masks)
+                elif variant in OURS:
+                    compared[variant] = (_max_abs_diff(reference, masks), _min_iou(reference, masks))
+
+            seconds = interleaved_best(steps, run.warmup, run.runs, run.device, on_last=compare)
+            for variant in steps:
+                diff, iou = compared.get(variant, (None, None))
+                results.append({"variant": variant, "objects": n, "seconds": seconds[variant],
+                                "fps": run.frames / seconds[variant], "init_seconds": inits[variant],
+                                "max_abs_diff": diff, "min_iou": iou, "threads": torch.get_num_threads()})
+                print(f"engine {run.where}: {variant}, {n} obj: {run.frames / seconds[variant]:.3g} frames/s",
+                      flush=True)
+            del steps, reference
             sync(run.device)
     return results
 
@@ -291,7 +310,8 @@ def format_table(measured: list[tuple[EngineRun, list[dict[str, Any]]]]) -> str:
         f"device={first.device}, thr: torch/OpenMP threads of the measuring process; official_2t: "
         "torch.set_num_threads(2); ours: the thread budget split between an encoder thread and tracking (serial "
         "when there is no core to spare), ours_serial: overlap_encoder=False",
-        f"s/f: seconds per frame, best of {first.runs} after {first.warmup} warm-up; ours/official: frames/s ratio "
+        f"s/f: seconds per frame, best of {first.runs} interleaved rounds after {first.warmup} warm-up; "
+        "ours/official: frames/s ratio "
         f"(> 1: ours faster); init: official init_state, ours session creation; |dlogit|: max vs {first.baseline}",
         f"1-min load average now {os.getloadavg()[0]:.2f} on {os.cpu_count()} cores",
         _row({c: c for c in header}, header, widths),

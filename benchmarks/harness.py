@@ -13,7 +13,7 @@ import resource
 import time
 from collections.abc import Callable
 from concurrent.futures import ProcessPoolExecutor
-from typing import Any
+from typing import Any, NamedTuple
 
 
 def _init_child(threads: int) -> None:
@@ -61,6 +61,38 @@ def best_seconds(step: Callable[[], Any], warmup: int, runs: int, prepare: Calla
         if i >= warmup:
             best = min(best, time.perf_counter() - start)
     return best, result
+
+
+class Timed(NamedTuple):
+    """A timed step of ``interleaved_best``: ``prepare()`` runs before each call, outside the timing."""
+
+    step: Callable[[], Any]
+    prepare: Callable[[], Any] | None = None
+
+
+def interleaved_best(steps: dict[str, Timed], warmup: int, runs: int, device: str = "cpu",
+                     on_last: Callable[[str, Any], None] | None = None) -> dict[str, float]:
+    """Fastest of ``runs`` timed calls of each step, the steps taking turns in every round (``warmup`` untimed
+    rounds first). On a shared machine the load drifts over minutes; taking turns exposes every step to the same
+    drift, so their ratio is steadier than when each is timed in a block of its own. ``on_last(name, result)`` gets
+    each step's result of the last round (e.g. to compare outputs), as soon as it is made."""
+    if runs < 1 or warmup < 0:
+        raise ValueError(f"need runs >= 1 and warmup >= 0, got runs={runs}, warmup={warmup}")
+    best = dict.fromkeys(steps, float("inf"))
+    for i in range(warmup + runs):
+        for name, timed in steps.items():
+            if timed.prepare is not None:
+                timed.prepare()
+            sync(device)
+            start = time.perf_counter()
+            result = timed.step()
+            sync(device)
+            if i >= warmup:
+                best[name] = min(best[name], time.perf_counter() - start)
+            if i == warmup + runs - 1 and on_last is not None:
+                on_last(name, result)
+            del result
+    return best
 
 
 def peak_rss_bytes() -> int:
