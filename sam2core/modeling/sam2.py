@@ -312,17 +312,18 @@ class SAM2Model(nn.Module):
         self,
         prefix: tuple[torch.Tensor, torch.Tensor],
         memory: torch.Tensor,
-        memory_valid: torch.Tensor,
+        memory_valid: torch.Tensor | None,
         memory_tpos: tuple[int, ...],
         obj_ptrs: torch.Tensor,
         ptr_offsets: torch.Tensor,
-        ptr_valid: torch.Tensor,
+        ptr_valid: torch.Tensor | None,
     ) -> torch.Tensor:
         """``attend_memory_from_prefix`` with shapes that do not depend on how full the memory is: spatial memories
         ``memory [B, S, mem, h, w]`` in S slots (slot i takes row ``memory_tpos[i]`` of ``maskmem_tpos_enc``), object
         pointers ``obj_ptrs [B, P, C]`` with their offsets already divided by the pointer window ``ptr_offsets
         [B, P]``; ``memory_valid [B, S]`` and ``ptr_valid [B, P]`` (bool) mark the filled slots. Empty slots are
-        hidden from attention, so the result is the attention of the filled ones alone."""
+        hidden from attention, so the result is the attention of the filled ones alone; ``None`` for both when every
+        slot is filled (no mask)."""
         cfg = self.config
         dtype = prefix[0].dtype
         b, s, _, h, w = memory.shape
@@ -338,8 +339,10 @@ class SAM2Model(nn.Module):
             ptr_pos = self.obj_ptr_tpos_proj(code).repeat_interleave(split, dim=1)
         else:
             ptr_pos = ptr_tokens.new_zeros(b, p * split, cfg.mem_dim)
-        key_mask = torch.cat((memory_valid.repeat_interleave(h * w, dim=1), ptr_valid.repeat_interleave(split, dim=1)),
-                             dim=1)
+        key_mask = None
+        if memory_valid is not None:
+            key_mask = torch.cat((memory_valid.repeat_interleave(h * w, dim=1),
+                                  ptr_valid.repeat_interleave(split, dim=1)), dim=1)
         out = self.memory_attention.forward_from_prefix(prefix, torch.cat((tokens, ptr_tokens), dim=1),
                                                         torch.cat((positions, ptr_pos), dim=1), p * split, key_mask)
         side = cfg.feat_size

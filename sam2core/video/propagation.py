@@ -100,6 +100,9 @@ class Propagator:
         kept_ptr, kept_mem = mirror_frames(start, num_frames, params) if not reverse else (set(), set())
         kept_ptr |= hold
         kept_mem |= hold
+        limit = params.max_cond_frames
+        self.tracker.warm_up(max((len(o.cond) if limit == -1 else min(len(o.cond), limit) for o in objects),
+                                 default=1))
         to_compute = [t for t in order if any(t not in obj.cond for obj in objects)]
         threads = plan_threads(self.options.overlap_encoder, self.tracker.device)
         stream = FeatureStream(self.source, to_compute, self.tracker.encode, self.tracker.device,

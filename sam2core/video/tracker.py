@@ -10,13 +10,15 @@ memory-encoder call per chunk); the memory-independent start of memory attention
 
 With static shapes (``compile``) a chunk is padded to the next object bucket (1, 2, 4, … the cap) by repeating its
 first object and ``c`` is rounded up to a power of two, so the compiled step sees a handful of shapes, all of them
-run once by ``warm_up``.
+run once by ``warm_up``. Eager steps (CPU by default) drop instead the slots no object of the chunk fills, and pass no
+mask when every remaining slot is filled (from the first ``num_maskmem`` frames on, with one object per step: the
+official predictor's arithmetic, with no padded keys and no masking cost).
 """
 
 from __future__ import annotations
 
 import contextlib
-from typing import Any
+from typing import Any, NamedTuple
 
 import torch
 import torch.nn.functional as F
@@ -50,6 +52,21 @@ def unpack_slots(packed: torch.Tensor, b: int, s: int, p: int) -> tuple[torch.Te
     return memory_valid, ptr_valid, packed[b * (s + p):].view(b, p)
 
 
+class Slots(NamedTuple):
+    """A batch's memory-slot inputs (see ``Tracker._slots``)."""
+
+    memory: torch.Tensor  # [b, s, 64, h, w] bf16
+    packed: torch.Tensor  # validity of memories and pointers, then pointer offsets (normalised), on the device
+    ptrs: torch.Tensor  # [b, p, 256]
+    tpos: tuple[int, ...]  # temporal code row of each memory slot
+    masked: bool  # some slot is empty: attention needs the key mask
+
+
+def _ptr_slot(plan: MemoryPlan, i: int, num_cond: int) -> int:
+    """Pointer slot of a plan's ``i``-th pointer: conditioning pointers first, then one slot per distance."""
+    return i if i < plan.num_cond_ptrs else num_cond + plan.offsets[i] - 1
+
+
 class TrackingStep(nn.Module):
     """One tracking step for a batch of objects of one frame, from fixed-slot inputs (the graph ``compile``
     compiles): memory attention, mask decoder (multimask), memory encoder. Holds the model, changes nothing in it."""
@@ -60,16 +77,22 @@ class TrackingStep(nn.Module):
         self.stability_fallback = stability_fallback
 
     def forward(self, prefix_x: torch.Tensor, prefix_q: torch.Tensor, feat: torch.Tensor, high_res_0: torch.Tensor,
-                high_res_1: torch.Tensor, memory: torch.Tensor, packed: torch.Tensor, ptrs: torch.Tensor
+                high_res_1: torch.Tensor, memory: torch.Tensor, packed: torch.Tensor, ptrs: torch.Tensor,
+                tpos: tuple[int, ...] | None = None, masked: bool = True
                 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
         """(low-res logits [b,1,S/4,S/4], pointers [b,256], scores [b,1], bf16 memories [b,64,h,w]) of ``b`` objects
-        with memories ``memory [b,s,64,h,w]`` and pointers ``ptrs [b,p,256]``; frame inputs have batch 1."""
+        with memories ``memory [b,s,64,h,w]`` and pointers ``ptrs [b,p,256]``; frame inputs have batch 1. ``tpos``:
+        the slots' temporal codes (default: every slot, ``slot_layout``); ``masked=False`` when every slot is filled
+        (no key mask at all)."""
         b, s = memory.shape[:2]
         p = ptrs.shape[1]
         model = self.model
         num_maskmem = model.maskmem_tpos_enc.shape[0]
         memory_valid, ptr_valid, offsets = unpack_slots(packed, b, s, p)
-        tpos = slot_layout(s - (num_maskmem - 1), num_maskmem)
+        if tpos is None:
+            tpos = slot_layout(s - (num_maskmem - 1), num_maskmem)
+        if not masked:
+            memory_valid = ptr_valid = None
         pix = model.attend_memory_slots((prefix_x, prefix_q), memory, memory_valid, tpos, ptrs, offsets, ptr_valid)
         high_res = (high_res_0.expand(b, -1, -1, -1), high_res_1.expand(b, -1, -1, -1))
         out = model.decode_masks(pix, high_res, None, None, None, multimask=True,
@@ -156,46 +179,59 @@ class Tracker:
     def _finish_masks(self, low_res: torch.Tensor) -> torch.Tensor:
         return fill_holes(low_res, self.fill_hole_area) if self.fill_hole_area > 0 else low_res
 
-    def _slots(self, plans: list[MemoryPlan], num_frames: int
-               ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """Fixed-slot inputs of a batch: memories [b,s,64,h,w], the packed validity and pointer offsets (one host
-        vector, one copy to the device) and pointers [b,p,256]; with static shapes b and the conditioning slots are
-        rounded up (padded rows repeat the first object)."""
+    def _slots(self, plans: list[MemoryPlan], num_frames: int) -> Slots:
+        """Slot inputs of a batch: memories [b,s,64,h,w], the packed validity and pointer offsets (one host vector,
+        one copy to the device), pointers [b,p,256], the slots' temporal codes and whether any slot is empty.
+        With static shapes every slot is there, b and the conditioning slots rounded up (padded rows repeat the
+        first object); without, only the slots some object of the batch fills (usually all of them: no mask)."""
         p = self.params
         num_cond = max(plan.num_cond for plan in plans)
         size = len(plans)
         if self.static:
             num_cond, size = cond_slots(num_cond), bucket_of(size, self.buckets)
-        s, n_ptr = num_cond + p.num_maskmem - 1, num_cond + p.max_obj_ptrs - 1
+            temporal = tuple(range(p.num_maskmem - 2, -1, -1))  # nearest last
+            ptr_cols = range(num_cond + p.max_obj_ptrs - 1)
+        else:
+            temporal = tuple(sorted({t for plan in plans for t in plan.tpos[plan.num_cond:]}, reverse=True))
+            ptr_cols = sorted({_ptr_slot(plan, i, num_cond) for plan in plans for i in range(len(plan.pointers))})
+        column = {t: num_cond + k for k, t in enumerate(temporal)}
+        ptr_column = {c: k for k, c in enumerate(ptr_cols)}
+        s, n_ptr = num_cond + len(temporal), max(len(ptr_column), 1)
         memories = [self._zero_memory] * (size * s)
         pointers = [self._zero_ptr] * (size * n_ptr)
         packed = [0.0] * (size * (s + 2 * n_ptr))
         ptr_valid, ptr_offsets = size * s, size * (s + n_ptr)
+        filled = 0
         for row in range(size):
             plan = plans[row] if row < len(plans) else plans[0]
             for i, out in enumerate(plan.memories):
-                slot = row * s + (i if i < plan.num_cond else num_cond + p.num_maskmem - 2 - plan.tpos[i])
+                slot = row * s + (i if i < plan.num_cond else column[plan.tpos[i]])
                 memories[slot] = out.memory
                 packed[slot] = 1.0
             for i, out in enumerate(plan.pointers):
-                slot = row * n_ptr + (i if i < plan.num_cond_ptrs else num_cond + plan.offsets[i] - 1)
+                slot = row * n_ptr + ptr_column[_ptr_slot(plan, i, num_cond)]
                 pointers[slot] = out.obj_ptr
                 packed[ptr_valid + slot] = 1.0
                 packed[ptr_offsets + slot] = float(plan.offsets[i])
+            filled += len(plan.memories) + len(plan.pointers)
         # pinned on CUDA: the copy below is then truly asynchronous (no wait for the stream)
         host = torch.tensor(packed, dtype=torch.float32, pin_memory=self.device.type == "cuda")
         host[ptr_offsets:].div_(max(min(num_frames, p.max_obj_ptrs) - 1, 1))
         memory = torch.cat(memories).view(size, s, *memories[0].shape[1:])
         ptrs = torch.cat(pointers).float().view(size, n_ptr, -1)
-        return memory, host.to(self.device, non_blocking=True), ptrs
+        tpos = (p.num_maskmem - 1,) * num_cond + temporal
+        masked = self.static or filled < size * (s + n_ptr)
+        return Slots(memory, host.to(self.device, non_blocking=True), ptrs, tpos, masked)
 
     def _attend(self, prefix: Any, plans: list[MemoryPlan], num_frames: int) -> torch.Tensor:
         """Memory-conditioned features [B,256,h,w] of objects from the frame's ``memory_prefix`` (eager)."""
-        memory, packed, ptrs = self._slots(plans, num_frames)
-        b, s, p = memory.shape[0], memory.shape[1], ptrs.shape[1]
-        memory_valid, ptr_valid, offsets = unpack_slots(packed, b, s, p)
-        tpos = slot_layout(s - (self.params.num_maskmem - 1), self.params.num_maskmem)
-        return self.model.attend_memory_slots(prefix, memory, memory_valid, tpos, ptrs, offsets, ptr_valid)
+        slots = self._slots(plans, num_frames)
+        b, s, p = slots.memory.shape[0], slots.memory.shape[1], slots.ptrs.shape[1]
+        memory_valid, ptr_valid, offsets = unpack_slots(slots.packed, b, s, p)
+        if not slots.masked:
+            memory_valid = ptr_valid = None
+        return self.model.attend_memory_slots(prefix, slots.memory, memory_valid, slots.tpos, slots.ptrs, offsets,
+                                              ptr_valid)
 
     def track(self, feats: Any, objects: list[ObjectState], frame_idx: int, reverse: bool, num_frames: int,
               keep_masks: bool) -> tuple[torch.Tensor, list[FrameOutput]]:
@@ -214,9 +250,13 @@ class Tracker:
         for start in range(0, len(plans), self.max_batch):
             chunk = plans[start:start + self.max_batch]
             n = len(chunk)
-            memory, packed, ptrs = self._slots(chunk, num_frames)
-            low, ptr, score, mem = steps.track(prefix[0], prefix[1], feats.feat, feats.high_res[0],
-                                               feats.high_res[1], memory, packed, ptrs)
+            slots = self._slots(chunk, num_frames)
+            frame_inputs = (prefix[0], prefix[1], feats.feat, feats.high_res[0], feats.high_res[1])
+            if self.static:  # the compiled graph's signature: every slot, always masked
+                low, ptr, score, mem = steps.track(*frame_inputs, slots.memory, slots.packed, slots.ptrs)
+            else:
+                low, ptr, score, mem = steps.track(*frame_inputs, slots.memory, slots.packed, slots.ptrs,
+                                                   slots.tpos, slots.masked)
             if steps.cuda_graphs:  # graph outputs are overwritten by the next replay; these are kept
                 low, ptr, score, mem = (t[:n].clone() for t in (low, ptr, score, mem))
             masks = self._finish_masks(low)
@@ -227,28 +267,35 @@ class Tracker:
         stacked = low_res[0] if len(low_res) == 1 else torch.cat(low_res)
         return stacked, outputs
 
-    def warm_up(self) -> None:
-        """Run every shape the compiled entry points will see (encoder at 1 and ``encoder_batch`` frames, the frame
-        prefix, the tracking step for every object bucket with one conditioning slot) once, on this thread, so no
-        compilation happens during a video; done once per set of shapes for the sessions on a model."""
-        key = (self.dtype, self.buckets, self.encoder_batch)
-        if not self.static or key in self.steps.warmed:
+    def warm_up(self, num_cond: int = 1) -> None:
+        """Run every shape the compiled entry points will see with ``num_cond`` conditioning frames per object
+        (encoder at 1 and ``encoder_batch`` frames, the frame prefix, the tracking step for every object bucket)
+        once, on this thread, so that no compilation happens during a pass. The session warms up for one
+        conditioning frame when it is built, and each pass for the count its objects have before its first frame
+        (before the encoder thread starts); each set of shapes is done once for the sessions on a model."""
+        if not self.static:
             return
         p = self.params
+        slots = cond_slots(num_cond)
+        encoder_key = ("encoder", self.dtype, self.encoder_batch)
+        step_key = ("track", self.dtype, self.buckets, slots)
+        warmed = self.steps.warmed
+        if encoder_key in warmed and step_key in warmed:
+            return
         size = self.model.config.image_size
         frames = torch.zeros(self.encoder_batch, size, size, 3, dtype=torch.uint8, device=self.device)
         with torch.inference_mode():
-            if self.encoder_batch > 1:
+            if self.encoder_batch > 1 and encoder_key not in warmed:
                 self.encode(frames)
             feats = self.encode(frames[:1])
-            s, n_ptr = 1 + p.num_maskmem - 1, 1 + p.max_obj_ptrs - 1
+            s, n_ptr = slots + p.num_maskmem - 1, slots + p.max_obj_ptrs - 1
             # CUDA graphs are recorded on a shape's second call: run each twice there
             for _ in range(2 if self.steps.cuda_graphs else 1):
                 for bucket in self.buckets:
                     self._warm_step(feats, bucket, s, n_ptr)
         if self.device.type == "cuda":
             torch.cuda.synchronize(self.device)
-        self.steps.warmed.add(key)
+        warmed.update((encoder_key, step_key))
 
     def _warm_step(self, feats: Any, bucket: int, s: int, n_ptr: int) -> None:
         """One frame prefix and tracking step of ``bucket`` objects with only their first memory slot filled."""

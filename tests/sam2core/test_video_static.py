@@ -54,8 +54,12 @@ def test_empty_slots_are_hidden_from_attention(model) -> None:
         for slot, (i, offset) in zip((0, 1, 3), enumerate((5.0, 1.0, 3.0))):
             slots_ptrs[0, slot], offsets[0, slot], ptr_valid[0, slot] = ptrs[0, i], offset / 15, True
         got = model.attend_memory_slots(prefix, memory, valid, tpos, slots_ptrs, offsets, ptr_valid)
+        # eager steps drop the empty slots instead and attend without a mask
+        compact = model.attend_memory_slots(prefix, memory[:, [0, 2, 6]], None, (6, 4, 0), slots_ptrs[:, [0, 1, 3]],
+                                            offsets[:, [0, 1, 3]], None)
     assert tpos[2] == 4
     torch.testing.assert_close(got, expected, atol=1e-5, rtol=0)
+    torch.testing.assert_close(compact, expected, atol=1e-5, rtol=0)
 
 
 def _objects_video(session: VideoSession, n: int) -> None:
@@ -112,6 +116,31 @@ def test_compiled_steps_never_recompile_after_warm_up(model, monkeypatch) -> Non
     # another session on the same model reuses the warmed-up callables
     VideoSession(model, ArrayFrameSource(video), SessionOptions(compile=True, **options))
     assert counters["stats"]["unique_graphs"] == graphs
+
+
+def test_a_second_conditioning_frame_is_warmed_up_before_the_pass(model, monkeypatch) -> None:
+    """Objects prompted on two frames need conditioning slots the session's warm-up did not cover: the pass compiles
+    them before its first frame (on the calling thread), never during it, and the masks are the eager ones."""
+    monkeypatch.setattr(engine_compile, "BACKEND", "eager")
+    dynamo.reset()
+    video = synthetic_video(8, 64, 64)
+    options = dict(max_objects_per_batch=2)
+    compiled = VideoSession(model, ArrayFrameSource(video), SessionOptions(compile=True, **options))
+    eager = VideoSession(model, ArrayFrameSource(video), SessionOptions(**options))
+    for session in (compiled, eager):
+        for frame in (0, 5):
+            session.add_mask(frame, 1, shape_mask(frame, 0, 64, 64))
+            session.add_mask(frame, 2, shape_mask(frame, 1, 64, 64))
+    before = counters["stats"]["unique_graphs"]
+    passes = [compiled.propagate(direction="forward"), eager.propagate(direction="forward")]
+    first = [next(p) for p in passes]
+    warmed = counters["stats"]["unique_graphs"]
+    assert warmed > before  # the two-slot shapes, compiled as the pass began
+    rest = [[r.mask_logits.clone() for r in p] for p in passes]
+    assert counters["stats"]["unique_graphs"] == warmed, "a shape was compiled during the pass"
+    torch.testing.assert_close(first[0].mask_logits, first[1].mask_logits, atol=1e-4, rtol=0)
+    for got, expected in zip(*rest):
+        torch.testing.assert_close(got, expected, atol=1e-4, rtol=0)
 
 
 def test_compiled_callables_belong_to_the_engine(model, monkeypatch) -> None:
