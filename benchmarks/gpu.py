@@ -9,6 +9,8 @@ On a CUDA device (settings ``gpu.cuda``: 1024 px, bf16, one H100/H200 in about 8
 - FLOP/s: FLOPs of one tracked frame (image encoder + tracking of every object with a full memory, by torch's
   per-op FLOP formulas) times the frames/s of the fastest of ours, against the device's dense bf16 peak
   (datasheet, by device name).
+Each stage's wall time is reported too (compiling and warm-up included), and the section's total against
+``gpu.cuda.budget_s`` (8 minutes), so the first run on a new device shows what to trim.
 Without one (settings ``gpu.cpu``) the same figures at tiny sizes, without the CUDA-only variants and with the
 session's state bytes for memory: a smoke test of the command, in the test suite. Every measurement runs in a fresh
 process (``harness``).
@@ -16,6 +18,7 @@ process (``harness``).
 
 from __future__ import annotations
 
+import time
 from typing import Any
 
 import torch
@@ -107,10 +110,13 @@ def run_section(cfg: dict[str, Any], seed: int, threads: int) -> list[Figure]:
     out: list[Figure] = []
     speed_targets = {int(k): v for k, v in c["targets"].items()}
     fps_for_flops: dict[str, tuple[float, int]] = {}
+    began = time.perf_counter()
     for model in c["models"]:
         run = engine.EngineRun(model, c["image_size"], tuple(c["objects"]), c["frames"], device, c["dtype"],
                                tuple(c["variants"]), c["warmup"], c["runs"], seed, threads)
+        start = time.perf_counter()
         results = run_isolated(engine.measure, threads, run=run)
+        out.append(_wall(f"speed and parity, {model}", start))
         out += _speed_figures(run, results, speed_targets, c["iou_target"])
         if model == c["flops_model"]:
             fastest = max((r for r in results if r["variant"] in run.ours and r["objects"] == max(run.objects)),
@@ -119,6 +125,7 @@ def run_section(cfg: dict[str, Any], seed: int, threads: int) -> list[Figure]:
 
     mem = c["memory"]
     peaks = {}
+    start = time.perf_counter()
     for frames in mem["frames"]:
         mem_run = memory.MemoryRun(mem["model"], c["image_size"], mem["objects"], frames, c["image_size"],
                                    c["image_size"], seed)
@@ -127,6 +134,7 @@ def run_section(cfg: dict[str, Any], seed: int, threads: int) -> list[Figure]:
         label = "GPU allocated peak" if cuda else "session state peak (no GPU)"
         out.append(figure(SECTION, f"{label}, {frames} frames ({mem['model']} {c['image_size']}px, "
                                    f"{mem['objects']} obj)", peaks[frames] / memory.MIB, "MiB"))
+    out.append(_wall("memory", start))
     short, long = peaks[min(peaks)], peaks[max(peaks)]
     out.append(figure(SECTION, f"memory growth, {max(peaks)} vs {min(peaks)} frames", long / short - 1, "fraction",
                       mem["target"]))
@@ -144,5 +152,12 @@ def run_section(cfg: dict[str, Any], seed: int, threads: int) -> list[Figure]:
         out.append(figure(SECTION, f"achieved FLOP/s ({where})", achieved / 1e12, "TFLOP/s"))
         out.append(figure(SECTION, f"fraction of the bf16 peak ({name})", None if peak is None else achieved / peak,
                           "", note="" if peak else "peak unknown for this device"))
+    out.append(_wall("the whole section", began, c.get("budget_s")))
     return out
+
+
+def _wall(what: str, start: float, budget_s: float | None = None) -> Figure:
+    """Wall seconds since ``start`` (process start-up, compiling and warm-up included), against ``budget_s``."""
+    return figure(SECTION, f"wall time: {what}", time.perf_counter() - start, "s",
+                  f"<= {budget_s:g}" if budget_s else "")
 

@@ -92,7 +92,8 @@ def test_gpu_preset_runs_as_a_cpu_smoke_test(tmp_path: Path) -> None:
     assert figures and all(f["section"] == "gpu" for f in figures), names
     assert not [n for n in names if n == "section failed"], figures
     for prefix in ("official object-frames/s, 1 obj", "ours object-frames/s, 2 obj", "ours/official, 2 obj",
-                   "parity: ours min IoU vs official, 1 obj", "memory growth", "FLOPs per frame", "achieved FLOP/s"):
+                   "parity: ours min IoU vs official, 1 obj", "memory growth", "FLOPs per frame", "achieved FLOP/s",
+                   "wall time: speed and parity", "wall time: memory", "wall time: the whole section"):
         assert any(n.startswith(prefix) for n in names), (prefix, names)
     parity = [f for f in figures if f["name"].startswith("parity")]
     assert all(f["met"] for f in parity), parity
