@@ -41,28 +41,6 @@ def sync(device: str) -> None:
         torch.cuda.synchronize()
 
 
-def best_seconds(step: Callable[[], Any], warmup: int, runs: int, prepare: Callable[[], Any] | None = None,
-                 device: str = "cpu") -> tuple[float, Any]:
-    """Fastest of ``runs`` timed calls of ``step()`` after ``warmup`` untimed ones, and what the last call returned.
-
-    ``prepare()`` runs before each call, outside the timing; the device is synchronised around each timed call.
-    """
-    if runs < 1 or warmup < 0:
-        raise ValueError(f"need runs >= 1 and warmup >= 0, got runs={runs}, warmup={warmup}")
-    best, result = float("inf"), None
-    for i in range(warmup + runs):
-        result = None  # let the previous call's outputs go before the next one
-        if prepare is not None:
-            prepare()
-        sync(device)
-        start = time.perf_counter()
-        result = step()
-        sync(device)
-        if i >= warmup:
-            best = min(best, time.perf_counter() - start)
-    return best, result
-
-
 class Timed(NamedTuple):
     """A timed step of ``interleaved_best``: ``prepare()`` runs before each call, outside the timing."""
 
@@ -93,6 +71,18 @@ def interleaved_best(steps: dict[str, Timed], warmup: int, runs: int, device: st
                 on_last(name, result)
             del result
     return best
+
+
+def best_seconds(step: Callable[[], Any], warmup: int, runs: int, prepare: Callable[[], Any] | None = None,
+                 device: str = "cpu") -> tuple[float, Any]:
+    """Fastest of ``runs`` timed calls of ``step()`` after ``warmup`` untimed ones, and what the last call returned.
+
+    ``prepare()`` runs before each call, outside the timing; the device is synchronised around each timed call.
+    """
+    last: list[Any] = []
+    best = interleaved_best({"step": Timed(step, prepare)}, warmup, runs, device,
+                            on_last=lambda _, result: last.append(result))
+    return best["step"], last[0]
 
 
 def peak_rss_bytes() -> int:
