@@ -18,7 +18,7 @@ one 1024 px keyframe at 32 x 32 takes minutes on one CPU thread; the per-click c
 can be read off (x 16 for 32 x 32). Each case runs in a fresh process with ``threads`` torch threads.
 
 Whole video (``video_cases``): what ``prompts=auto`` costs over prompting the same objects. The worker's two stages
-are run as it runs them (``pipeline.discovery``: the walk over keyframes with the real generator on the session's
+are run as it runs them (``pipeline.actor.discovery``: the walk over keyframes with the real generator on the session's
 features, then the final pass); the prompted baseline is that final pass alone (the discovered objects prompted
 where they were found, propagated both ways), i.e. a manifest job that already knew them. Figures: seconds of
 both, the overhead ratio (auto over prompted), and the walk's share spent in the generator.
@@ -102,7 +102,7 @@ def measure_video(arch: str, image_size: int, frames: int, every: int, points_pe
 
     from benchmarks.harness import sync
     from benchmarks.video import synthetic_video
-    from pipeline.discovery import discover, prompt_of, session_generator
+    from pipeline.actor.discovery import discover, prompt_of, session_generator
     from pipeline.specs import AutoSpec
     from sam2core import AutomaticMaskGenerator, build_model
     from sam2core.video import ArrayFrameSource, SessionOptions, VideoSession

@@ -19,10 +19,10 @@ import ray
 from benchmarks.harness import current_rss_bytes, peak_rss_bytes, run_isolated
 from benchmarks.report import Figure, figure
 from benchmarks.sav_manifest import ManifestShape, write_manifest
-from pipeline.manifest import load_manifest
-from pipeline.pool import PoolPolicy, WorkerPool
-from pipeline.sinks import make_sink
-from pipeline.tasks import VideoTask
+from pipeline.plan.manifest import load_manifest
+from pipeline.driver.pool import PoolPolicy, WorkerPool
+from pipeline.io.prefix import make_sink
+from pipeline.plan.tasks import VideoTask
 
 GB = 1024 ** 3
 

@@ -16,8 +16,9 @@ import torch.nn.functional as F
 
 from benchmarks.harness import best_seconds, run_isolated
 from benchmarks.report import Figure, figure
-from pipeline.masklets import MaskletBuilder, encode_rles
-from pipeline.output import OutputStage
+from pipeline.io.masklets import MaskletBuilder
+from pipeline.io.rle import encode_rles
+from pipeline.actor.output_stage import OutputStage
 
 
 def synthetic_logits(frames: int, objects: int, low: int, seed: int) -> list[torch.Tensor]:

@@ -16,7 +16,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 from pycocotools import mask as mask_utils
 
-from pipeline.manifest import MANIFEST_SCHEMA
+from pipeline.plan.manifest import MANIFEST_SCHEMA
 
 _MASK_POOL = 64
 

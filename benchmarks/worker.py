@@ -20,11 +20,11 @@ import torch
 from benchmarks.harness import best_seconds, run_isolated
 from benchmarks.report import Figure, figure
 from benchmarks.video import object_boxes, synthetic_video, write_mp4
-from pipeline.sources import open_video
+from pipeline.actor.decoding import open_video
 from pipeline.specs import ModelSpec, WorkerSpec
-from pipeline.storage import write_bytes
-from pipeline.tasks import Prompt, VideoTask
-from pipeline.worker import start_workers
+from pipeline.io.storage import write_bytes
+from pipeline.plan.tasks import Prompt, VideoTask
+from pipeline.actor.worker import start_workers
 from sam2core.build import build_model
 from sam2core.video import ArrayFrameSource, SessionOptions, VideoSession
 from testkit.seaweedfs import local_s3

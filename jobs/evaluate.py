@@ -12,7 +12,7 @@ import hydra
 from omegaconf import DictConfig, OmegaConf
 
 from pipeline.dataset.evaluate import evaluate_dataset, objects_csv, videos_csv
-from pipeline.storage import join_uri, write_bytes
+from pipeline.io.storage import join_uri, write_bytes
 
 log = logging.getLogger("evaluate")
 

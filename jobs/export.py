@@ -10,7 +10,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from pipeline.dataset.export import EXPORT_FORMATS, YtvisWriter, export_masklets
 from pipeline.dataset.predictions import each_video, find_predictions, read_prediction, select_videos
-from pipeline.storage import join_uri
+from pipeline.io.storage import join_uri
 
 
 @hydra.main(config_path="../conf", config_name="export", version_base="1.3")

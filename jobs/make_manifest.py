@@ -10,7 +10,7 @@ import hydra
 from omegaconf import DictConfig, OmegaConf
 
 from pipeline.dataset.manifest_maker import PromptSpec, manifest_bytes, manifest_from_annotations, manifest_from_shard
-from pipeline.storage import write_bytes
+from pipeline.io.storage import write_bytes
 
 log = logging.getLogger("make_manifest")
 

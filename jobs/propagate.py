@@ -1,7 +1,7 @@
 """Propagate manifest prompts through whole videos on Ray: ``python -m jobs.propagate key=value ...``; with
-``prompts=auto`` (or ``manifest+auto``) the videos' objects are discovered automatically (pipeline.discovery).
+``prompts=auto`` (or ``manifest+auto``) the videos' objects are discovered automatically (pipeline.actor.discovery).
 
-The Hydra config (conf/config.yaml) is read here, once, validated, and handed to ``pipeline.driver`` as plain
+The Hydra config (conf/config.yaml) is read here, once, validated, and handed to ``pipeline.driver.job`` as plain
 values; a value out of range is refused with one line naming its key (exit 2) before Ray starts or anything is
 written. No model is built in this process: the workers build theirs (and the official package's own Hydra never
 meets ours). Exit status: 0 every video done, 1 some failed, 2 refused before any work, 130 interrupted.
@@ -20,7 +20,7 @@ from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
 from jobs.redaction import redacted, scrub, secret_values
-from pipeline.driver import EXIT_BAD_INPUT, EXIT_FAILED_VIDEOS, run
+from pipeline.driver.job import EXIT_BAD_INPUT, EXIT_FAILED_VIDEOS, run
 from pipeline.specs import AutoSpec, ClusterSpec, DataSpec, JobSpec, ModelSpec, OutputSpec, SpecError
 
 log = logging.getLogger("jobs.propagate")

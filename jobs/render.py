@@ -9,8 +9,8 @@ from omegaconf import DictConfig, OmegaConf
 
 from pipeline.dataset.predictions import each_video, find_predictions, read_prediction, select_videos, videos_of
 from pipeline.dataset.render import SheetOptions, pick_positions, render_sheet, render_video
-from pipeline.sources import open_video
-from pipeline.storage import join_uri, write_bytes
+from pipeline.actor.decoding import open_video
+from pipeline.io.storage import join_uri, write_bytes
 
 FOLDER_FPS = 24.0  # frame folders carry no rate; SA-V videos are 24 fps
 

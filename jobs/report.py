@@ -12,9 +12,9 @@ from pipeline.dataset.predictions import (find_predictions, locate_videos, manif
                                           resolve_data, select_videos)
 from pipeline.dataset.render import SheetOptions, pick_positions, render_sheet
 from pipeline.dataset.report import write_report
-from pipeline.masklets import Masklets
-from pipeline.sources import open_video
-from pipeline.storage import join_uri, list_sizes
+from pipeline.io.masklets import Masklets
+from pipeline.actor.decoding import open_video
+from pipeline.io.storage import join_uri, list_sizes
 
 log = logging.getLogger("report")
 

@@ -72,7 +72,7 @@ class DataSpec:
     decoder: str = "decord"
     on_invalid: str = "fail"
     storage_options: dict | None = None
-    protocols: tuple[str, ...] | None = None  # fsspec protocols video URIs may use; None: pipeline.manifest's default
+    protocols: tuple[str, ...] | None = None  # fsspec protocols video URIs may use; None: pipeline.plan.manifest's default
     retry_s: float = 30.0  # transient storage errors on the manifest are retried this long
     prompts: str = "manifest"  # manifest: its prompts; auto: only its videos, objects discovered; manifest+auto: both
     videos: str | None = None  # prompts=auto only: a glob or prefix of video files, instead of the manifest
@@ -124,7 +124,7 @@ class ClusterSpec:
     video_timeout_s: float = 600.0  # a video's time budget: this, plus the next line's share per object-frame
     timeout_s_per_object_frame: float = 2.0
     start_timeout_s: float = 600.0  # a worker that has not built its model by then is dropped
-    worker_class: str = "pipeline.worker.PropagationWorker"  # the actor class (a testing/extension entry point)
+    worker_class: str = "pipeline.actor.worker.PropagationWorker"  # the actor class (a testing/extension entry point)
 
     def __post_init__(self) -> None:
         if self.num_workers is not None:
@@ -142,7 +142,7 @@ class ClusterSpec:
 @dataclass(frozen=True)
 class AutoSpec:
     """Automatic discovery (conf/prompts, ``auto.*``): ``generator`` holds ``AutomaticMaskGenerator`` keywords (the
-    official names); the rest drive ``pipeline.discovery``."""
+    official names); the rest drive ``pipeline.actor.discovery``."""
 
     generator: dict = field(default_factory=dict)
     every: int = 4  # keyframe cadence: SA-V annotates every 4th frame of 24 fps video (6 fps)

@@ -18,8 +18,8 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 from PIL import Image
 
-from pipeline.manifest import MANIFEST_SCHEMA
-from pipeline.masklets import encode_rle
+from pipeline.plan.manifest import MANIFEST_SCHEMA
+from pipeline.io.rle import encode_rle
 
 WIDTH, HEIGHT = 160, 120
 

@@ -2,7 +2,7 @@
 
 ``s3_server`` yields a dict with stable keys:
   endpoint_url, key, secret, region  -- connection facts
-  storage_options                    -- s3fs kwargs (pass to pipeline.storage helpers / model.storage_options)
+  storage_options                    -- s3fs kwargs (pass to pipeline.io.storage helpers / model.storage_options)
   env                                -- AWS_* environment variables for the same server (for subprocesses / Ray)
   make_bucket(prefix="test") -> str  -- create a fresh, uniquely named bucket and return its name
   data_dir, process                  -- the server's temp dir and Popen handle (for diagnostics only)

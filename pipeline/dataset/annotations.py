@@ -19,10 +19,10 @@ from typing import Sequence
 
 import numpy as np
 from PIL import Image
-from pycocotools import mask as mask_utils
 
-from pipeline.masklets import Masklets, encode_rles
-from pipeline.storage import join_uri, list_sizes, read_bytes
+from pipeline.io.masklets import Masklets
+from pipeline.io.rle import encode_rles, rle_areas
+from pipeline.io.storage import join_uri, list_sizes, read_bytes
 
 SAV_FRAME_STEP = 4
 SAV_KINDS = ("manual", "auto")
@@ -34,9 +34,7 @@ class AnnotationError(ValueError):
 
 
 def _rle_area(rle: dict) -> int:
-    counts = rle["counts"]
-    coded = {"size": rle["size"], "counts": counts.encode("ascii") if isinstance(counts, str) else counts}
-    return int(mask_utils.area(coded))
+    return int(rle_areas([rle])[0])
 
 
 def _first_appeared(rles: list[list[dict]], n_obj: int) -> list[int]:

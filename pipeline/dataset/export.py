@@ -26,8 +26,9 @@ from typing import Iterator
 import numpy as np
 from PIL import Image
 
-from pipeline.masklets import Masklets, decode_rle
-from pipeline.storage import join_uri, write_bytes
+from pipeline.io.masklets import Masklets
+from pipeline.io.rle import decode_rle
+from pipeline.io.storage import join_uri, write_bytes
 
 EXPORT_FORMATS = ("davis", "sav_png", "ytvis", "yolo")
 DAVIS_MAX_OBJECTS = 255

@@ -19,9 +19,10 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from pipeline.dataset.annotations import SAV_KINDS, AnnotationError, masklets_from_sav, merge_masklets
-from pipeline.manifest import MANIFEST_SCHEMA
-from pipeline.masklets import Masklets, decode_rle
-from pipeline.storage import resolve_storage_options
+from pipeline.plan.manifest import MANIFEST_SCHEMA
+from pipeline.io.masklets import Masklets
+from pipeline.io.rle import decode_rle
+from pipeline.io.storage import resolve_storage_options
 
 FRAME_MODES = ("first", "all")
 PROMPT_KINDS = ("mask", "box", "points")

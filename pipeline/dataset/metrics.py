@@ -17,7 +17,8 @@ from typing import Iterable
 
 import numpy as np
 
-from pipeline.masklets import Masklets, decode_rle
+from pipeline.io.masklets import Masklets
+from pipeline.io.rle import decode_rle
 
 log = logging.getLogger(__name__)
 

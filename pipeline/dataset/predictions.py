@@ -14,10 +14,10 @@ from dataclasses import dataclass
 import yaml
 
 from pipeline.dataset.annotations import read_png_video
-from pipeline.manifest import load_manifest
-from pipeline.masklets import Masklets, read_masklets
-from pipeline.tasks import VideoTask
-from pipeline.storage import exists, is_absolute_uri, join_uri, list_sizes, read_bytes
+from pipeline.plan.manifest import load_manifest
+from pipeline.io.masklets import Masklets, read_masklets
+from pipeline.plan.tasks import VideoTask
+from pipeline.io.storage import exists, is_absolute_uri, join_uri, list_sizes, read_bytes
 
 log = logging.getLogger(__name__)
 

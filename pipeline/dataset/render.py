@@ -21,7 +21,8 @@ import numpy as np
 from PIL import Image, ImageDraw, ImageFont
 
 from pipeline.dataset.metrics import boundary_map
-from pipeline.masklets import Masklets, decode_rle
+from pipeline.io.masklets import Masklets
+from pipeline.io.rle import decode_rle
 
 _GOLDEN = 0.6180339887498949
 BACKGROUND = (32, 32, 36)

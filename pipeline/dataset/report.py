@@ -21,8 +21,8 @@ import numpy as np
 from pycocotools import mask as mask_utils
 
 from pipeline.dataset.render import RANDOM_WARNING, color_hex, random_weights
-from pipeline.masklets import Masklets
-from pipeline.storage import join_uri, list_sizes, read_bytes, write_bytes
+from pipeline.io.masklets import Masklets
+from pipeline.io.storage import join_uri, list_sizes, read_bytes, write_bytes
 
 log = logging.getLogger(__name__)
 

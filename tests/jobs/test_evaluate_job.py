@@ -14,7 +14,8 @@ from pipeline.dataset.evaluate import evaluate_dataset, evaluate_one
 from pipeline.dataset.predictions import find_predictions
 from pipeline.dataset.metrics import evaluate_video
 from pipeline.dataset.export import export_masklets
-from pipeline.masklets import Masklets, decode_rle, encode_rles, masklets_to_bytes
+from pipeline.io.masklets import Masklets, masklets_to_bytes
+from pipeline.io.rle import decode_rle, encode_rles
 from tests.jobs.jobdata import SAV_EXAMPLE
 
 
@@ -116,7 +117,7 @@ def test_png_ground_truth_and_png_predictions(tmp_path: Path) -> None:
 
 def test_s3_ground_truth_predictions_and_png_folders(s3_server: dict) -> None:
     from pipeline.dataset.annotations import find_annotations, read_png_video
-    from pipeline.storage import write_bytes
+    from pipeline.io.storage import write_bytes
 
     so = s3_server["storage_options"]
     root = f"s3://{s3_server['make_bucket']('evaluate')}"
@@ -136,7 +137,7 @@ def test_s3_ground_truth_predictions_and_png_folders(s3_server: dict) -> None:
 @pytest.mark.slow
 def test_manifest_propagate_evaluate_render_export(tmp_path: Path, run_job) -> None:
     """The tools around the main job, chained on a real propagation run (random tiny model at 128 px)."""
-    from pipeline.masklets import to_sav_json
+    from pipeline.io.masklets import to_sav_json
     from tests.helpers import make_video, synthetic_frames
 
     frames = synthetic_frames(16, 64, 96)

@@ -11,7 +11,8 @@ import pytest
 from scipy import ndimage
 
 from pipeline.dataset.export import joined_polygon, mask_polygons, yolo_lines, ytvis_video
-from pipeline.masklets import Masklets, decode_rle, encode_rles, masklets_to_bytes
+from pipeline.io.masklets import Masklets, masklets_to_bytes
+from pipeline.io.rle import decode_rle, encode_rles
 
 H, W = 24, 32
 

@@ -12,8 +12,8 @@ import pytest
 from pycocotools import mask as mask_utils
 
 from pipeline.dataset.annotations import read_png_video, read_sav_json
-from pipeline.manifest import load_manifest
-from pipeline.masklets import decode_rle
+from pipeline.plan.manifest import load_manifest
+from pipeline.io.rle import decode_rle
 from pipeline.dataset.manifest_maker import PromptSpec, manifest_table, prompt_rows
 from tests.jobs.jobdata import SAV_EXAMPLE, write_png
 

@@ -14,7 +14,8 @@ from PIL import Image
 from pipeline.dataset.annotations import read_png_video
 from pipeline.dataset.export import davis_palette, export_masklets
 from pipeline.dataset.manifest_maker import manifest_bytes
-from pipeline.masklets import Masklets, decode_rle, encode_rles, masklets_to_bytes
+from pipeline.io.masklets import Masklets, masklets_to_bytes
+from pipeline.io.rle import decode_rle, encode_rles
 from pipeline.dataset.render import SheetOptions, object_color, overlay, pick_positions, render_sheet, render_video
 from tests.helpers import make_video, synthetic_frames
 

@@ -15,7 +15,8 @@ from PIL import Image
 from pipeline.dataset.manifest_maker import manifest_bytes
 from pipeline.dataset.render import RANDOM_WARNING
 from pipeline.dataset.report import areas, scores_svg, timeline_svg
-from pipeline.masklets import Masklets, encode_rles, masklets_to_bytes
+from pipeline.io.masklets import Masklets, masklets_to_bytes
+from pipeline.io.rle import encode_rles
 from tests.helpers import make_video, synthetic_frames
 from tests.jobs.browser import check_page, chromium_path
 

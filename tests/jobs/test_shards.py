@@ -16,8 +16,8 @@ import numpy as np
 import pytest
 
 from pipeline.dataset.manifest_maker import PromptSpec, manifest_from_shard, shard_videos
-from pipeline.manifest import load_manifest
-from pipeline.sources import open_video
+from pipeline.plan.manifest import load_manifest
+from pipeline.actor.decoding import open_video
 from tests.helpers import make_video, synthetic_frames
 from tests.jobs.jobdata import REPO, SAV_EXAMPLE
 
@@ -88,7 +88,7 @@ def test_shard_on_s3(tmp_path: Path, s3_server: dict, s3_bucket: str) -> None:
     assert {r["video_uri"] for r in rows} == {f"tar://sav_000/sav_000001.mp4::{remote}"}
     assert sorted(skipped) == ["sav_000002", "sav_000003"]
     # the workers' way: credentials and endpoint from the AWS_* environment (a fresh process, no cached clients)
-    code = (f"from pipeline.sources import open_video\n"
+    code = (f"from pipeline.actor.decoding import open_video\n"
             f"with open_video({rows[0]['video_uri']!r}, None, 'pyav') as v:\n"
             f"    print(v.num_frames, v.height, v.width, int(next(iter(v.iter_frames([3]))).sum() > 0))")
     proc = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, timeout=120,

@@ -8,7 +8,7 @@ import subprocess
 import sys
 import textwrap
 
-from tests.pipeline.propagate_support import REPO
+from tests.pipeline.driver.propagate_support import REPO
 
 _CHECK = textwrap.dedent('''
     import importlib, importlib.abc, importlib.machinery, importlib.metadata as md, pathlib, pkgutil, re, sys

@@ -1,0 +1,294 @@
+"""The Ray actor that turns one video + its prompts into a masklet file, holding one model replica.
+
+A worker reads its video, runs a sam2core ``VideoSession`` and writes the masklets and the done marker itself;
+only the task description comes in and a small record goes back, so frames and masks never cross a process
+boundary. Every failure of one video comes back as a failed record naming its cause, and says whether another
+attempt could succeed (``retryable``): bad input (unreadable file, prompt outside the video) cannot, a storage
+outage, an out-of-memory (``fault: "oom"``, retried with smaller object batches) or a GPU fault (``fault:
+"device"``: the pool has Ray replace this process, whose CUDA context is lost) can. ``status`` answers while a
+video runs, from its own thread: the frame the worker is on, for progress and per-video timeouts.
+
+A task with ``auto`` set (``prompts=auto`` or ``manifest+auto``) first discovers the video's objects
+(``pipeline.actor.discovery``: the replica's ``AutomaticMaskGenerator`` on keyframes, short tracking chunks between them),
+then runs the one final pass with every object, and writes the masklets in SA-V's auto layout without near-empty
+and duplicate masklets.
+
+Testing entry point: ``cluster.worker_class`` names the actor class (default this one); fault tests subclass it
+to raise GPU errors inside a real actor. Nothing else in the production path exists for tests.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import threading
+import time
+from dataclasses import replace
+from typing import Any
+
+import ray
+import torch
+from ray.util import metrics
+
+from pipeline.actor.discovery import Discovered, discover, prompt_of, prune, session_generator
+from pipeline.io.masklets import MaskletBuilder, Masklets
+from pipeline.io.rle import decode_rle
+from pipeline.actor.output_stage import OutputStage
+from pipeline.io.prefix import make_sink
+from pipeline.actor.decoding import InputUnavailable, VideoError, open_video
+from pipeline.specs import WorkerSpec
+from pipeline.plan.tasks import Prompt, VideoTask
+from sam2core.automatic import AutomaticMaskGenerator
+from sam2core.build import build_model
+from sam2core.video import PromptError, SessionOptions, VideoSession
+
+_DEVICE_ERRORS = ("CUDA error", "CUBLAS_STATUS", "CUDNN_STATUS", "cuDNN error", "device-side assert",
+                  "an illegal memory access")
+
+
+class WorkerStartError(RuntimeError):
+    """This replica cannot serve: e.g. Ray gave it a GPU that torch cannot use."""
+
+
+def pick_device(requested: str) -> torch.device:
+    """``auto`` → the GPU Ray assigned to this actor, else CPU; ``cuda`` → that GPU (Ray sets the actor's
+    CUDA_VISIBLE_DEVICES, so it is always device 0 here); ``cpu`` → CPU. A worker holding a GPU it cannot use
+    refuses to start instead of silently running on the CPU."""
+    gpus = ray.get_gpu_ids()
+    if (gpus or requested == "cuda") and not torch.cuda.is_available():
+        held = f"Ray gave it GPU {', '.join(str(g) for g in gpus)}" if gpus else "model.device=cuda"
+        raise WorkerStartError(f"worker on {os.uname().nodename}: {held}, but torch {torch.__version__} cannot "
+                               f"use CUDA (CUDA_VISIBLE_DEVICES={os.environ.get('CUDA_VISIBLE_DEVICES')!r}, "
+                               f"torch built with CUDA {torch.version.cuda})")
+    if requested == "auto":
+        return torch.device("cuda") if gpus else torch.device("cpu")
+    return torch.device(requested)
+
+
+def pick_dtype(requested: str, device: torch.device) -> str:
+    """``auto`` → bfloat16 on GPU (as the official tools run), float32 on CPU."""
+    if requested != "auto":
+        return requested
+    return "bfloat16" if device.type == "cuda" else "float32"
+
+
+def fault_of(exc: BaseException) -> str | None:
+    """"oom" for an out-of-memory error, "device" for a GPU fault that poisons the process, else None."""
+    if isinstance(exc, torch.OutOfMemoryError):
+        return "oom"
+    accelerator_error = getattr(torch, "AcceleratorError", None)
+    if (accelerator_error is not None and isinstance(exc, accelerator_error)) or any(
+            marker in str(exc) for marker in _DEVICE_ERRORS):
+        return "device"
+    return None
+
+
+def batched_objects(task: VideoTask, default_cap: int, held: int) -> int:
+    """Objects per batched step of an attempt at ``task`` whose session held ``held`` objects at its end: the
+    task's cap (else ``default_cap``), at most the objects there were (discovered ones count: an automatic task
+    has no manifest objects)."""
+    cap = task.object_batch or default_cap
+    return max(1, min(cap, held or task.num_objects or cap))
+
+
+def check_geometry(prompt: Prompt, height: int, width: int) -> Prompt:
+    """A prompt checked against its video: a mask must have the video's size; points must lie in the frame
+    (``0 ≤ x ≤ W``, ``0 ≤ y ≤ H``); a box is clipped to the frame and refused if nothing of it is left.
+    PromptError names the manifest row."""
+    where = f"manifest row {prompt.row} (object {prompt.obj_id}, frame {prompt.frame_idx})"
+    if prompt.mask is not None:
+        size = [int(v) for v in prompt.mask["size"]]
+        if size != [height, width]:
+            raise PromptError(f"{where}: mask is {size[0]}x{size[1]} (HxW) but the video is {height}x{width}")
+    for x, y in prompt.points or []:
+        if not (0 <= x <= width and 0 <= y <= height):
+            raise PromptError(f"{where}: point ({x:g}, {y:g}) is outside the {width}x{height} frame")
+    if prompt.box is not None:
+        x0, y0, x1, y1 = prompt.box
+        clipped = [min(max(x0, 0.0), width), min(max(y0, 0.0), height), min(max(x1, 0.0), width),
+                   min(max(y1, 0.0), height)]
+        if clipped[2] <= clipped[0] or clipped[3] <= clipped[1]:
+            raise PromptError(f"{where}: box {list(prompt.box)} lies outside the {width}x{height} frame")
+        if clipped != list(prompt.box):
+            prompt = replace(prompt, box=clipped)
+    return prompt
+
+
+class PropagationWorker:
+    """One model replica; ``process`` propagates one video's prompts through the whole video."""
+
+    def __init__(self, spec: WorkerSpec) -> None:
+        self.spec = spec
+        self.device = pick_device(spec.model.device)
+        m = spec.model
+        torch.manual_seed(m.seed)
+        self.model = build_model(m.name, m.checkpoint, image_size=m.image_size, device=self.device,
+                                 storage_options=m.storage_options, cache_dir=m.cache_dir)
+        self.options = SessionOptions(dtype=pick_dtype(m.dtype, self.device), compile=m.compile, **spec.session)
+        self.sink = make_sink(spec.output_uri, spec.output_format, spec.output_storage_options, spec.retry_s)
+        self.session: VideoSession | None = None
+        self._objects_held = 0  # objects the session held when the last video ended or failed
+        self.generator = AutomaticMaskGenerator(self.model, **spec.auto.generator) if spec.auto else None
+        self.low_res_size = (m.image_size // 4, m.image_size // 4)
+        cpus = ray.get_runtime_context().get_assigned_resources().get("CPU", 1.0)  # this actor's share
+        self.encode_threads = spec.encode_threads or max(1, int(cpus))
+        self.identity = {"node_id": ray.get_runtime_context().get_node_id(), "pid": os.getpid(),
+                         "device": str(self.device), "dtype": self.options.dtype}
+        self._lock = threading.Lock()
+        self._status: dict[str, Any] = {}
+        tags = {"model": m.name}
+        self._frames_metric = metrics.Counter("sam2_frames", "frames propagated", tag_keys=("model",))
+        self._object_frames_metric = metrics.Counter("sam2_object_frames", "object-frames propagated",
+                                                     tag_keys=("model",))
+        self._videos_metric = metrics.Counter("sam2_videos", "videos finished", tag_keys=("model", "status"))
+        for metric in (self._frames_metric, self._object_frames_metric, self._videos_metric):
+            metric.set_default_tags(tags)
+
+    def ready(self) -> dict:
+        """Where this replica runs (node, pid, device, dtype); returns once the model is built."""
+        return self.identity
+
+    @ray.method(concurrency_group="status")
+    def status(self) -> dict:
+        """The video being processed: id, frames (done and total), objects, start time (wall clock); {} if idle."""
+        with self._lock:
+            return dict(self._status)
+
+    def process(self, task: VideoTask) -> dict:
+        """Propagate ``task`` and write its masklets + done marker; returns a small record, never raises for bad
+        input. ``retryable`` tells the driver whether another attempt could succeed (not for bad videos/prompts)."""
+        start = time.perf_counter()
+        record: dict[str, Any] = {"video_id": task.video_id, "status": "done", "frames": 0,
+                                  "objects": task.num_objects, "error": None, "retryable": False, **self.identity}
+        self._objects_held = 0
+        with self._lock:
+            self._status = {"video_id": task.video_id, "frames": 0, "frames_done": 0, "objects": task.num_objects,
+                            "started": time.time()}
+        try:
+            masklets = self._propagate(task)
+            record["frames"] = masklets.frame_count
+            record["objects"] = len(masklets.obj_ids)
+            record["seconds"] = round(time.perf_counter() - start, 3)
+            record["digest"] = task.digest
+            self.sink.write(masklets)
+            self.sink.mark_done(task.video_id, record)
+        except (PromptError, VideoError) as exc:
+            record.update(status="failed", error=f"{type(exc).__name__}: {exc}")
+        except InputUnavailable as exc:
+            record.update(status="failed", error=f"{type(exc).__name__}: {exc}", retryable=True)
+        except Exception as exc:  # noqa: BLE001 - one video's failure must not take the replica down
+            fault = fault_of(exc)
+            kind = {"oom": "out of memory", "device": "GPU fault"}.get(fault, type(exc).__name__)
+            record.update(status="failed", error=f"{kind}: {exc}".splitlines()[0], retryable=True, fault=fault)
+            if fault == "oom":  # what this attempt batched, for the retry to halve
+                record["object_batch"] = batched_objects(task, self.options.objects_per_batch(self.device),
+                                                         self._objects_held)
+        finally:
+            with self._lock:
+                self._status = {}
+        record["seconds"] = round(time.perf_counter() - start, 3)
+        self._videos_metric.inc(tags={"status": record["status"]})
+        return record
+
+    def _propagate(self, task: VideoTask) -> Masklets:
+        source = open_video(task.video_uri, self.spec.input_storage_options, decoder=self.spec.decoder)
+        try:
+            session = self._session_for(source, task.object_batch)
+            prompts = [check_geometry(p, source.height, source.width) for p in task.prompts]
+            found = self._discover(session, source, prompts) if task.auto else []
+            for prompt in prompts:
+                _apply_prompt(session, prompt)
+            for d in found:
+                session.add_mask(d.frame_idx, d.obj_id, prompt_of(d))
+            with self._lock:
+                self._status.update(frames=source.num_frames, objects=len(session.obj_ids))
+            builder = MaskletBuilder(task.video_id, source.num_frames, source.height, source.width,
+                                     session.obj_ids, provenance=self.spec.provenance)
+            stage = OutputStage(builder, self.device, self.low_res_size, self.options.non_overlap_masks,
+                                self.encode_threads, self.spec.queue_frames)
+            try:
+                for result in session.propagate(direction="both") if session.obj_ids else ():
+                    stage.put(result.frame_idx, result.low_res_logits, result.object_scores)
+                    self._status["frames_done"] += 1
+                    self._frames_metric.inc()
+                    self._object_frames_metric.inc(len(result.obj_ids))
+            except BaseException:
+                stage.abort()
+                raise
+            stage.close()
+            if not session.obj_ids:  # nothing found: every frame, no masklet
+                for f in range(source.num_frames):
+                    builder.add_rles(f, [], [], [])
+            if not task.auto:
+                return builder.build()
+            return self._auto_masklets(builder.build(), found, {p.obj_id for p in prompts})
+        finally:
+            if self.session is not None:
+                self._objects_held = len(self.session.obj_ids)  # at the end (or the failure) of this video
+                self.session.reset()
+            source.close()
+
+    def _discover(self, session: VideoSession, source: Any, prompts: list[Prompt]) -> list[Discovered]:
+        """The objects of the video the generator finds on keyframes and ``prompts`` do not cover; leaves
+        ``session`` reset for the final pass."""
+        def progress(frame_idx: int) -> None:
+            self._status["frames_done"] = frame_idx
+
+        with self._lock:  # the time budget counts the walk as one object tracked through the video
+            self._status.update(frames=source.num_frames, objects=max(1, len({p.obj_id for p in prompts})))
+        found = discover(session, source, session_generator(self.generator, session), self.spec.auto, prompts,
+                         _apply_prompt, on_frame=progress)
+        session.reset()
+        with self._lock:
+            self._status.update(frames_done=0)
+        return found
+
+    def _auto_masklets(self, m: Masklets, found: list[Discovered], manual: set[int]) -> Masklets:
+        """SA-V auto layout: per-object types, per-frame stability (the generator's on the keyframe an object was
+        found, sigmoid of the object score elsewhere), near-empty and duplicate masklets removed."""
+        found_at = {d.obj_id: (d.frame_idx, d.stability) for d in found}
+        stability = []
+        for f, row in zip(m.frame_indices, m.scores):
+            stability.append([found_at[o][1] if found_at.get(o, (None,))[0] == f else _sigmoid(s)
+                              for o, s in zip(m.obj_ids, row)])
+        types = ["manual" if o in manual else "auto" for o in m.obj_ids]
+        m = replace(m, stability=stability, types=types)
+        auto = self.spec.auto
+        return prune(m, auto.min_area, auto.dedupe_iou, keep=sorted(manual))
+
+    def _session_for(self, source: Any, object_batch: int | None) -> VideoSession:
+        """The replica's session switched to ``source`` (built on first use; keeps compiled modules warm); a task
+        that ran out of memory before gets a session batching at most ``object_batch`` objects per step."""
+        options = self.options if object_batch is None else replace(self.options, max_objects_per_batch=object_batch)
+        if self.session is None or self.session.options != options:
+            self.session = VideoSession(self.model, source, options)
+        else:
+            self.session.reset(source)
+        return self.session
+
+
+def _sigmoid(x: float) -> float:
+    return float(1.0 / (1.0 + math.exp(-min(max(x, -80.0), 80.0))))
+
+
+def _apply_prompt(session: VideoSession, prompt: Prompt) -> Any:
+    """One manifest row → one engine call (points and/or box, or a mask), returning the frame's result; errors name
+    the manifest row."""
+    try:
+        if prompt.mask is not None:
+            return session.add_mask(prompt.frame_idx, prompt.obj_id, decode_rle(prompt.mask))
+        return session.add_points(prompt.frame_idx, prompt.obj_id, points=prompt.points,
+                                  labels=prompt.point_labels, box=prompt.box)
+    except PromptError as exc:
+        raise PromptError(f"manifest row {prompt.row}: {exc}") from exc
+
+
+def start_workers(spec: WorkerSpec, count: int, *, num_cpus: float, num_gpus: float, max_restarts: int,
+                  max_task_retries: int, worker_class: type | None = None) -> list[ray.actor.ActorHandle]:
+    """``count`` replicas (``worker_class``, default ``PropagationWorker``) spread over the cluster's nodes, each
+    holding ``num_cpus``/``num_gpus``; ``status`` runs in its own concurrency group, beside ``process``."""
+    actor = ray.remote(concurrency_groups={"status": 1})(worker_class or PropagationWorker).options(
+        num_cpus=num_cpus, num_gpus=num_gpus, max_restarts=max_restarts, max_task_retries=max_task_retries,
+        scheduling_strategy="SPREAD",
+    )
+    return [actor.remote(spec) for _ in range(count)]

@@ -1,0 +1,245 @@
+"""The propagation job, end to end: manifest → tasks → pool → workers → sink, then the summary.
+
+Everything that can be wrong with the inputs (manifest rows, checkpoint, an unreachable or foreign output prefix)
+is found before Ray starts, and refused with one line and exit status 2; nothing is written then. Re-running
+resumes: videos whose done record carries the same digest (prompts, engine options, model) are skipped, changed
+ones recomputed, and a finished job writes nothing. Storage that stays down ends the job cleanly: exit 1, every
+unfinished video named, the summary written locally if the prefix cannot take it. Ctrl-C stops it with one line
+and exit status 130; a re-run of the same command resumes.
+"""
+
+from __future__ import annotations
+
+import importlib
+import json
+import logging
+import os
+import re
+import time
+from dataclasses import asdict, replace
+
+from pipeline.driver import cluster
+from pipeline.plan.manifest import (DEFAULT_PROTOCOLS, ManifestError, ManifestPlan, ManifestReadError, list_videos,
+                               load_manifest)
+from pipeline.driver.pool import PoolPolicy, WorkerPool, WorkerStartError
+from pipeline.driver.provenance import RANDOM_CHECKPOINT, ProvenanceError, job_provenance, provenance_identity
+from pipeline.io.prefix import Sink, make_sink
+from pipeline.specs import JobSpec, WorkerSpec
+from pipeline.io.storage import is_absolute_uri
+from pipeline.plan.tasks import VideoTask, shard_of, task_digest
+from pipeline.actor.worker import start_workers
+from sam2core.checkpoint import CheckpointError
+
+log = logging.getLogger(__name__)
+
+EXIT_OK, EXIT_FAILED_VIDEOS, EXIT_BAD_INPUT, EXIT_INTERRUPTED = 0, 1, 2, 130
+
+
+class Refused(Exception):
+    """The job cannot start; the message is the one line the user reads."""
+
+
+def run(spec: JobSpec) -> int:
+    """Run the job; returns 0 when every video of this shard is done, 1 when some failed, 2 when the job was
+    refused before any work, 130 when interrupted (Ctrl-C)."""
+    spec = _with_absolute_paths(spec)
+    try:
+        plan, provenance, sink = _prepare(spec)
+    except Refused as exc:
+        log.error("%s", exc)
+        return EXIT_BAD_INPUT
+    tasks, todo = _plan_shard(spec, plan, provenance, sink)
+    shard = (spec.shard_id, spec.num_shards)
+    if not todo and _finished(sink, shard):
+        log.info("nothing to do: every video of this shard is done (%s)", spec.output.uri)
+        return EXIT_OK
+
+    start = time.perf_counter()
+    try:
+        pool = _pool(spec, todo, provenance, sink) if todo else None
+    except WorkerStartError as exc:
+        log.error("%s; no video was processed.", exc)
+        return EXIT_BAD_INPUT
+    except KeyboardInterrupt as exc:
+        records = exc.pool.records if isinstance(exc, _Interrupted) else []
+        log.error("interrupted: %d of %d videos done in this run, %d before; re-run the same command to resume",
+                  sum(r["status"] == "done" for r in records), len(todo), len(tasks) - len(todo))
+        return EXIT_INTERRUPTED
+    records, workers = (pool.records, pool.workers) if pool else ([], [])
+    failures = {r["video_id"]: r["error"] for r in records if r["status"] != "done"}
+    summary = _summary(spec, tasks, records, failures, len(tasks) - len(todo), plan.dropped, workers,
+                       time.perf_counter() - start)
+    if not _write_summary(spec, sink, summary, shard):
+        failures = failures or {"(summary)": "the output prefix could not be written"}
+    if failures:
+        log.error("%d of %d videos failed (reasons in the summary):\n%s", len(failures), len(todo),
+                  "\n".join(f"  {v}: {r}" for v, r in failures.items()))
+        return EXIT_FAILED_VIDEOS
+    log.info("all %d videos done: %s", len(tasks), spec.output.uri)
+    return EXIT_OK
+
+
+def _prepare(spec: JobSpec) -> tuple[ManifestPlan, dict, Sink]:
+    """Manifest, checkpoint and output prefix checked, in that order; Refused names what is wrong."""
+    d = spec.data
+    try:
+        if d.videos is not None:
+            plan = list_videos(d.videos, d.storage_options, d.protocols or DEFAULT_PROTOCOLS)
+        else:
+            plan = load_manifest(d.manifest, d.root, d.storage_options, on_invalid=d.on_invalid,
+                                 protocols=d.protocols or DEFAULT_PROTOCOLS, retry_s=d.retry_s, mode=d.prompts)
+    except ManifestReadError as exc:
+        raise Refused(f"{exc}; nothing was written") from exc
+    except ManifestError as exc:
+        raise Refused(f"{'data.videos ' + d.videos if d.videos is not None else 'manifest ' + d.manifest} "
+                      f"rejected; nothing was written.\n{exc}") from exc
+    for video_id, errors in plan.dropped.items():
+        log.warning("video %s dropped: %s", video_id, "; ".join(f"row {e.row} {e.column}: {e.reason}" for e in errors))
+    if not plan.tasks:
+        what = "every video of it was dropped (data.on_invalid=drop_video)" if plan.dropped else "it has no rows"
+        raise Refused(f"manifest {spec.data.manifest}: {what}; nothing to do")
+    try:
+        provenance = job_provenance(spec.model, spec.session, spec.config)
+    except CheckpointError as exc:
+        raise Refused(f"{exc} (the checkpoint must be readable before the job starts: pass a local file with "
+                      f"model.checkpoint=/path/to/{spec.model.name}.pt, or model.checkpoint=random)") from exc
+    sink = make_sink(spec.output.uri, spec.output.format, spec.output.storage_options, spec.output.retry_s)
+    try:
+        sink.check_provenance(provenance, spec.output.overwrite)
+    except ProvenanceError as exc:
+        raise Refused(f"{exc}: use another output.uri, or output.overwrite=true to replace those masklets") from exc
+    except Exception as exc:  # noqa: BLE001 - any storage backend's error: unreachable, credentials refused
+        raise Refused(f"output prefix {spec.output.uri} is not usable: {type(exc).__name__}: "
+                      f"{str(exc).splitlines()[0] if str(exc) else ''}") from exc
+    return plan, provenance, sink
+
+
+def _plan_shard(spec: JobSpec, plan: ManifestPlan, provenance: dict, sink: Sink
+                ) -> tuple[list[VideoTask], list[VideoTask]]:
+    """This shard's tasks (each with its digest) and those still to run: no done record, a record that does not
+    parse, or one made from other prompts/options/model (logged as changed)."""
+    produced_by = provenance_identity(provenance)
+    if spec.data.prompts != "manifest":  # discovery options change the masklets too
+        produced_by = {**produced_by, "prompts": spec.data.prompts, "auto": asdict(spec.auto)}
+    tasks = [replace(t, digest=task_digest(t, produced_by)) for t in plan.tasks
+             if shard_of(t.video_id, spec.num_shards) == spec.shard_id]
+    done = sink.done_records()
+    todo = []
+    for t in tasks:
+        if t.video_id not in done:
+            todo.append(t)
+        elif done[t.video_id] is None:
+            log.warning("video %s: its done marker does not parse; recomputing", t.video_id)
+            todo.append(t)
+        elif done[t.video_id].get("digest") != t.digest:
+            log.warning("video %s changed since it was done (prompts, options or model); recomputing", t.video_id)
+            todo.append(t)
+    log.info("%d videos in shard %d/%d: %d already done, %d to run", len(tasks), spec.shard_id, spec.num_shards,
+             len(tasks) - len(todo), len(todo))
+    return tasks, todo
+
+
+def _finished(sink: Sink, shard: tuple[int, int]) -> bool:
+    try:
+        return sink.finished(shard)
+    except Exception:  # noqa: BLE001 - an unreadable marker just means: run and write the summary again
+        return False
+
+
+def _with_absolute_paths(spec: JobSpec) -> JobSpec:
+    """Relative local paths are taken from the driver's working directory (Ray workers have another one)."""
+    def absolute(uri: str) -> str:
+        return uri if not uri or is_absolute_uri(uri) else os.path.abspath(uri)
+
+    model = spec.model
+    if model.checkpoint != RANDOM_CHECKPOINT:
+        model = replace(model, checkpoint=absolute(model.checkpoint))
+    if model.cache_dir:
+        model = replace(model, cache_dir=os.path.expanduser(model.cache_dir))
+    data = replace(spec.data, manifest=absolute(spec.data.manifest), root=absolute(spec.data.root),
+                   videos=None if spec.data.videos is None else absolute(spec.data.videos))
+    return replace(spec, model=model, data=data, output=replace(spec.output, uri=absolute(spec.output.uri)))
+
+
+def _worker_class(dotted: str) -> type:
+    module, _, name = dotted.rpartition(".")
+    return getattr(importlib.import_module(module), name)
+
+
+def _pool(spec: JobSpec, todo: list[VideoTask], provenance: dict, sink: Sink) -> WorkerPool:
+    """Start or join Ray, start the worker replicas and run every task; returns the pool with its records."""
+    c = spec.cluster
+    with cluster.connected(c.address):
+        gpus = cluster.gpus_per_worker(c)
+        count = cluster.worker_count(c, gpus, len(todo))
+        checkpoint = None if spec.model.checkpoint == RANDOM_CHECKPOINT else spec.model.checkpoint
+        o = spec.output
+        worker_spec = WorkerSpec(
+            model=replace(spec.model, checkpoint=checkpoint), session=spec.session, decoder=spec.data.decoder,
+            input_storage_options=spec.data.storage_options, output_uri=o.uri, output_format=o.format,
+            output_storage_options=o.storage_options, provenance=provenance, encode_threads=o.encode_threads,
+            queue_frames=o.queue_frames, retry_s=o.retry_s,
+            auto=spec.auto if spec.data.prompts != "manifest" else None,
+        )
+        log.info("starting %d workers (%s CPU, %s GPU each)", count, c.cpus_per_worker, gpus)
+        actors = start_workers(worker_spec, count, num_cpus=c.cpus_per_worker, num_gpus=gpus,
+                               max_restarts=c.max_restarts, max_task_retries=c.max_task_retries,
+                               worker_class=_worker_class(c.worker_class))
+        policy = PoolPolicy(c.tasks_per_worker, c.max_attempts, c.retry_backoff_s, c.video_timeout_s,
+                            c.timeout_s_per_object_frame, c.start_timeout_s, spec.log_every_s)
+        pool = WorkerPool(actors, sink, policy)
+        try:
+            pool.run(todo)
+        except KeyboardInterrupt:
+            raise _Interrupted(pool) from None
+        return pool
+
+
+class _Interrupted(KeyboardInterrupt):
+    """Ctrl-C inside the pool, carrying it so the driver can say how far the job got."""
+
+    def __init__(self, pool: WorkerPool) -> None:
+        super().__init__()
+        self.pool = pool
+
+
+def _write_summary(spec: JobSpec, sink: Sink, summary: dict, shard: tuple[int, int]) -> bool:
+    """The summary under the prefix; when that fails (storage down), under ``output.fallback_dir`` locally."""
+    try:
+        sink.write_summary(summary, spec.config_yaml, shard)
+        return True
+    except Exception as exc:  # noqa: BLE001 - storage down for good: keep the summary somewhere
+        name = re.sub(r"[^A-Za-z0-9._-]+", "_", spec.output.uri).strip("_")
+        tag = f"-{shard[0]}-of-{shard[1]}" if shard[1] > 1 else ""
+        path = os.path.join(os.path.abspath(spec.output.fallback_dir), name, f"summary{tag}.json")
+        os.makedirs(os.path.dirname(path), exist_ok=True)
+        with open(path, "w") as f:
+            json.dump({**summary, "status": "failed", "unwritten_prefix": spec.output.uri}, f, indent=2,
+                      sort_keys=True)
+        log.error("could not write the summary under %s (%s: %s); it is at %s", spec.output.uri,
+                  type(exc).__name__, exc, path)
+        return False
+
+
+def _summary(spec: JobSpec, tasks: list[VideoTask], records: list[dict], failures: dict[str, str],
+             skipped: int, dropped: dict, workers: list[dict], seconds: float) -> dict:
+    frames = sum(r["frames"] for r in records if r["status"] == "done")
+    return {
+        "status": "failed" if failures else "ok",
+        "videos": len(tasks),
+        "done": sum(r["status"] == "done" for r in records),
+        "failed": len(failures),
+        "skipped": skipped,
+        "dropped": {v: [asdict(e) for e in errs] for v, errs in dropped.items()},
+        "frames": frames,
+        "seconds": round(seconds, 3),
+        "frames_per_second": round(frames / seconds, 3) if seconds > 0 else None,
+        "failures": failures,
+        "unrecorded_failures": sorted(r["video_id"] for r in records if r.get("unrecorded")),
+        "shard": {"num_shards": spec.num_shards, "shard_id": spec.shard_id},
+        "model": spec.model.name,
+        "checkpoint": spec.model.checkpoint,
+        "random_weights": spec.model.checkpoint == RANDOM_CHECKPOINT,
+        "workers": [{**w, "videos": sum(r.get("pid") == w["pid"] and r.get("node_id") == w["node_id"]
+                                        for r in records)} for w in workers],
+    }

@@ -1,0 +1,97 @@
+"""Job progress a person can read: frames done/total, frames/s, objects/s and an ETA, live from the workers.
+
+Workers report the frame they are on (``PropagationWorker.status``), so a long video moves the counters while it
+runs. On an interactive terminal one status line is redrawn in place (a progress bar); otherwise a plain log line
+every ``every_s`` seconds, as Ray's own tools do. The ETA weighs each video by its task cost, so one long video
+left does not read as "almost done".
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+import time
+from typing import TextIO
+
+from pipeline.plan.tasks import VideoTask
+
+log = logging.getLogger(__name__)
+
+_REDRAW_S = 0.5
+_BAR = 24
+
+
+class Progress:
+    """Counts finished videos and the in-flight frames of each worker; shows them as a bar or periodic lines."""
+
+    def __init__(self, todo: list[VideoTask], every_s: float, stream: TextIO | None = None) -> None:
+        self.stream = stream or sys.stderr
+        self.interactive = self.stream.isatty()
+        self.total, self.total_cost = len(todo), sum(t.cost for t in todo) or 1.0
+        self.cost = {t.video_id: t.cost for t in todo}
+        self.every_s = every_s
+        self.start = self.last = time.perf_counter()
+        self.finished = self.failed = 0
+        self.frames = self.object_frames = 0  # of finished videos
+        self.done_cost = 0.0
+        self.current: dict[int, dict] = {}  # worker -> its status (video, frames done of frames)
+
+    def add(self, record: dict) -> None:
+        """Count one video's final record."""
+        self.finished += 1
+        self.failed += record["status"] != "done"
+        self.frames += record["frames"]
+        self.object_frames += record["frames"] * record.get("objects", 0)
+        self.done_cost += self.cost.get(record["video_id"], 0.0)
+        for worker, status in list(self.current.items()):
+            if status.get("video_id") == record["video_id"]:
+                del self.current[worker]
+
+    def update(self, worker: int, status: dict) -> None:
+        """The latest status of one worker (empty when it is between videos)."""
+        if status:
+            self.current[worker] = status
+        else:
+            self.current.pop(worker, None)
+
+    def counters(self) -> dict[str, float]:
+        """frames, object-frames, their rates per second, and the ETA in seconds (None until known)."""
+        elapsed = max(time.perf_counter() - self.start, 1e-9)
+        frames = self.frames + sum(s["frames_done"] for s in self.current.values())
+        object_frames = self.object_frames + sum(s["frames_done"] * s["objects"] for s in self.current.values())
+        partial = sum(self.cost.get(s["video_id"], 0.0) * s["frames_done"] / max(s["frames"], 1)
+                      for s in self.current.values())
+        done = self.done_cost + partial
+        eta = elapsed * (self.total_cost - done) / done if done > 0 else None
+        return {"frames": frames, "object_frames": object_frames, "frames_per_s": frames / elapsed,
+                "objects_per_s": object_frames / elapsed, "elapsed": elapsed, "eta": eta,
+                "fraction": min(done / self.total_cost, 1.0)}
+
+    def line(self) -> str:
+        """One line: videos, frames, rates and the ETA."""
+        c = self.counters()
+        eta = f"{c['eta']:.0f}s" if c["eta"] is not None else "?"
+        running = "".join(f", {s['video_id']} {s['frames_done']}/{s['frames']}" for s in
+                          list(self.current.values())[:3])
+        return (f"videos {self.finished}/{self.total} ({self.failed} failed), {c['frames']} frames, "
+                f"{c['frames_per_s']:.1f} frames/s, {c['objects_per_s']:.1f} objects/s, elapsed {c['elapsed']:.0f}s, "
+                f"ETA {eta}{running}")
+
+    def maybe_log(self) -> None:
+        """Redraw the bar (interactive) or log a line if ``every_s`` passed since the last one."""
+        now = time.perf_counter()
+        if self.interactive and now - self.last >= _REDRAW_S:
+            self.last = now
+            filled = int(self.counters()["fraction"] * _BAR)
+            self.stream.write(f"\r[{'#' * filled}{'.' * (_BAR - filled)}] {self.line()}\033[K")
+            self.stream.flush()
+        elif not self.interactive and now - self.last >= self.every_s:
+            self.last = now
+            log.info("%s", self.line())
+
+    def close(self) -> None:
+        """The final line."""
+        if self.interactive:
+            self.stream.write("\n")
+        self.current.clear()
+        log.info("%s", self.line())

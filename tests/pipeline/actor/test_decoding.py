@@ -1,0 +1,134 @@
+"""pipeline.actor.decoding on real mp4 files (written with PyAV) and frame folders, local and on S3."""
+
+from __future__ import annotations
+
+import tempfile
+
+import numpy as np
+import pytest
+
+from pipeline.actor.decoding import VideoError, open_video
+from pipeline.io.storage import write_bytes
+from sam2core.video.frames import FrameSource
+from tests.helpers import make_frame_folder, make_video, synthetic_frames
+
+N = 40  # > 2 chunks of 16, keyframe every 8 frames, B-frames on
+
+
+@pytest.fixture(scope="module")
+def frames() -> np.ndarray:
+    return synthetic_frames(N, height=48, width=80, seed=1)
+
+
+@pytest.fixture(scope="module")
+def mp4(tmp_path_factory, frames) -> str:
+    return str(make_video(tmp_path_factory.mktemp("vid") / "clip.mp4", frames, fps=24))
+
+
+def _all(source, indices):
+    return np.stack(list(source.iter_frames(indices)))
+
+
+@pytest.mark.parametrize("decoder", ["decord", "pyav"])
+def test_mp4_probe_and_orders(mp4, frames, decoder):
+    with open_video(mp4, decoder=decoder) as src:
+        assert isinstance(src, FrameSource)
+        assert (src.num_frames, src.height, src.width) == (N, 48, 80)
+        assert src.fps == pytest.approx(24.0)
+        forward = _all(src, range(N))
+        assert forward.dtype == np.uint8 and forward.shape == (N, 48, 80, 3)
+        assert np.abs(forward.astype(int) - frames).mean() < 6  # lossy codec, same picture
+        backward = _all(src, range(N - 1, -1, -1))
+        np.testing.assert_array_equal(backward, forward[::-1])
+        scattered = [33, 2, 2, 17, 39, 0, 8, 7]
+        np.testing.assert_array_equal(_all(src, scattered), forward[scattered])
+        with pytest.raises(IndexError, match="clip.mp4.*40"):
+            list(src.iter_frames([40]))
+
+
+def test_decoders_give_identical_frames(mp4):
+    """Both decoders use FFmpeg's yuv420p→rgb24 conversion here, so frames match exactly (not just closely)."""
+    with open_video(mp4, decoder="decord") as a, open_video(mp4, decoder="pyav") as b:
+        np.testing.assert_array_equal(_all(a, range(N)), _all(b, range(N)))
+
+
+@pytest.mark.parametrize("decoder", ["decord", "pyav"])
+def test_mp4_on_s3_uses_and_removes_temp_copy(s3_server, s3_bucket, mp4, decoder, tmp_path, monkeypatch):
+    so = s3_server["storage_options"]
+    uri = f"s3://{s3_bucket}/videos/clip.mp4"
+    write_bytes(uri, open(mp4, "rb").read(), so)
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
+    with open_video(mp4, decoder=decoder) as local:
+        expected = _all(local, range(N))
+    src = open_video(uri, so, decoder=decoder)
+    assert list(tmp_path.iterdir())  # the temp copy exists while the source is open
+    np.testing.assert_array_equal(_all(src, range(N - 1, -1, -1)), expected[::-1])
+    src.close()
+    src.close()
+    assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.parametrize("ext", ["png", "jpg"])
+def test_frame_folder_local(tmp_path, frames, ext):
+    folder = make_frame_folder(tmp_path / "v", frames[:12], ext=ext)
+    (folder / "notes.txt").write_text("ignored")
+    with open_video(str(folder)) as src:
+        assert (src.num_frames, src.height, src.width, src.fps) == (12, 48, 80, None)
+        got = _all(src, [11, 3, 0])
+        if ext == "png":
+            np.testing.assert_array_equal(got, frames[[11, 3, 0]])
+        else:
+            assert np.abs(got.astype(int) - frames[[11, 3, 0]]).mean() < 4
+
+
+def test_frame_folder_numeric_order_with_gaps(tmp_path, frames):
+    from PIL import Image
+
+    folder = tmp_path / "sparse"
+    folder.mkdir()
+    for name, i in (("0", 0), ("4", 1), ("12", 2), ("8", 3)):
+        Image.fromarray(frames[i]).save(folder / f"{name}.png")
+    with open_video(f"file://{folder}") as src:
+        assert src.num_frames == 4
+        np.testing.assert_array_equal(_all(src, range(4)), frames[[0, 1, 3, 2]])
+
+
+def test_frame_folder_on_s3(s3_server, s3_bucket, tmp_path, frames):
+    so = s3_server["storage_options"]
+    folder = make_frame_folder(tmp_path / "v", frames[:5], ext="png")
+    for f in folder.iterdir():
+        write_bytes(f"s3://{s3_bucket}/JPEGImages/v/{f.name}", f.read_bytes(), so)
+    with open_video(f"s3://{s3_bucket}/JPEGImages/v", so) as src:
+        assert src.num_frames == 5
+        np.testing.assert_array_equal(_all(src, range(4, -1, -1)), frames[4::-1])
+
+
+def test_corrupt_and_missing_inputs_raise_video_error(tmp_path, frames, mp4):
+    bad = tmp_path / "broken.mp4"
+    bad.write_bytes(b"\x00\x00\x00\x18ftypmp42" + b"garbage" * 200)
+    for decoder in ("decord", "pyav"):
+        with pytest.raises(VideoError, match="broken.mp4"):
+            open_video(str(bad), decoder=decoder)
+    with pytest.raises(VideoError, match="nothere.mp4"):
+        open_video(str(tmp_path / "nothere.mp4"))
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    with pytest.raises(VideoError, match="empty"):
+        open_video(str(empty))
+    folder = make_frame_folder(tmp_path / "badframe", frames[:3], ext="png")
+    (folder / "00001.png").write_bytes(b"not a png")
+    with open_video(str(folder)) as src:
+        with pytest.raises(VideoError, match="frame 1"):
+            list(src.iter_frames([0, 1]))
+    with pytest.raises(ValueError, match="decoder"):
+        open_video(mp4, decoder="opencv")
+
+
+def test_truncated_mp4_raises_video_error(tmp_path, mp4):
+    data = open(mp4, "rb").read()
+    cut = tmp_path / "cut.mp4"
+    cut.write_bytes(data[: len(data) // 2])
+    for decoder in ("decord", "pyav"):
+        with pytest.raises(VideoError, match="cut.mp4"):
+            with open_video(str(cut), decoder=decoder) as src:
+                list(src.iter_frames(range(src.num_frames)))

@@ -1,0 +1,55 @@
+"""Worker classes for fault tests, through the documented testing entry point ``cluster.worker_class``.
+
+``FaultWorker`` reads a script in the test's data root, the folder above the videos (``faults.json``: video_id →
+the fault of each attempt, ``null`` for none) and records every attempt (pid, object batch) under ``attempts/``. Faults are raised inside
+the real processing path of a real actor:
+
+* ``device``: a CUDA-style error (the process must be replaced), ``oom``: ``torch.OutOfMemoryError``;
+* ``exit``: the process dies mid-video; ``wait``: it announces itself and waits for a ``go`` file (so a test can act
+  on a known, live, busy process without racing for the moment).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from pathlib import Path
+
+import torch
+
+from pipeline.io.masklets import Masklets
+from pipeline.plan.tasks import VideoTask
+from pipeline.actor.worker import PropagationWorker
+
+
+class FaultWorker(PropagationWorker):
+    """PropagationWorker that raises the faults its script names."""
+
+    def _propagate(self, task: VideoTask) -> Masklets:
+        root = Path(task.video_uri).parents[1]
+        script = json.loads((root / "faults.json").read_text()).get(task.video_id, [])
+        attempts = root / "attempts"
+        attempts.mkdir(exist_ok=True)
+        n = len(list(attempts.glob(f"{task.video_id}.*")))
+        (attempts / f"{task.video_id}.{n}").write_text(json.dumps({"pid": os.getpid(),
+                                                                    "object_batch": task.object_batch}))
+        fault = script[n] if n < len(script) else None
+        if fault == "device":
+            raise RuntimeError("CUDA error: an illegal memory access was encountered")
+        if fault == "oom":
+            raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
+        if fault == "exit":
+            os._exit(1)
+        if fault == "wait":
+            (root / f"busy.{task.video_id}").write_text(str(os.getpid()))
+            while not (root / "go").exists():
+                time.sleep(0.05)
+        return super()._propagate(task)
+
+
+class SlowStartWorker(PropagationWorker):
+    """A replica that never finishes starting (a hung driver or filesystem at model build)."""
+
+    def __init__(self, spec) -> None:  # noqa: ANN001 - same signature as the parent
+        time.sleep(3600)
