@@ -1,13 +1,16 @@
-"""Run-length encoding split between device (torch boundaries) and host (numpy strings) gives pycocotools' bytes."""
+"""The COCO-RLE codec: device boundaries + host strings give pycocotools' bytes; encode → validate → decode round-trips;
+malformed manifest strings are flagged without decoding."""
 
 from __future__ import annotations
 
 import numpy as np
+import pyarrow as pa
 import pytest
 import torch
 from pycocotools import mask as mask_utils
 
-from pipeline.io.rle import boundaries_from_flags, coco_rles, crop_boundaries, full_boundaries
+from pipeline.io.rle import (boundaries_from_flags, coco_rles, crop_boundaries, decode_rle, encode_rle, encode_rles,
+                             full_boundaries, rle_areas, rle_run_totals)
 
 
 def _reference(masks: np.ndarray) -> list[str]:
@@ -65,3 +68,42 @@ def test_crops_give_the_runs_of_the_full_mask(seed: int) -> None:
     flags, sizes = crop_boundaries(crops, boxes, h, w)
     ours = coco_rles(boundaries_from_flags(flags.numpy(), sizes, boxes, h, w))
     assert [r["counts"] for r in ours] == _reference(masks)
+
+
+@pytest.mark.parametrize("name,masks", _cases()[:-1], ids=[c[0] for c in _cases()[:-1]])
+def test_encode_validate_decode_round_trip(name: str, masks: np.ndarray) -> None:
+    """Host and device encodings agree, pass validation with the mask's pixel count, and decode to the mask."""
+    host = encode_rles(masks)
+    device = coco_rles(full_boundaries(torch.from_numpy(masks)))
+    assert host == device
+    ok, totals = rle_run_totals(pa.array([r["counts"] for r in host]))
+    assert ok.all() and (totals == masks.shape[1] * masks.shape[2]).all()
+    np.testing.assert_array_equal(rle_areas(host), masks.reshape(len(masks), -1).sum(1))
+    for rle, mask in zip(host, masks):
+        np.testing.assert_array_equal(decode_rle(rle), mask)
+    assert encode_rle(masks[0]) == host[0]
+    uncompressed = {"size": list(masks.shape[1:]), "counts": [int(masks[0].size)]}  # one run of zeros
+    np.testing.assert_array_equal(decode_rle(uncompressed), np.zeros(masks.shape[1:], bool))
+
+
+def test_rle_check_against_pycocotools():
+    """The vectorised RLE reader gives each string's pixel count and flags malformed strings."""
+    rng = np.random.default_rng(3)
+    masks = rng.random((40, 31, 45)) > 0.7
+    masks[0] = False
+    masks[1] = True
+    big = np.zeros((2, 900, 1300), dtype=bool)
+    big[0, 100:800, 50:1200] = True
+    big[1] = rng.random((900, 1300)) > 0.5
+    good = [r["counts"] for r in encode_rles(masks) + encode_rles(big)]
+    # well-formed but 2100 pixels for a 31x45 mask: would overflow pycocotools' decoder
+    longer = mask_utils.frPyObjects({"size": [31, 45], "counts": [100, 2000]}, 31, 45)["counts"].decode()
+    cases = good + [None, "", "ab!", good[2][:-1], longer, "o", good[3] + "ooooooooooooooo1"]
+    ok, totals = rle_run_totals(pa.array(cases).slice(0))
+    assert ok[:42].all() and (totals[:40] == 31 * 45).all() and (totals[40:42] == 900 * 1300).all()
+    assert not ok[42] and not ok[43] and not ok[44] and not ok[47] and not ok[48]
+    assert ok[45] and totals[45] == 31 * 45 - 1  # a run cut off: fewer pixels
+    assert ok[46] and totals[46] == 2100
+    ok_sliced, totals_sliced = rle_run_totals(pa.array(cases).slice(7))
+    np.testing.assert_array_equal(ok_sliced, ok[7:])
+    np.testing.assert_array_equal(totals_sliced[ok_sliced], totals[7:][ok[7:]])
