@@ -1,7 +1,7 @@
 """Full-video propagation engine: a streaming, bounded-memory, object-batched re-implementation of the official
 SAM 2 video predictor's semantics on top of ``sam2core.modeling.SAM2Model``."""
 
-from .frames import ArrayFrameSource, FrameSource
+from .feature_stream import ArrayFrameSource, FrameSource
 from .options import SessionOptions
 from .prompts import PromptError
 from .results import FrameResult

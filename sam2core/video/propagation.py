@@ -14,7 +14,7 @@ from typing import Any
 
 import torch
 
-from .frames import FeatureStream, FrameSource, plan_threads
+from .feature_stream import FeatureStream, FrameSource, plan_threads
 from .memory import MemoryParams, frames_to_keep, prune
 from .options import SessionOptions
 from .results import FrameResult, tracked_frame_result

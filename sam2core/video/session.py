@@ -27,7 +27,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from .frames import FrameSource, host_frame, to_device
+from .feature_stream import FrameSource, host_frame, to_device
 from .memory import MemoryParams
 from .options import COMPUTE_DTYPES, SessionOptions
 from .prompts import PromptError, mask_prompt, point_prompt

@@ -190,17 +190,17 @@ def test_thread_budget_never_oversubscribes(monkeypatch) -> None:
     threads as cores runs serially, and the encoder thread runs with its share."""
     import os
 
-    from sam2core.video import frames
+    from sam2core.video import feature_stream
 
     cpu = torch.device("cpu")
     for threads, cores, expected in ((1, 2, (True, 1)), (2, 2, (False, None)), (1, 1, (False, None)),
                                      (2, 8, (True, 2)), (4, 6, (True, 2))):
         monkeypatch.setattr(torch, "get_num_threads", lambda t=threads: t)
         monkeypatch.setattr(os, "sched_getaffinity", lambda pid, c=cores: set(range(c)), raising=False)
-        plan = frames.plan_threads(True, cpu)
+        plan = feature_stream.plan_threads(True, cpu)
         assert (plan.overlap, plan.encoder_threads) == expected, (threads, cores)
-    assert not frames.plan_threads(False, cpu).overlap
-    assert frames.plan_threads(True, torch.device("cuda")) == frames.ThreadPlan(True)
+    assert not feature_stream.plan_threads(False, cpu).overlap
+    assert feature_stream.plan_threads(True, torch.device("cuda")) == feature_stream.ThreadPlan(True)
     monkeypatch.undo()
 
     seen = []
@@ -213,7 +213,7 @@ def test_thread_budget_never_oversubscribes(monkeypatch) -> None:
     before = torch.get_num_threads()
     torch.set_num_threads(2)
     try:
-        stream = frames.FeatureStream(source, [0, 1, 2], encode, cpu, prefetch=1, batch=1, overlap=True,
+        stream = feature_stream.FeatureStream(source, [0, 1, 2], encode, cpu, prefetch=1, batch=1, overlap=True,
                                       encoder_threads=1)
         assert [t for t, _ in stream] == [0, 1, 2]
         assert seen == [1, 1, 1] and torch.get_num_threads() == 2

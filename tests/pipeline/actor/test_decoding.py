@@ -9,7 +9,7 @@ import pytest
 
 from pipeline.actor.decoding import VideoError, open_video
 from pipeline.io.storage import write_bytes
-from sam2core.video.frames import FrameSource
+from sam2core.video.feature_stream import FrameSource
 from tests.helpers import make_frame_folder, make_video, synthetic_frames
 
 N = 40  # > 2 chunks of 16, keyframe every 8 frames, B-frames on
