@@ -19,6 +19,10 @@ class CheckpointError(Exception):
     """A checkpoint that cannot be read, is not a SAM 2 state dict, or does not fit the model."""
 
 
+class CheckpointMismatch(CheckpointError):
+    """A readable SAM 2 checkpoint whose keys or shapes differ from the architecture's."""
+
+
 @dataclass(frozen=True)
 class CheckpointInfo:
     """Where a checkpoint came from and what it holds."""
@@ -52,11 +56,31 @@ def load_checkpoint(
     expected = model.config.name
     if name != expected:
         raise CheckpointError(f"{uri}: checkpoint is {name}, config asks for {expected}")
-    try:
-        model.load_state_dict(state, strict=True)
-    except RuntimeError as err:
-        raise CheckpointError(f"{uri}: does not fit {expected}: {err}") from None
+    check_fits(state, model, uri)
+    model.load_state_dict(state, strict=True)
     return CheckpointInfo(uri=uri, path=path, sha256=checkpoint_sha256(path), name=name, version=version, size=size)
+
+
+def read_state_dict(uri: str | os.PathLike, storage_options: dict | None = None,
+                    cache_dir: str | None = None) -> dict[str, torch.Tensor]:
+    """The state dict of a checkpoint file or URI (fetched into the cache), on the CPU."""
+    return _read(fetch(str(uri), storage_options, cache_dir), str(uri))
+
+
+def check_fits(state: dict[str, torch.Tensor], model: nn.Module, uri: str, shown: int = 3) -> None:
+    """Refuse a state dict whose keys or shapes differ from ``model``'s: CheckpointError naming ``uri`` and the
+    first ``shown`` missing, unexpected and mis-shaped keys (``model`` may live on the meta device)."""
+    expected = model.state_dict()
+    missing = [k for k in expected if k not in state]
+    unexpected = [k for k in state if k not in expected]
+    shapes = [f"{k} {tuple(state[k].shape)} (model {tuple(v.shape)})" for k, v in expected.items()
+              if k in state and state[k].shape != v.shape]
+    problems = [f"{len(keys)} {what}: {', '.join(keys[:shown])}{', ...' if len(keys) > shown else ''}"
+                for what, keys in (("missing keys", missing), ("unexpected keys", unexpected),
+                                   ("keys of another shape", shapes)) if keys]
+    if problems:
+        name = getattr(getattr(model, "config", None), "name", type(model).__name__)
+        raise CheckpointMismatch(f"{uri}: does not fit {name}: {'; '.join(problems)}")
 
 
 def fetch(uri: str, storage_options: dict | None = None, cache_dir: str | None = None) -> str:

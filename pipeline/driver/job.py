@@ -28,7 +28,7 @@ from pipeline.specs import JobSpec, WorkerSpec
 from pipeline.io.storage import is_absolute_uri
 from pipeline.plan.tasks import VideoTask, shard_of, task_digest
 from pipeline.actor.worker import start_workers
-from sam2core.checkpoint import CheckpointError
+from sam2core.checkpoint import CheckpointError, CheckpointMismatch
 
 log = logging.getLogger(__name__)
 
@@ -100,6 +100,8 @@ def _prepare(spec: JobSpec) -> tuple[ManifestPlan, dict, Sink]:
         raise Refused(f"manifest {spec.data.manifest}: {what}; nothing to do")
     try:
         provenance = job_provenance(spec.model, spec.session, spec.config)
+    except CheckpointMismatch as exc:
+        raise Refused(f"{exc}; nothing was written") from exc
     except CheckpointError as exc:
         raise Refused(f"{exc} (the checkpoint must be readable before the job starts: pass a local file with "
                       f"model.checkpoint=/path/to/{spec.model.name}.pt, or model.checkpoint=random)") from exc

@@ -12,7 +12,9 @@ from importlib.metadata import version
 from typing import Any
 
 from pipeline.specs import ModelSpec
-from sam2core.checkpoint import CheckpointError, checkpoint_sha256, fetch, inspect_checkpoint
+from sam2core.build import check_checkpoint
+from sam2core.checkpoint import (CheckpointError, checkpoint_sha256, fetch, inspect_checkpoint,
+                                 read_state_dict)
 
 log = logging.getLogger(__name__)
 
@@ -32,9 +34,11 @@ def job_provenance(model: ModelSpec, session: dict, config: dict | None) -> dict
         log.warning("model.checkpoint=random: RANDOM WEIGHTS (seed %d); the masks are meaningless", model.seed)
         return {**prov, "checkpoint": RANDOM_CHECKPOINT, "checkpoint_sha256": None, "random_seed": model.seed}
     path = fetch(model.checkpoint, model.storage_options, model.cache_dir)
-    name, _, _ = inspect_checkpoint(path)
+    state = read_state_dict(path)
+    name, _, _ = inspect_checkpoint(state)
     if name != model.name:
         raise CheckpointError(f"{model.checkpoint} holds a {name} model, but model={model.name}; choose model={name}")
+    check_checkpoint(model.name, state, uri=model.checkpoint, image_size=model.image_size)
     sha256 = checkpoint_sha256(path)
     log.info("checkpoint %s (sha256 %s)", model.checkpoint, sha256)
     return {**prov, "checkpoint": model.checkpoint, "checkpoint_sha256": sha256}

@@ -8,8 +8,8 @@ import os
 import pytest
 import torch
 
-from sam2core.build import build_model
-from sam2core.checkpoint import CheckpointError, inspect_checkpoint, load_checkpoint
+from sam2core.build import build_model, check_checkpoint
+from sam2core.checkpoint import CheckpointError, CheckpointMismatch, inspect_checkpoint, load_checkpoint
 from tests.oracle import official_predictor
 
 NAME = "sam2.1_hiera_tiny"
@@ -111,6 +111,28 @@ def test_missing_key_fails_strictly(official_state, tmp_path):
     with pytest.raises(CheckpointError, match="iou_token") as err:
         load_checkpoint(build_model(NAME, image_size=64), str(path))
     assert str(path) in str(err.value)
+
+
+def test_check_checkpoint_names_the_file_and_the_first_mismatches(official_state, checkpoint_file, tmp_path):
+    """Checked against the architecture on the meta device (nothing built): keys missing, unexpected and of
+    another shape are each named, at most three of each, after the file."""
+    check_checkpoint(NAME, checkpoint_file, image_size=128)  # the real file fits
+    state = dict(official_state)
+    for key in ["sam_mask_decoder.iou_token.weight", "memory_encoder.out_proj.weight", "obj_ptr_proj.layers.0.bias",
+                "mask_downsample.weight"]:
+        del state[key]
+    state["sam_mask_decoder.extra.weight"] = torch.zeros(2)
+    state["no_mem_embed"] = torch.zeros(1, 1, 7)
+    path = tmp_path / "mismatch.pt"
+    torch.save({"model": state}, path)
+    with pytest.raises(CheckpointMismatch) as err:
+        check_checkpoint(NAME, str(path), image_size=128)
+    message = str(err.value)
+    assert message.startswith(f"{path}: does not fit {NAME}: 4 missing keys: ")
+    assert message.count(", ...") == 1  # four missing keys, three shown
+    assert "1 unexpected keys: sam_mask_decoder.extra.weight" in message
+    assert "1 keys of another shape: no_mem_embed (1, 1, 7) (model (1, 1, 256))" in message
+    assert "\n" not in message
 
 
 def test_truncated_file(checkpoint_file, tmp_path):

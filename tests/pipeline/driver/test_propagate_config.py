@@ -51,6 +51,28 @@ def test_bad_values_are_refused_at_the_edge_in_one_line(tmp_path, run_job, overr
     assert not out.exists()  # nothing written, not even the provenance record
 
 
+def test_a_checkpoint_that_does_not_fit_is_refused_in_the_driver(tmp_path, run_job):
+    """Keys or shapes of another architecture: one line naming the file and the first mismatched keys, exit 2,
+    before any worker starts and with nothing written (a re-run with the right file is not refused)."""
+    import torch
+
+    from sam2core.build import build_model
+
+    state = build_model("sam2.1_hiera_tiny", image_size=128).state_dict()
+    state["sam_mask_decoder.iou_token.weight"] = torch.zeros(1, 7)
+    checkpoint = tmp_path / "sam2.1_hiera_tiny.pt"
+    torch.save({"model": state}, checkpoint)
+    out = tmp_path / "out"
+    proc = run_job([f"model.checkpoint={checkpoint}", "model.image_size=128", f"output.uri={out}"])
+    text = proc.stdout + proc.stderr
+    assert proc.returncode == 2, text
+    errors = [line for line in text.splitlines() if "ERROR" in line]
+    assert len(errors) == 1 and str(checkpoint) in errors[0], text
+    assert "sam_mask_decoder.iou_token.weight (1, 7) (model (1, 256))" in errors[0]
+    assert "Traceback" not in text and "worker" not in text.lower()
+    assert not out.exists()
+
+
 def test_ctrl_c_stops_the_job_with_one_line_and_a_rerun_resumes(tmp_path, ray_cluster):
     import json
     import re
