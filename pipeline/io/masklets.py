@@ -31,6 +31,13 @@ from pipeline.io.storage import read_bytes
 _PARQUET_META_KEY = b"sam2.masklets"
 
 
+class MaskletFormatError(ValueError):
+    """Bytes that are not a masklet file (SA-V JSON or ours, Parquet of ours): the message says what is wrong."""
+
+
+_SAV_FIELDS = ("video_id", "video_frame_count", "video_height", "video_width", "masklet_id", "masklet")
+
+
 @dataclass
 class Masklets:
     """Dense masklets of one video: ``rles[i][j]`` is object ``obj_ids[j]`` on frame ``frame_indices[i]``."""
@@ -141,8 +148,25 @@ def to_sav_json(m: Masklets) -> dict:
 
 
 def from_sav_json(d: dict) -> Masklets:
-    """Masklets from an SA-V style dict; official SA-V files (no frame_indices/scores) load too."""
+    """Masklets from an SA-V style dict; official SA-V files (no frame_indices/scores) load too.
+    MaskletFormatError says which field is missing or does not fit."""
+    if not isinstance(d, dict):
+        raise MaskletFormatError(f"not an SA-V masklet file: the JSON holds a {type(d).__name__}, not an object")
+    missing = [k for k in _SAV_FIELDS if k not in d]
+    if missing:
+        raise MaskletFormatError(f"not an SA-V masklet file: no {', '.join(repr(k) for k in missing)} field"
+                                 f"{'s' if len(missing) > 1 else ''}")
     rles = d["masklet"]
+    if not isinstance(rles, list) or not isinstance(d["masklet_id"], list):
+        raise MaskletFormatError("'masklet' and 'masklet_id' must be lists (per frame, per object)")
+    bad = next((i for i, frame in enumerate(rles) if not isinstance(frame, list)
+                or len(frame) != len(d["masklet_id"])), None)
+    if bad is not None:
+        raise MaskletFormatError(f"'masklet' frame {bad} does not hold one mask per object of 'masklet_id' "
+                                 f"({len(d['masklet_id'])} objects)")
+    if d.get("frame_indices") is not None and len(d["frame_indices"]) != len(rles):
+        raise MaskletFormatError(f"'frame_indices' has {len(d['frame_indices'])} entries for {len(rles)} frames "
+                                 "of 'masklet'")
     obj_ids = [int(o) for o in d["masklet_id"]]
     frame_indices = d.get("frame_indices")
     if frame_indices is None:
@@ -185,7 +209,7 @@ def from_parquet_table(table: pa.Table) -> Masklets:
     """Masklets from a table written by ``to_parquet_table`` (needs its schema metadata)."""
     raw = (table.schema.metadata or {}).get(_PARQUET_META_KEY)
     if raw is None:
-        raise ValueError("Parquet table has no masklet metadata (not written by to_parquet_table)")
+        raise MaskletFormatError("a Parquet table without masklet metadata (not written by this tool)")
     meta = json.loads(raw)
     obj_ids, frame_indices = meta["obj_ids"], meta["frame_indices"]
     h, w = meta["height"], meta["width"]
@@ -204,7 +228,7 @@ def from_parquet_table(table: pa.Table) -> Masklets:
             stability[i][j] = float(cols["stability"][k])
     missing = [(frame_indices[i], obj_ids[j]) for i, row in enumerate(rles) for j, r in enumerate(row) if r is None]
     if missing:
-        raise ValueError(f"video {meta['video_id']}: Parquet masklets lack (frame, obj) rows {missing[:5]}")
+        raise MaskletFormatError(f"video {meta['video_id']}: Parquet masklets lack (frame, obj) rows {missing[:5]}")
     return Masklets(video_id=meta["video_id"], frame_count=meta["frame_count"], height=h, width=w, obj_ids=obj_ids,
                     frame_indices=frame_indices, rles=rles, scores=scores, first_appeared=meta["first_appeared"],
                     provenance=meta["provenance"], stability=stability, types=meta.get("types"))
@@ -222,11 +246,19 @@ def masklets_to_bytes(m: Masklets, fmt: str) -> bytes:
 
 
 def masklets_from_bytes(data: bytes, fmt: str) -> Masklets:
-    """Inverse of ``masklets_to_bytes``."""
+    """Inverse of ``masklets_to_bytes``; MaskletFormatError says what is wrong with bytes that are not one."""
     if fmt == "sav_json":
-        return from_sav_json(json.loads(data))
+        try:
+            parsed = json.loads(data)
+        except (UnicodeDecodeError, json.JSONDecodeError) as e:
+            raise MaskletFormatError(f"not a JSON file ({e})") from None
+        return from_sav_json(parsed)
     if fmt == "parquet":
-        return from_parquet_table(pq.read_table(io.BytesIO(data)))
+        try:
+            table = pq.read_table(io.BytesIO(data))
+        except (pa.ArrowException, OSError) as e:
+            raise MaskletFormatError(f"not a Parquet file ({e})") from None
+        return from_parquet_table(table)
     raise ValueError(f"unknown masklet format {fmt!r} (expected 'sav_json' or 'parquet')")
 
 
@@ -238,4 +270,7 @@ def read_masklets(uri: str, storage_options: dict | None = None) -> Masklets:
         fmt = "parquet"
     else:
         raise ValueError(f"{uri}: masklet file must end in .json or .parquet")
-    return masklets_from_bytes(read_bytes(uri, storage_options), fmt)
+    try:
+        return masklets_from_bytes(read_bytes(uri, storage_options), fmt)
+    except MaskletFormatError as e:
+        raise MaskletFormatError(f"{uri}: {e}") from None

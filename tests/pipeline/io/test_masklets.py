@@ -9,7 +9,8 @@ import numpy as np
 import pytest
 from pycocotools import mask as mask_utils
 
-from pipeline.io.masklets import MaskletBuilder, from_parquet_table, from_sav_json, masklets_from_bytes, masklets_to_bytes, read_masklets, to_parquet_table, to_sav_json
+from pipeline.io.masklets import (MaskletBuilder, MaskletFormatError, from_parquet_table, from_sav_json,
+                                  masklets_from_bytes, masklets_to_bytes, read_masklets, to_parquet_table, to_sav_json)
 from pipeline.io.rle import decode_rle, encode_rle, encode_rles
 from pipeline.io.storage import write_bytes
 
@@ -112,3 +113,22 @@ def test_read_masklets_from_s3(s3_server, s3_bucket, fmt, ext):
     assert masklets_from_bytes(masklets_to_bytes(m, fmt), fmt).frame_indices == m.frame_indices
     with pytest.raises(ValueError, match="csv"):
         read_masklets(f"s3://{s3_bucket}/x.csv", s3_server["storage_options"])
+
+
+@pytest.mark.parametrize("name,content,reason", [
+    ("missing.json", {"video_id": "v", "video_frame_count": 1, "video_height": 2, "video_width": 2,
+                      "masklet_id": [1]}, "not an SA-V masklet file: no 'masklet' field"),
+    ("list.json", [1, 2], "the JSON holds a list, not an object"),
+    ("ragged.json", {"video_id": "v", "video_frame_count": 2, "video_height": 2, "video_width": 2,
+                     "masklet_id": [1, 2], "masklet": [[{"size": [2, 2], "counts": "04"}]]},
+     "'masklet' frame 0 does not hold one mask per object of 'masklet_id' (2 objects)"),
+    ("garbage.json", b"\xff\x00 not json", "not a JSON file"),
+    ("garbage.parquet", b"PAR1 not parquet", "not a Parquet file"),
+])
+def test_a_file_that_is_not_masklets_says_what_is_wrong(tmp_path, name, content, reason):
+    """Tools name the file and the reason, never a bare KeyError like 'masklet'."""
+    path = tmp_path / name
+    path.write_bytes(content if isinstance(content, bytes) else json.dumps(content).encode())
+    with pytest.raises(MaskletFormatError) as err:
+        read_masklets(str(path))
+    assert str(err.value).startswith(f"{path}: ") and reason in str(err.value)
