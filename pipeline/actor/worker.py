@@ -107,6 +107,8 @@ def check_geometry(prompt: Prompt, height: int, width: int) -> Prompt:
         x0, y0, x1, y1 = prompt.box
         clipped = [min(max(x0, 0.0), width), min(max(y0, 0.0), height), min(max(x1, 0.0), width),
                    min(max(y1, 0.0), height)]
+        if x1 <= x0 or y1 <= y0:
+            raise PromptError(f"{where}: box {list(prompt.box)} has zero area (needs x0 < x1 and y0 < y1)")
         if clipped[2] <= clipped[0] or clipped[3] <= clipped[1]:
             raise PromptError(f"{where}: box {list(prompt.box)} lies outside the {width}x{height} frame")
         if clipped != list(prompt.box):

@@ -126,16 +126,18 @@ def test_prompt_geometry_is_checked_against_the_video(tmp_path, ray_cluster):
         prompt_row("far_point", "videos/v.mp4", 0, 0, points=[[120.0, 10.0]], labels=[1]),
         prompt_row("wide_box", "videos/v.mp4", 0, 0, box=[-20.0, 5.0, 60.0, 300.0]),
         prompt_row("off_box", "videos/v.mp4", 0, 0, box=[100.0, 70.0, 140.0, 90.0]),
+        prompt_row("flat_box", "videos/v.mp4", 0, 0, box=[10.0, 10.0, 10.0, 40.0]),
     ]
     manifest = write_manifest(rows, str(tmp_path / "manifest.parquet"))
     out = tmp_path / "out"
     assert run(job_spec(manifest, str(tmp_path), str(out), ray_cluster.address)) == EXIT_FAILED_VIDEOS
     failures = json.loads((out / "summary.json").read_text())["failures"]
-    assert sorted(failures) == ["far_point", "off_box", "small_mask"]
+    assert sorted(failures) == ["far_point", "flat_box", "off_box", "small_mask"]
     assert "manifest row 0" in failures["small_mask"] and "mask is 32x48 (HxW) but the video is 64x96" in \
         failures["small_mask"]
     assert "manifest row 1" in failures["far_point"] and "(120, 10) is outside the 96x64 frame" in failures["far_point"]
     assert "manifest row 3" in failures["off_box"] and "lies outside" in failures["off_box"]
+    assert "manifest row 4" in failures["flat_box"] and "has zero area" in failures["flat_box"]
     assert (out / "_state" / "done" / "wide_box.json").exists()  # clipped to the frame
 
 
