@@ -1,0 +1,179 @@
+"""The pool's policy without Ray: queue order, retries and backoff, attempts, avoidance, time budgets, out of memory,
+a replaced worker's queued tasks, start timeouts. Time is a number the test passes in."""
+
+from __future__ import annotations
+
+import random
+
+from pipeline.driver.scheduling import Phase, PoolPolicy, Restart, Scheduler
+from pipeline.plan.tasks import VideoTask
+from pipeline.records import Fault, Status, WorkerResult, WorkerStatus
+
+
+class _Middle(random.Random):
+    """Jitter fixed at its middle, so that backoff delays are exact."""
+
+    def uniform(self, a: float, b: float) -> float:
+        return (a + b) / 2
+
+
+def _tasks(n: int, objects: int = 2) -> list[VideoTask]:
+    return [VideoTask(f"v{i}", f"v{i}.mp4", (), objects, float(n - i)) for i in range(n)]
+
+
+def _scheduler(tasks: list[VideoTask], actors: int = 2, **policy: float) -> Scheduler:
+    s = Scheduler(PoolPolicy(**{"retry_backoff_s": 2.0, **policy}), tasks, range(actors), now=0.0, rng=_Middle())
+    for a in range(actors):
+        s.on_actor_up(a, 0.0)
+    return s
+
+
+def _done(task: VideoTask) -> WorkerResult:
+    return WorkerResult(task.video_id, frames=10, objects=task.num_objects)
+
+
+def _failed(task: VideoTask, fault: Fault, **extra: object) -> WorkerResult:
+    return WorkerResult(task.video_id, fault, f"{fault.value}: boom", objects=task.num_objects, **extra)
+
+
+def test_tasks_go_out_in_queue_order_depth_per_actor_in_the_order_actors_came_up() -> None:
+    tasks = _tasks(5)
+    s = Scheduler(PoolPolicy(depth=2), tasks, range(2), now=0.0, rng=_Middle())
+    assert s.assign(0.0) == []  # nobody is up yet
+    s.on_actor_up(1, 1.0)
+    s.on_actor_up(0, 2.0)
+    assert s.assign(2.0) == [(1, tasks[0]), (1, tasks[1]), (0, tasks[2]), (0, tasks[3])]
+    assert s.in_flight == 4 and s.assign(3.0) == []
+    verdict = s.on_result(0, tasks[2], _done(tasks[2]), 4.0)
+    assert verdict.final and verdict.result.attempts == 1 and verdict.result.status is Status.DONE
+    assert s.assign(4.0) == [(0, tasks[4])]
+    for actor, task in ((1, tasks[0]), (1, tasks[1]), (0, tasks[3]), (0, tasks[4])):
+        s.on_result(actor, task, _done(task), 5.0)
+    assert s.finished
+
+
+def test_a_retryable_failure_comes_back_after_its_backoff_and_a_permanent_one_is_final() -> None:
+    tasks = _tasks(2)
+    s = _scheduler(tasks, actors=1)
+    s.assign(0.0)
+    verdict = s.on_result(0, tasks[0], _failed(tasks[0], Fault.ERROR), 10.0)
+    assert not verdict.final and verdict.retry_in == 2.0 and verdict.attempt == 1
+    assert s.next_wakeup(10.0) == 12.0 and not s.finished
+    bad = s.on_result(0, tasks[1], _failed(tasks[1], Fault.BAD_INPUT), 10.0)
+    assert bad.final and bad.result.attempts == 1 and not bad.result.retryable
+    assert s.assign(11.9) == []  # not due yet
+    assert s.assign(12.0) == [(0, tasks[0])]
+    verdict = s.on_result(0, tasks[0], _done(tasks[0]), 13.0)
+    assert verdict.final and verdict.result.attempts == 2 and s.finished
+
+
+def test_backoff_doubles_per_attempt_and_max_attempts_ends_it() -> None:
+    (task,) = _tasks(1)
+    s = _scheduler([task], actors=1, max_attempts=4)
+    now, delays = 0.0, []
+    while True:
+        assert s.assign(now) == [(0, task)]
+        verdict = s.on_result(0, task, _failed(task, Fault.INPUT_UNAVAILABLE), now)
+        if verdict.final:
+            break
+        delays.append(verdict.retry_in)
+        now = s.next_wakeup(now)
+    assert delays == [2.0, 4.0, 8.0]
+    assert verdict.result.attempts == 4 and verdict.result.fault is Fault.INPUT_UNAVAILABLE and s.finished
+    jittered = Scheduler(PoolPolicy(retry_backoff_s=2.0), [], [], now=0.0, rng=random.Random(7))
+    assert all(0.5 * 2 ** k * 2.0 <= jittered.backoff(k + 1) <= 1.5 * 2 ** k * 2.0 for k in range(5))
+
+
+def test_a_retry_avoids_the_actor_it_failed_on_unless_no_other_is_up() -> None:
+    tasks = _tasks(1)
+    s = _scheduler(tasks, actors=2, depth=1)
+    assert s.assign(0.0) == [(0, tasks[0])]
+    s.on_result(0, tasks[0], _failed(tasks[0], Fault.ERROR), 0.0)
+    assert s.assign(100.0) == [(1, tasks[0])]  # actor 0 came first and is free, but the video failed there
+    s.on_result(1, tasks[0], _failed(tasks[0], Fault.ERROR), 100.0)
+    assert s.assign(1000.0) == [(0, tasks[0])]  # it failed on both: either will do
+
+    task = _tasks(1)[0]
+    s = _scheduler([task], actors=2, depth=1)
+    s.assign(0.0)
+    s.on_result(0, task, _failed(task, Fault.ERROR), 0.0)
+    s.on_actor_lost(1, 1.0)  # the only other actor is down
+    assert s.assign(100.0) == [(0, task)]
+
+
+def test_out_of_memory_is_retried_with_half_of_what_the_attempt_batched() -> None:
+    (task,) = _tasks(1, objects=40)
+    s = _scheduler([task], actors=1)
+    s.assign(0.0)
+    verdict = s.on_result(0, task, _failed(task, Fault.OUT_OF_MEMORY, object_batch=16), 0.0)
+    assert not verdict.final and verdict.restart is Restart.NONE
+    ((_, retry),) = s.assign(10.0)
+    assert retry.object_batch == 8
+    s.on_result(0, retry, _failed(retry, Fault.OUT_OF_MEMORY, object_batch=8), 10.0)
+    ((_, again),) = s.assign(100.0)
+    assert again.object_batch == 4
+
+
+def test_a_video_past_its_budget_kills_its_actor_and_fails_as_timed_out() -> None:
+    tasks = _tasks(2)
+    s = _scheduler(tasks, actors=1, max_attempts=1, video_timeout_s=60, timeout_s_per_object_frame=0.5)
+    s.assign(0.0)
+    status = WorkerStatus("v0", started=1000.0, objects=2, frames=100, frames_done=30)
+    assert s.budget(status) == 160.0
+    assert s.expired(1160.0, {0: status}) == []  # at its budget, not past it
+    assert s.expired(1161.0, {0: None}) == []  # idle
+    assert s.expired(1161.0, {0: status}) == [(0, "timed out after 160 s")]
+    assert s.actors[0].phase is Phase.STARTING and s.up == 0
+    assert s.expired(1162.0, {0: status}) == []  # already being replaced
+    # Ray fails the actor's tasks: the running one as timed out, the queued one as a death
+    died = s.on_result(0, tasks[0], _failed(tasks[0], Fault.DIED), 1162.0)
+    assert died.final and died.result.fault is Fault.TIMEOUT and died.result.error == "timed out after 160 s"
+    assert died.restart is Restart.NONE  # already restarting: its probe is out
+    queued = s.on_result(0, tasks[1], _failed(tasks[1], Fault.DIED), 1162.0)
+    assert queued.result.fault is Fault.DIED and queued.result.error == "died: boom"
+
+
+def test_a_replaced_workers_queued_tasks_go_elsewhere_and_it_comes_back_with_fewer_slots() -> None:
+    tasks = _tasks(6)
+    s = _scheduler(tasks, actors=2, depth=2)
+    assert s.assign(0.0) == [(0, tasks[0]), (0, tasks[1]), (1, tasks[2]), (1, tasks[3])]
+    gpu = s.on_result(0, tasks[0], _failed(tasks[0], Fault.GPU_FAULT), 1.0)
+    assert gpu.restart is Restart.REPLACE and not gpu.final
+    assert s.actors[0].phase is Phase.STARTING and s.actors[0].in_flight == 1  # tasks[1] still in its mailbox
+    s.on_actor_up(0, 2.0)  # Ray restarted it before its queued task came back: one slot left
+    s.on_result(1, tasks[2], _done(tasks[2]), 2.0)
+    assert s.assign(5.0) == [(1, tasks[0]), (0, tasks[4])]  # the retry avoids actor 0; 0 gets one fresh task
+    died = s.on_result(0, tasks[1], _failed(tasks[1], Fault.DIED), 6.0)  # the queued task died with the process
+    assert not died.final and died.restart is Restart.PROBE and s.up == 1
+    assert s.attempts["v1"] == 1 and s.failed_on["v1"] == {0}
+    s.on_result(1, tasks[3], _done(tasks[3]), 7.0)
+    assert s.assign(100.0) == [(1, tasks[1])]  # actor 0 is restarting again; actor 1 had one slot free
+    s.on_actor_up(0, 101.0)
+    assert s.assign(101.0) == [(0, tasks[5])]
+
+
+def test_a_worker_that_does_not_start_in_time_is_dropped_and_the_rest_fails_without_workers() -> None:
+    tasks = _tasks(3)
+    s = Scheduler(PoolPolicy(start_timeout_s=30.0), tasks, range(2), now=0.0, rng=_Middle())
+    assert s.next_wakeup(0.0) == 30.0 and s.start_expired(30.0) == []
+    s.on_actor_up(0, 10.0)
+    assert s.start_expired(30.5) == [1] and s.starting == 0 and s.actors[1].phase is Phase.GONE
+    s.assign(31.0)
+    s.on_result(0, tasks[0], _failed(tasks[0], Fault.DIED), 40.0)
+    s.on_actor_gone(0, 41.0)  # its probe failed: restarts used up
+    assert (s.up, s.starting, s.in_flight) == (0, 0, 1)
+    s.on_result(0, tasks[1], _failed(tasks[1], Fault.DIED), 42.0)
+    left = s.abandon("all workers died")
+    assert [(r.video_id, r.fault, r.error, r.attempts) for r in left] == [
+        ("v2", Fault.NO_WORKERS, "all workers died", 0), ("v0", Fault.NO_WORKERS, "all workers died", 1),
+        ("v1", Fault.NO_WORKERS, "all workers died", 1)]  # the queue, then the retries waiting out their backoff
+    assert s.finished
+
+
+def test_a_restart_resets_the_start_deadline() -> None:
+    s = _scheduler(_tasks(1), actors=1, start_timeout_s=30.0)
+    assert s.next_wakeup(0.0) is None
+    assert s.on_actor_lost(0, 100.0) and not s.on_actor_lost(0, 101.0)
+    assert s.next_wakeup(100.0) == 130.0 and s.start_expired(120.0) == []
+    s.on_actor_up(0, 125.0)
+    assert s.start_expired(200.0) == [] and s.next_wakeup(200.0) is None
