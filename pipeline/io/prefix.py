@@ -139,7 +139,17 @@ class Sink:
         tag = f"-{shard[0]}-of-{shard[1]}" if shard is not None and shard[1] > 1 else ""
         self._put(self._path(f"config{tag}.yaml"), resolved_config_yaml.encode())
         self._put(self._path(f"summary{tag}.json"), json.dumps(summary, indent=2, sort_keys=True).encode())
-        self._put(self._path(f"_SUCCESS{tag}"), b"")
+        success = self._path(f"_SUCCESS{tag}")
+        if summary.get("status") == "ok":
+            self._put(success, b"")
+        else:  # a _SUCCESS of an earlier run must not outlive videos that now failed
+            fs, path = filesystem(success, self.storage_options)
+
+            def remove() -> None:
+                with contextlib.suppress(FileNotFoundError):
+                    fs.rm_file(path)
+
+            retrying(remove, f"removing {success}", self.retry_s)
 
     def finished(self, shard: tuple[int, int]) -> bool:
         """Whether a run of ``shard`` ``(k, n)`` ended with its summary (its ``_SUCCESS`` marker exists)."""

@@ -32,6 +32,7 @@ def test_corrupt_video_and_late_prompt_fail_alone(tmp_path, ray_cluster, caplog)
     assert "2 of 3 videos failed" in caplog.text
     summary = json.loads((out / "summary.json").read_text())
     assert (summary["done"], summary["failed"], summary["videos"]) == (1, 2, 3)
+    assert not (out / "_SUCCESS").exists()  # written only when every video of the shard is done
     assert set(summary["failures"]) == {"corrupt", "late"}
     assert "corrupt.mp4" in summary["failures"]["corrupt"]
     assert "40" in summary["failures"]["late"] and "row 3" in summary["failures"]["late"]

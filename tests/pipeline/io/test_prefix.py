@@ -67,20 +67,24 @@ def test_done_ids_sees_markers_of_other_sink_instances(out):
 def test_summary_written_with_success_last(out):
     uri, so = out
     sink = make_sink(uri, "sav_json", so)
-    sink.write_summary({"done": 2, "failed": 1}, "model:\n  name: tiny\n")
-    assert json.loads(read_bytes(f"{uri}/summary.json", so)) == {"done": 2, "failed": 1}
+    sink.write_summary({"status": "ok", "done": 3, "failed": 0}, "model:\n  name: tiny\n")
+    assert json.loads(read_bytes(f"{uri}/summary.json", so)) == {"status": "ok", "done": 3, "failed": 0}
     assert read_bytes(f"{uri}/config.yaml", so).decode().startswith("model:")
     assert exists(f"{uri}/_SUCCESS", so)
+    # a later run where videos failed: its summary, and no _SUCCESS (the earlier one is removed)
+    sink.write_summary({"status": "failed", "done": 2, "failed": 1}, "model:\n  name: tiny\n")
+    assert json.loads(read_bytes(f"{uri}/summary.json", so))["failed"] == 1
+    assert not exists(f"{uri}/_SUCCESS", so)
 
 
 def test_sharded_summaries_do_not_collide(tmp_path):
     uri = str(tmp_path / "out")
     sink = make_sink(uri)
-    sink.write_summary({"shard": 0}, "a: 1\n", shard=(0, 2))
-    sink.write_summary({"shard": 1}, "a: 1\n", shard=(1, 2))
+    sink.write_summary({"status": "ok", "shard": 0}, "a: 1\n", shard=(0, 2))
+    sink.write_summary({"status": "ok", "shard": 1}, "a: 1\n", shard=(1, 2))
     assert list_names(uri) == {"summary-0-of-2.json", "summary-1-of-2.json", "config-0-of-2.yaml",
                                "config-1-of-2.yaml", "_SUCCESS-0-of-2", "_SUCCESS-1-of-2"}
-    sink.write_summary({"all": True}, "a: 1\n", shard=(0, 1))
+    sink.write_summary({"status": "ok", "all": True}, "a: 1\n", shard=(0, 1))
     assert exists(f"{uri}/_SUCCESS") and exists(f"{uri}/summary.json")
 
 
@@ -100,7 +104,7 @@ def test_provenance_refuses_other_model_unless_overwrite(out):
     with pytest.raises(ProvenanceError, match="image_size"):
         sink.check_provenance(dict(PROV, image_size=512))
     assert sink.done_ids() == {"v1"}
-    sink.write_summary({}, "a: 1\n", shard=(1, 2))
+    sink.write_summary({"status": "ok"}, "a: 1\n", shard=(1, 2))
     sink.check_provenance(other, overwrite=True)
     assert sink.done_ids() == set()
     assert not exists(f"{uri}/_SUCCESS-1-of-2", so) and not exists(f"{uri}/summary-1-of-2.json", so)
