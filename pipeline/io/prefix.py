@@ -10,7 +10,8 @@ Layout::
 
 Every write is atomic (a whole-object put, or a local temporary file renamed), so a reader never sees a partial
 file; a task that runs twice rewrites the same keys. Resume = ``done_records()``: one listing, then the markers; a
-marker that does not parse counts as not done, and each record carries the digest of what produced it.
+marker that does not parse counts as not done, and each one carries the digest of what produced it. The markers'
+bodies are ``pipeline.records.DoneMarker`` and ``FailedMarker``; the prefix's identity is ``PrefixIdentity``.
 """
 
 from __future__ import annotations
@@ -20,12 +21,12 @@ import json
 import re
 import time
 
+from pipeline.io.keys import VIDEO_ID_RULE, usable_video_id
 from pipeline.io.masklets import Masklets, masklets_from_bytes, masklets_to_bytes
-from pipeline.driver.provenance import ProvenanceError, provenance_identity
 from pipeline.io.storage import exists, filesystem, join_uri, list_names, read_bytes, retrying, write_bytes
+from pipeline.records import DoneMarker, FailedMarker, PrefixIdentity, ProvenanceError, WorkerResult
 
 FORMATS = {"sav_json": ".json", "parquet": ".parquet"}
-_VIDEO_ID = re.compile(r"^[A-Za-z0-9._-]+$")
 _END_OF_JOB_FILE = re.compile(r"^(summary(-\d+-of-\d+)?\.json|_SUCCESS(-\d+-of-\d+)?|config(-\d+-of-\d+)?\.yaml)$")
 
 
@@ -57,8 +58,8 @@ class Sink:
 
     @staticmethod
     def _checked(video_id: str) -> str:
-        if not _VIDEO_ID.match(video_id) or video_id in (".", ".."):
-            raise ValueError(f"video_id {video_id!r} is not usable in an output key ([A-Za-z0-9._-]+)")
+        if not usable_video_id(video_id):
+            raise ValueError(f"video_id {video_id!r} is not usable in an output key ({VIDEO_ID_RULE})")
         return video_id
 
     def masklet_uri(self, video_id: str) -> str:
@@ -75,10 +76,12 @@ class Sink:
         """The masklets written for ``video_id``."""
         return masklets_from_bytes(self._get(self.masklet_uri(video_id)), self.fmt)
 
-    def mark_done(self, video_id: str, record: dict) -> None:
-        """Done marker (call after ``write``); clears a failed marker left by an earlier run."""
-        body = {**record, "video_id": video_id, "masklets": self.masklet_uri(video_id), "time": time.time()}
-        self._put(self._path("_state", "done", self._checked(video_id) + ".json"), _json(body))
+    def mark_done(self, result: WorkerResult) -> None:
+        """Done marker of a done ``result`` (call after ``write``); clears a failed marker left by an earlier run."""
+        video_id = result.video_id
+        marker = DoneMarker(video_id, result.digest, self.masklet_uri(video_id), result.frames, result.objects,
+                            result.seconds, time.time(), result.worker)
+        self._put(self._path("_state", "done", self._checked(video_id) + ".json"), _json(marker.to_json()))
         fs, path = filesystem(self._path("_state", "failed", video_id + ".json"), self.storage_options)
 
         def remove() -> None:
@@ -87,10 +90,11 @@ class Sink:
 
         retrying(remove, f"removing {path}", self.retry_s)
 
-    def mark_failed(self, video_id: str, reason: str, record: dict | None = None) -> None:
-        """Failed marker with the reason (the video is not marked done, so a re-run retries it)."""
-        body = {**(record or {}), "video_id": video_id, "reason": reason, "time": time.time()}
-        self._put(self._path("_state", "failed", self._checked(video_id) + ".json"), _json(body))
+    def mark_failed(self, result: WorkerResult) -> None:
+        """Failed marker of a final failed ``result``, with its reason (the video is not marked done, so a re-run
+        retries it)."""
+        marker = FailedMarker.of(result, time.time())
+        self._put(self._path("_state", "failed", self._checked(result.video_id) + ".json"), _json(marker.to_json()))
 
     def _ids(self, state: str) -> set[str]:
         uri = self._path("_state", state)
@@ -105,9 +109,9 @@ class Sink:
         """Videos with a failed marker (one listing)."""
         return self._ids("failed")
 
-    def done_records(self) -> dict[str, dict | None]:
-        """Every done marker's record by video (one listing, then the markers fetched concurrently); None for a
-        marker that does not parse (a truncated write): such a video counts as not done."""
+    def done_records(self) -> dict[str, DoneMarker | None]:
+        """Every done marker by video (one listing, then the markers fetched concurrently); None for a marker that
+        does not parse (a truncated write): such a video counts as not done."""
         ids = sorted(self.done_ids())
         if not ids:
             return {}
@@ -116,19 +120,24 @@ class Sink:
         paths = {filesystem(u, self.storage_options)[1]: v for u, v in uris.items()}
         blobs = retrying(lambda: fs.cat(list(paths), on_error="return"), f"reading done markers under {self.uri}",
                          self.retry_s)
-        records: dict[str, dict | None] = {}
+        records: dict[str, DoneMarker | None] = {}
         for path, video_id in paths.items():
             blob = blobs.get(path)
             try:
-                record = json.loads(blob) if isinstance(blob, bytes) else None
+                records[video_id] = DoneMarker.from_json(json.loads(blob)) if isinstance(blob, bytes) else None
             except ValueError:
-                record = None
-            records[video_id] = record if isinstance(record, dict) else None
+                records[video_id] = None
         return records
 
-    def read_record(self, video_id: str, state: str = "done") -> dict:
-        """The done (or failed) record of a video."""
-        return json.loads(self._get(self._path("_state", state, self._checked(video_id) + ".json")))
+    def read_done(self, video_id: str) -> DoneMarker:
+        """The done marker of a video."""
+        return DoneMarker.from_json(json.loads(self._get(self._path("_state", "done", self._checked(video_id) +
+                                                                   ".json"))))
+
+    def read_failed(self, video_id: str) -> FailedMarker:
+        """The failed marker of a video."""
+        return FailedMarker.from_json(json.loads(self._get(self._path("_state", "failed", self._checked(video_id) +
+                                                                     ".json"))))
 
     def write_summary(self, summary: dict, resolved_config_yaml: str, shard: tuple[int, int] | None = None) -> None:
         """config.yaml and summary.json, then the _SUCCESS marker last (only when every video is done).
@@ -158,18 +167,16 @@ class Sink:
         return retrying(lambda: exists(uri, self.storage_options), f"checking {uri}", self.retry_s)
 
     def check_provenance(self, prov: dict, overwrite: bool = False) -> None:
-        """Claim the prefix for ``prov`` (see ``provenance_identity`` for what must match).
+        """Claim the prefix for ``prov`` (``PrefixIdentity`` is what must match).
 
         Same identity as recorded → resume. Different, or results without a record → refuse with
         ProvenanceError unless ``overwrite``, which deletes the old results and state before recording ``prov``.
         """
-        new_id = provenance_identity(prov)
+        new_id = PrefixIdentity.of(prov)
         record_uri = self._path("_state", "provenance.json")
         so = self.storage_options
         if retrying(lambda: exists(record_uri, so), f"checking {record_uri}", self.retry_s):
-            old_id = provenance_identity(json.loads(self._get(record_uri)))
-            changed = {k: (old_id.get(k), new_id.get(k)) for k in sorted(set(old_id) | set(new_id))
-                       if old_id.get(k) != new_id.get(k)}
+            changed = PrefixIdentity.of(json.loads(self._get(record_uri))).differences(new_id)
             if not changed:
                 return
             reason = ", ".join(f"{k} {a!r} there, {b!r} now" for k, (a, b) in changed.items())

@@ -17,6 +17,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
+from pipeline.io.keys import MAX_VIDEO_ID_CHARS, VIDEO_ID_PATTERN, VIDEO_ID_RULE, usable_video_id
 from pipeline.io.rle import rle_run_totals
 from pipeline.io.storage import filesystem, is_transient, retrying, uri_protocols
 from pipeline.plan.tasks import VideoTask, build_tasks
@@ -41,7 +42,6 @@ MANIFEST_SCHEMA = pa.schema([
     ("box", pa.list_(pa.float64())),
     ("mask", pa.struct([("size", pa.list_(pa.int32())), ("counts", pa.string())])),
 ])
-VIDEO_ID_PATTERN = r"^[A-Za-z0-9._-]+$"
 _MAX_MESSAGE_ERRORS = 200
 
 
@@ -147,6 +147,11 @@ def _check_numbers(values: pa.Array, parents: np.ndarray, n: int) -> tuple[np.nd
     return _any_per_row(n, parents, ~np.isfinite(nums)), nums
 
 
+def _shown(video_id: str, limit: int = 60) -> str:
+    """A video_id for an error line: quoted, a long one cut with its length."""
+    return repr(video_id) if len(video_id) <= limit else f"{video_id[:limit]!r}... ({len(video_id)} characters)"
+
+
 def _check_ids(table: pa.Table, errors: _Errors) -> np.ndarray:
     """video_id / video_uri checks; returns the rows whose video_id is usable."""
     n = table.num_rows
@@ -158,10 +163,10 @@ def _check_ids(table: pa.Table, errors: _Errors) -> np.ndarray:
     vid_null = _np(vid.is_null(), True)
     errors.add_mask(vid_null, "video_id", "missing")
     pattern_ok = _np(pc.match_substring_regex(vid, VIDEO_ID_PATTERN), False)
-    dots = _np(pc.is_in(vid, value_set=pa.array([".", ".."])), False)
-    bad_pattern = ~vid_null & (~pattern_ok | dots)
-    errors.add_mask(bad_pattern, "video_id", lambda r: f"{vid[r].as_py()!r} must match [A-Za-z0-9._-]+ and not be "
-                                                       f"'.' or '..'")
+    too_long = _np(pc.greater(pc.utf8_length(vid), MAX_VIDEO_ID_CHARS), False)
+    bad_pattern = ~vid_null & (~pattern_ok | too_long)
+    errors.add_mask(bad_pattern, "video_id", lambda r: f"{_shown(vid[r].as_py())} is not usable in output keys: "
+                                                       f"{VIDEO_ID_RULE}")
     ok_vid &= ~vid_null
     uri = table["video_uri"]
     if not pa.types.is_string(uri.type) and not pa.types.is_large_string(uri.type):
@@ -451,6 +456,9 @@ def list_videos(pattern: str, storage_options: dict | None = None, protocols: Se
     for row, (v, u) in enumerate(zip(ids, uris)):
         if first.setdefault(v, u) != u:
             errors.add(row, "video_id", f"{u} and {first[v]} both name video {v!r}")
+        if not usable_video_id(v):
+            errors.add(row, "video_id", f"{u}: its file name gives the id {_shown(v)}, not usable in output keys: "
+                                        f"{VIDEO_ID_RULE}")
     _check_protocols(table, None, protocols, errors)
     if errors.items:
         raise ManifestError(pattern, errors.items)

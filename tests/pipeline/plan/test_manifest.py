@@ -95,6 +95,32 @@ def test_every_invalid_row_reported_at_once(tmp_path):
     assert "first in row 0" in msg
 
 
+def test_video_ids_that_output_keys_cannot_hold_are_refused_at_the_manifest(tmp_path):
+    """A leading '.' (listings skip hidden files: the video would be recomputed on every run) and ids too long for
+    a file name are refused before any work, each row named, like any other bad row."""
+    rows = [_row(video_id=".hidden", points=[[1, 2]], point_labels=[1]),
+            _row(video_id="x" * 300, video_uri="videos/long.mp4", points=[[1, 2]], point_labels=[1]),
+            _row(video_id="y" * 200, video_uri="videos/ok.mp4", points=[[1, 2]], point_labels=[1]),
+            _row(video_id="a.b-c_1", video_uri="videos/dots.mp4", points=[[1, 2]], point_labels=[1])]
+    with pytest.raises(ManifestError) as info:
+        load_manifest(_write(tmp_path / "ids.parquet", rows), data_root=str(tmp_path))
+    assert {(e.row, e.column) for e in info.value.errors} == {(0, "video_id"), (1, "video_id")}
+    msg = str(info.value)
+    assert "'.hidden' is not usable in output keys" in msg and "not starting with '.'" in msg
+    assert "(300 characters)" in msg and "at most 200 characters" in msg
+
+
+def test_listed_videos_whose_file_names_give_unusable_ids_are_named(tmp_path):
+    from pipeline.plan.manifest import list_videos
+
+    (tmp_path / "clips").mkdir()
+    for name in (".partial.mp4", "good.mp4"):
+        (tmp_path / "clips" / name).write_bytes(b"x")
+    with pytest.raises(ManifestError) as info:
+        list_videos(str(tmp_path / "clips" / "*.mp4"))
+    assert ".partial.mp4: its file name gives the id '.partial'" in str(info.value)
+
+
 def test_missing_column_and_wrong_types(tmp_path):
     t = pa.table({"video_id": ["a"], "obj_id": [0], "frame_idx": [0.5]})
     pq.write_table(t, tmp_path / "m.parquet")
