@@ -151,6 +151,55 @@ def write_bytes(uri: str, data: bytes, storage_options: dict | None = None) -> N
         raise
 
 
+def create_bytes(uri: str, data: bytes, storage_options: dict | None = None) -> bool:
+    """Write ``data`` at ``uri`` only if nothing is there, atomically: True when this call created it, False when
+    an object already existed (whoever wrote it). Two writers racing for one key: exactly one gets True.
+
+    S3: a conditional put (``If-None-Match: *``). Local disks: a complete temporary file hard-linked to the final
+    name (the link fails if the name exists, and a reader never sees a partial file). Other stores: check, then
+    write (no stronger primitive is offered there)."""
+    fs, path = filesystem(uri, storage_options)
+    if not is_local(uri):
+        try:
+            fs.pipe_file(path, data, mode="create")
+        except FileExistsError:
+            return False
+        except OSError as exc:
+            if _precondition_failed(exc):
+                return False
+            raise
+        return True
+    folder = os.path.dirname(path)
+    os.makedirs(folder, exist_ok=True)
+    tmp = os.path.join(folder, f".{os.path.basename(path)}.{uuid.uuid4().hex[:12]}.tmp")
+    try:
+        with open(tmp, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.link(tmp, path)
+        return True
+    except FileExistsError:
+        return False
+    finally:
+        with contextlib.suppress(FileNotFoundError):
+            os.remove(tmp)
+
+
+def _precondition_failed(exc: BaseException) -> bool:
+    """Whether an object store refused a conditional write because the object exists (HTTP 412)."""
+    e: BaseException | None = exc
+    while e is not None:
+        error = getattr(e, "response", None)
+        if isinstance(error, dict) and (error.get("Error", {}).get("Code") == "PreconditionFailed"
+                                        or error.get("ResponseMetadata", {}).get("HTTPStatusCode") == 412):
+            return True
+        if "pre-conditions you specified did not hold" in str(e) or "PreconditionFailed" in str(e):
+            return True
+        e = e.__cause__ or e.__context__
+    return False
+
+
 def exists(uri: str, storage_options: dict | None = None) -> bool:
     """Whether an object (or folder) exists at ``uri``."""
     fs, path = filesystem(uri, storage_options)

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from pipeline.io.storage import (exists, filesystem, join_uri, list_names, list_sizes, read_bytes,
-                              resolve_storage_options, write_bytes)
+from pipeline.io.storage import (create_bytes, exists, filesystem, join_uri, list_names, list_sizes, read_bytes,
+                                 resolve_storage_options, write_bytes)
 
 
 def test_resolve_merges_config_over_env(monkeypatch):
@@ -84,3 +84,22 @@ def test_local_paths_and_file_uris(tmp_path):
     assert list_names(f"file://{tmp_path}/deep") == {"x.bin"}
     fs, path = filesystem(str(tmp_path), {"key": "ignored"})
     assert fs.isdir(path)
+
+
+@pytest.mark.parametrize("where", ["local", "s3"])
+def test_create_bytes_lets_exactly_one_writer_win(where, tmp_path, s3_server, s3_bucket):
+    """Eight threads race to create one key: one gets True and its bytes stay; the others get False."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    if where == "s3":
+        uri, so = f"s3://{s3_bucket}/p/_state/claim.json", s3_server["storage_options"]
+    else:
+        uri, so = str(tmp_path / "p" / "_state" / "claim.json"), None
+    with ThreadPoolExecutor(8) as pool:
+        won = list(pool.map(lambda i: create_bytes(uri, f"writer {i}".encode(), so), range(8)))
+    assert won.count(True) == 1
+    assert read_bytes(uri, so) == f"writer {won.index(True)}".encode()
+    assert create_bytes(uri, b"late", so) is False
+    if where == "local":
+        assert sorted(p.name for p in (tmp_path / "p" / "_state").iterdir()) == ["claim.json"]  # no temporary left
+
