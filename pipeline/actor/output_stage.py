@@ -18,10 +18,8 @@ fails the video with its reason: ``put`` and ``close`` raise it, nothing waits f
 from __future__ import annotations
 
 import contextlib
-import queue
-import threading
 from collections import deque
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 
@@ -31,10 +29,9 @@ import torch
 from pipeline.io.masklets import MaskletBuilder
 from pipeline.io.rle import boundaries_from_flags, coco_rles, crop_boundaries
 from sam2core.video.postprocess import non_overlap
+from sam2core.video.stage import ConsumerStage
 
 Box = tuple[int, int, int, int]  # y0, x0, y1, x1 in video pixels (end exclusive)
-_POLL_S = 0.1
-_END = object()
 
 
 class OutputStageError(RuntimeError):
@@ -135,13 +132,9 @@ class OutputStage:
         self.resolution = VideoResolution(low_size, (builder.height, builder.width), device)
         self.non_overlap_masks = non_overlap_masks
         self.depth = depth
-        self.queue: queue.Queue = queue.Queue(maxsize=depth)
         self.pool = ThreadPoolExecutor(max(1, threads), thread_name_prefix="rle")
         self.stream = torch.cuda.Stream(device) if device.type == "cuda" else None
-        self.error: BaseException | None = None  # the stage's failure, raised by put/close
-        self.stopped = threading.Event()  # set by abort
-        self.thread = threading.Thread(target=self._run, name="output-stage", daemon=True)
-        self.thread.start()
+        self.frames: ConsumerStage[_Frame] = ConsumerStage(self._run, depth, "output-stage")
 
     def put(self, frame_idx: int, low_res: torch.Tensor, scores: torch.Tensor) -> None:
         """Queue one frame's logits ``[N, 1, h, w]`` (or ``[N, h, w]``) and scores ``[N]``; blocks while the stage
@@ -153,68 +146,53 @@ class OutputStage:
             low_res.record_stream(self.stream)
             scores.record_stream(self.stream)
         item = _Frame(frame_idx, low_res.reshape(low_res.shape[0], *low_res.shape[-2:]), scores.reshape(-1), ready)
-        self._enqueue(item)
+        with self._failure():
+            self.frames.put(item)
 
     def close(self) -> None:
         """Wait until every queued frame reached the builder; raises OutputStageError if the stage failed."""
         try:
-            self._enqueue(_END)
+            with self._failure():
+                self.frames.finish()
         finally:
-            self.thread.join()
             self.pool.shutdown(wait=True, cancel_futures=True)
-        self._raise()
 
     def abort(self) -> None:
         """Stop without waiting for queued frames (the video failed elsewhere)."""
-        self.stopped.set()
-        self.thread.join()
+        self.frames.abort()
         self.pool.shutdown(wait=True, cancel_futures=True)
 
-    def _enqueue(self, item: object) -> None:
-        while not self.stopped.is_set():
-            self._raise()
-            try:
-                self.queue.put(item, timeout=_POLL_S)
-                return
-            except queue.Full:
-                continue
+    @contextlib.contextmanager
+    def _failure(self) -> Iterator[None]:
+        """The device thread's failure, re-raised by ``frames``, as an OutputStageError naming it."""
+        try:
+            yield
+        except BaseException as exc:
+            if exc is not self.frames.error:
+                raise
+            raise OutputStageError(f"mask output failed: {type(exc).__name__}: {exc}") from exc
 
-    def _raise(self) -> None:
-        if self.error is not None:
-            raise OutputStageError(f"mask output failed: {type(self.error).__name__}: {self.error}") from self.error
-
-    def _next(self) -> object:
-        """The next queued item, or _END once the stage was stopped."""
-        while not self.stopped.is_set():
-            try:
-                return self.queue.get(timeout=_POLL_S)
-            except queue.Empty:
-                continue
-        return _END
-
-    def _run(self) -> None:
+    def _run(self, frames: Iterator[_Frame]) -> None:
+        """The device thread: each queued frame's boxes and the previous frame's crops, then their strings."""
         strings: deque[tuple[int, Future]] = deque()
         try:
             side = torch.cuda.stream(self.stream) if self.stream is not None else contextlib.nullcontext()
             with torch.inference_mode(), side:
                 pending: _Frame | None = None
-                while True:
-                    item = self._next()
-                    if item is _END:
-                        break
+                for item in frames:
                     flags = self._step(item, pending)
                     if flags is not None:
                         strings.append((pending.frame_idx, self.pool.submit(self._encode, pending, *flags)))
                     pending = item
                     self._collect(strings, keep=self.depth)
-                if pending is not None and not self.stopped.is_set():
+                if pending is not None and not self.frames.aborted:
                     flags = self._step(None, pending)
                     strings.append((pending.frame_idx, self.pool.submit(self._encode, pending, *flags)))
                 self._collect(strings, keep=0)
-        except BaseException as exc:  # noqa: BLE001 - handed to the tracking thread by put/close
-            self.error = self.error or exc
+        except BaseException:
             for _, future in strings:
                 future.cancel()
+            raise
 
     def _step(self, item: _Frame | None, pending: _Frame | None) -> tuple[np.ndarray, list[int], list[Box]] | None:
         """Launch ``item``'s boxes and ``pending``'s crops on the device, wait once, return ``pending``'s flags."""

@@ -18,7 +18,8 @@ from __future__ import annotations
 import copy
 import threading
 import weakref
-from typing import Any, Callable
+from collections.abc import Hashable
+from typing import Callable, TypeVar, cast
 
 import torch
 from torch import nn
@@ -30,7 +31,8 @@ BACKEND = "inductor"  # tests that check guards and shapes only use "eager" (sam
 _CAST_MODULES = (nn.Linear, nn.Conv2d, nn.ConvTranspose2d)
 _LOCK = threading.Lock()
 _WEIGHTS: "weakref.WeakKeyDictionary[nn.Module, dict[torch.dtype, nn.Module]]" = weakref.WeakKeyDictionary()
-_SHARED: "weakref.WeakKeyDictionary[nn.Module, dict[Any, Any]]" = weakref.WeakKeyDictionary()
+_SHARED: "weakref.WeakKeyDictionary[nn.Module, dict[Hashable, object]]" = weakref.WeakKeyDictionary()
+T = TypeVar("T")
 
 
 def compute_weights(model: nn.Module, dtype: torch.dtype) -> nn.Module:
@@ -51,13 +53,13 @@ def compute_weights(model: nn.Module, dtype: torch.dtype) -> nn.Module:
         return per_model[dtype]
 
 
-def shared(model: nn.Module, key: Any, build: Callable[[], Any]) -> Any:
+def shared(model: nn.Module, key: Hashable, build: Callable[[], T]) -> T:
     """The object ``build()`` made for ``model`` and ``key``, made on first request (thread-safe)."""
     with _LOCK:
         per_model = _SHARED.setdefault(model, {})
         if key not in per_model:
             per_model[key] = build()
-        return per_model[key]
+        return cast(T, per_model[key])
 
 
 def compiled(fn: Callable, cuda_graphs: bool) -> Callable:

@@ -10,14 +10,17 @@ on CPU both threads compute at once and on CUDA the encoder's kernels run on a s
 from __future__ import annotations
 
 import os
-import queue
-import threading
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
-from typing import Any, Callable, Protocol, runtime_checkable
+from itertools import islice
+from typing import Callable, Protocol, runtime_checkable
 
 import numpy as np
 import torch
+
+from sam2core.modeling.sam2 import ImageFeatures
+
+from .stage import ProducerStage
 
 
 @runtime_checkable
@@ -50,10 +53,6 @@ class ArrayFrameSource:
     def iter_frames(self, indices: Sequence[int]) -> Iterator[np.ndarray]:
         for i in indices:
             yield np.asarray(self._frames[i])
-
-
-_END = object()
-_POLL_S = 0.1
 
 
 @dataclass(frozen=True)
@@ -98,64 +97,12 @@ def to_device(frames: list[torch.Tensor], device: torch.device) -> torch.Tensor:
     return batch.to(device, non_blocking=True)
 
 
-class _Background:
-    """Runs ``produce()`` (an iterator) on a daemon thread into a queue of at most ``depth`` items.
-
-    ``get`` returns the next item (``_END`` after the last one), re-raises the producer's exception, and raises
-    ``_Closed`` once ``close`` was called, so a stage that reads from another stage never blocks on it after shutdown.
-    """
-
-    def __init__(self, produce: Callable[[], Iterator[Any]], depth: int) -> None:
-        self._queue: queue.Queue[Any] = queue.Queue(maxsize=max(1, depth))
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, args=(produce,), daemon=True)
-        self._thread.start()
-
-    def _run(self, produce: Callable[[], Iterator[Any]]) -> None:
-        try:
-            for item in produce():
-                if not self._put(item):
-                    return
-            self._put(_END)
-        except BaseException as exc:  # handed to the consumer, which re-raises it
-            self._put(exc)
-
-    def _put(self, item: Any) -> bool:
-        while not self._stop.is_set():
-            try:
-                self._queue.put(item, timeout=_POLL_S)
-                return True
-            except queue.Full:
-                continue
-        return False
-
-    def get(self) -> Any:
-        while True:
-            try:
-                item = self._queue.get(timeout=_POLL_S)
-                break
-            except queue.Empty:
-                if self._stop.is_set():
-                    raise _Closed() from None
-        if isinstance(item, BaseException):
-            raise item
-        return item
-
-    def close(self) -> None:
-        self._stop.set()
-        self._thread.join(timeout=5.0)
-
-
-class _Closed(Exception):
-    """Raised in a stage that reads from a stage that was closed (only ever seen by the background threads)."""
-
-
 def _decoded(source: FrameSource, indices: list[int], pin: bool) -> Iterator[torch.Tensor]:
     for frame_idx, frame in zip(indices, source.iter_frames(indices)):
         yield host_frame(frame, frame_idx, source, pin)
 
 
-def _feature_tensors(feats: Any) -> tuple[torch.Tensor, ...]:
+def _feature_tensors(feats: ImageFeatures) -> tuple[torch.Tensor, ...]:
     return (feats.feat, feats.pos, *feats.high_res)
 
 
@@ -166,11 +113,11 @@ class FeatureStream:
     ``encoder_threads`` intra-op threads on CPU, see ``plan_threads``) also preprocesses and encodes the next batch
     while the caller tracks the current one (one batch waits in a queue, one is being
     encoded; on CUDA on its own stream, handed over through an event). Without it the caller encodes. ``encode`` maps
-    a [B,H,W,3] uint8 tensor on the model device to batched features supporting ``.index(i)``. Iterating yields
+    a [B,H,W,3] uint8 tensor on the model device to the batch's ``ImageFeatures``. Iterating yields
     ``(frame_idx, features_of_that_frame)``; errors name the frames; ``close`` stops the threads early.
     """
 
-    def __init__(self, source: FrameSource, indices: Sequence[int], encode: Callable[[torch.Tensor], Any],
+    def __init__(self, source: FrameSource, indices: Sequence[int], encode: Callable[[torch.Tensor], ImageFeatures],
                  device: torch.device, prefetch: int, batch: int, overlap: bool,
                  encoder_threads: int | None = None) -> None:
         self._indices = list(indices)
@@ -178,24 +125,22 @@ class FeatureStream:
         self._device = device
         self._batch = max(1, batch)
         self._encoder_threads = encoder_threads
-        self._frames = _Background(lambda: _decoded(source, self._indices, device.type == "cuda"),
-                                   max(prefetch, self._batch))
-        self._encoder = _Background(self._encoded_on_side_stream, 1) if overlap else None
+        self._frames = ProducerStage(lambda: _decoded(source, self._indices, device.type == "cuda"),
+                                     max(prefetch, self._batch), "frame-decoder")
+        self._decoded = iter(self._frames)
+        self._encoder = ProducerStage(self._encoded_on_side_stream, 1, "frame-encoder") if overlap else None
 
     def _chunks(self) -> Iterator[list[int]]:
         for start in range(0, len(self._indices), self._batch):
             yield self._indices[start:start + self._batch]
 
-    def _next_frame(self) -> torch.Tensor:
-        frame = self._frames.get()
-        if frame is _END:
-            raise ValueError("the frame source yielded fewer frames than asked for")
-        return frame
-
-    def _encoded(self) -> Iterator[tuple[list[int], Any]]:
+    def _encoded(self) -> Iterator[tuple[list[int], ImageFeatures]]:
         """(frames, their features) per batch, on the calling thread."""
         for chunk in self._chunks():
-            frames = to_device([self._next_frame() for _ in chunk], self._device)
+            host = list(islice(self._decoded, len(chunk)))
+            if len(host) < len(chunk):
+                raise ValueError("the frame source yielded fewer frames than asked for")
+            frames = to_device(host, self._device)
             try:
                 feats = self._encode(frames)
             except Exception as exc:
@@ -203,7 +148,7 @@ class FeatureStream:
                 raise RuntimeError(f"{where}: image encoding failed: {exc}") from exc
             yield chunk, feats
 
-    def _encoded_on_side_stream(self) -> Iterator[tuple[list[int], Any, torch.cuda.Event | None]]:
+    def _encoded_on_side_stream(self) -> Iterator[tuple[list[int], ImageFeatures, torch.cuda.Event | None]]:
         """``_encoded`` for the encoder thread: on CUDA its kernels run on a side stream and an event marks each
         batch's completion, for the consumer's stream to wait on; on CPU with its share of the intra-op threads."""
         if self._device.type != "cuda":
@@ -219,10 +164,9 @@ class FeatureStream:
                 done.record(stream)
                 yield chunk, feats, done
 
-    def _receive(self) -> Iterator[tuple[list[int], Any]]:
+    def _receive(self) -> Iterator[tuple[list[int], ImageFeatures]]:
         """Batches from the encoder thread, made safe to use on the consumer's current CUDA stream."""
-        while (item := self._encoder.get()) is not _END:
-            chunk, feats, done = item
+        for chunk, feats, done in self._encoder:
             if done is not None:
                 current = torch.cuda.current_stream(self._device)
                 current.wait_event(done)
@@ -230,7 +174,7 @@ class FeatureStream:
                     tensor.record_stream(current)  # freed only once the consumer's stream is done with it
             yield chunk, feats
 
-    def __iter__(self) -> Iterator[tuple[int, Any]]:
+    def __iter__(self) -> Iterator[tuple[int, ImageFeatures]]:
         try:
             for chunk, feats in (self._receive() if self._encoder is not None else self._encoded()):
                 for i, frame_idx in enumerate(chunk):
@@ -239,7 +183,7 @@ class FeatureStream:
             self.close()
 
     def close(self) -> None:
-        """Stop the decoder first: an encoder thread waiting for a frame then sees ``_Closed`` and ends."""
-        self._frames.close()
+        """Stop the decoder first: an encoder thread waiting for a frame then sees StageAborted and ends."""
+        self._frames.abort()
         if self._encoder is not None:
-            self._encoder.close()
+            self._encoder.abort()

@@ -5,9 +5,8 @@ Everything is validated first; a bad prompt raises ``PromptError`` naming the ob
 
 from __future__ import annotations
 
-from typing import Any
-
 import numpy as np
+import numpy.typing as npt
 import torch
 import torch.nn.functional as F
 
@@ -20,8 +19,8 @@ class PromptError(ValueError):
     """A prompt or propagation request that cannot be applied (the message names the object and frame)."""
 
 
-def point_prompt(where: str, points: Any, labels: Any, box: Any, video_size: tuple[int, int], image_size: int,
-                 device: torch.device) -> PointPrompt:
+def point_prompt(where: str, points: npt.ArrayLike | None, labels: npt.ArrayLike | None, box: npt.ArrayLike | None,
+                 video_size: tuple[int, int], image_size: int, device: torch.device) -> PointPrompt:
     """Clicks (label 1 positive, 0 negative) and/or a box [x0, y0, x1, y1], in pixels of a video of
     ``video_size`` = (height, width), as [1,N,2] model-input coordinates (box corners first) and [1,N] labels."""
     if (points is None) != (labels is None):

@@ -1,6 +1,6 @@
 """Propagation: the forward and backward passes that track every object through the video, frame by frame.
 
-Features of the frames a pass needs are streamed (``frames.FeatureStream``); each frame's objects are tracked by the
+Features of the frames a pass needs are streamed (``feature_stream.FeatureStream``); each frame's objects are tracked by the
 ``Tracker`` and, in bounded mode (``keep_history=False``), the store is pruned after every frame to what later frames
 can read. A forward pass also keeps its first frames, which a later backward pass from the same start reads. Bounded
 mode records the frames each pass tracked, for ``replay.py`` to re-run parts of them.
@@ -10,9 +10,10 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterator, Sequence, Set as AbstractSet
 from dataclasses import dataclass
-from typing import Any
 
 import torch
+
+from sam2core.modeling.sam2 import ImageFeatures
 
 from .feature_stream import FeatureStream, FrameSource, plan_threads
 from .memory import MemoryParams, frames_to_keep, prune
@@ -53,7 +54,7 @@ class Propagator:
     """Runs the passes of one video's session over its objects (``state``), recording them in bounded mode."""
 
     def __init__(self, tracker: Tracker, source: FrameSource, state: SessionState, options: SessionOptions,
-                 on_features: Callable[[int, Any], None] | None = None) -> None:
+                 on_features: Callable[[int, ImageFeatures], None] | None = None) -> None:
         self.tracker = tracker
         self.source = source
         self.state = state

@@ -21,11 +21,14 @@ Semantics are those of the official ``SAM2VideoPredictor`` (sam2 1.1.0, per-obje
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Iterator
-from typing import Any
 
 import numpy as np
+import numpy.typing as npt
 import torch
+
+from sam2core.modeling.sam2 import ImageFeatures, SAM2Model
 
 from .feature_stream import FrameSource, host_frame, to_device
 from .memory import MemoryParams
@@ -43,7 +46,7 @@ _DIRECTIONS = ("forward", "backward", "both")
 class VideoSession:
     """One video's prompts and tracking state; ``reset`` reuses the model (and optionally switches the video)."""
 
-    def __init__(self, model: Any, source: FrameSource, options: SessionOptions | None = None) -> None:
+    def __init__(self, model: SAM2Model, source: FrameSource, options: SessionOptions | None = None) -> None:
         self.options = options or SessionOptions()
         self.options.validate()
         self.model = model
@@ -68,7 +71,7 @@ class VideoSession:
             if source.num_frames < 1:
                 raise ValueError("the video has no frames")
             self.source = source
-            self._cached: tuple[int, Any] | None = None  # (frame, features) of the frame encoded last
+            self._cached: tuple[int, ImageFeatures] | None = None  # (frame, features) of the frame encoded last
         # on the same video the newest frame's features stay valid: they hold no tracking state
         self.state = SessionState(num_frames=self.source.num_frames)
         self._propagator = Propagator(self._tracker, self.source, self.state, self.options, self._remember)
@@ -88,10 +91,10 @@ class VideoSession:
             total += sum(t.numel() * t.element_size() for t in tensors)
         return total
 
-    def _remember(self, frame_idx: int, feats: Any) -> None:
+    def _remember(self, frame_idx: int, feats: ImageFeatures) -> None:
         self._cached = (frame_idx, feats)
 
-    def features(self, frame_idx: int) -> Any:
+    def features(self, frame_idx: int) -> ImageFeatures:
         """Image features of one frame (raw backbone output, batch 1, in the session's compute dtype): the frame
         encoded last, whether for a prompt or as the last frame a propagation tracked, is reused, also across
         ``reset()`` on the same video. So a prompt (or an automatic mask generator, see
@@ -101,7 +104,7 @@ class VideoSession:
             self._remember(frame_idx, self._tracker.encode(to_device([frame], self._device)))
         return self._cached[1]
 
-    def compute_context(self) -> Any:
+    def compute_context(self) -> contextlib.AbstractContextManager:
         """The context the session's model steps run in (autocast to its compute dtype; nothing for float32):
         code that runs the model on ``features`` outside the session enters it too."""
         return self._tracker.autocast()
@@ -133,7 +136,8 @@ class VideoSession:
             out = self._replay.stores(frame_idx)[obj.obj_id].latest_output(frame_idx, is_cond)
         return out
 
-    def add_points(self, frame_idx: int, obj_id: int, points: Any = None, labels: Any = None, box: Any = None,
+    def add_points(self, frame_idx: int, obj_id: int, points: npt.ArrayLike | None = None,
+                   labels: npt.ArrayLike | None = None, box: npt.ArrayLike | None = None,
                    clear_old_points: bool = True) -> FrameResult:
         """Clicks (x, y in video pixels; label 1 positive, 0 negative) and/or a box [x0, y0, x1, y1] for one object.
 

@@ -18,11 +18,14 @@ official predictor's arithmetic, with no padded keys and no masking cost).
 from __future__ import annotations
 
 import contextlib
-from typing import Any, NamedTuple
+from collections.abc import Hashable
+from typing import NamedTuple
 
 import torch
 import torch.nn.functional as F
 from torch import nn
+
+from sam2core.modeling.sam2 import ImageFeatures, SAM2Model
 
 from .compile import bucket_of, compiled, compute_weights, cond_slots, object_buckets, shared
 from .memory import MemoryParams, MemoryPlan, plan_memory
@@ -110,7 +113,7 @@ class EngineSteps:
         self.step = TrackingStep(model, stability_fallback)
         self.compiled = compile_steps
         self.cuda_graphs = compile_steps and model.device.type == "cuda"
-        self.warmed: set[Any] = set()
+        self.warmed: set[Hashable] = set()  # the shape sets warmed up (``Tracker.warm_up`` keys)
         if compile_steps:
             # the encoder runs on its own thread and stream: no CUDA graphs there (its kernels are large anyway)
             self.encode_image = compiled(model.encode_image, cuda_graphs=False)
@@ -129,7 +132,7 @@ class Tracker:
     compiled entry points (``SessionOptions.compile``); ``encoder_batch``: frames per image-encoder call.
     """
 
-    def __init__(self, model: Any, params: MemoryParams, fill_hole_area: int, apply_postprocessing: bool,
+    def __init__(self, model: SAM2Model, params: MemoryParams, fill_hole_area: int, apply_postprocessing: bool,
                  dtype: torch.dtype = torch.float32, max_batch: int = 1, static: bool = False,
                  encoder_batch: int = 1) -> None:
         self.model = compute_weights(model, dtype)
@@ -163,7 +166,7 @@ class Tracker:
             return contextlib.nullcontext()
         return torch.autocast(self.device.type, dtype=self.dtype)
 
-    def encode(self, frames: torch.Tensor) -> Any:
+    def encode(self, frames: torch.Tensor) -> ImageFeatures:
         """Image features of frames [B,H,W,3] uint8 on the model device (may run on the encoder thread). With static
         shapes a batch between 1 and ``encoder_batch`` frames is padded to ``encoder_batch``."""
         with torch.inference_mode(), self.autocast():
@@ -223,7 +226,7 @@ class Tracker:
         masked = self.static or filled < size * (s + n_ptr)
         return Slots(memory, host.to(self.device, non_blocking=True), ptrs, tpos, masked)
 
-    def _attend(self, prefix: Any, plans: list[MemoryPlan], num_frames: int) -> torch.Tensor:
+    def _attend(self, prefix: tuple[torch.Tensor, torch.Tensor], plans: list[MemoryPlan], num_frames: int) -> torch.Tensor:
         """Memory-conditioned features [B,256,h,w] of objects from the frame's ``memory_prefix`` (eager)."""
         slots = self._slots(plans, num_frames)
         b, s, p = slots.memory.shape[0], slots.memory.shape[1], slots.ptrs.shape[1]
@@ -233,7 +236,7 @@ class Tracker:
         return self.model.attend_memory_slots(prefix, slots.memory, memory_valid, slots.tpos, slots.ptrs, offsets,
                                               ptr_valid)
 
-    def track(self, feats: Any, objects: list[ObjectState], frame_idx: int, reverse: bool, num_frames: int,
+    def track(self, feats: ImageFeatures, objects: list[ObjectState], frame_idx: int, reverse: bool, num_frames: int,
               keep_masks: bool) -> tuple[torch.Tensor, list[FrameOutput]]:
         """One propagation step for ``objects`` on a frame none of them is conditioned on.
 
@@ -297,7 +300,7 @@ class Tracker:
             torch.cuda.synchronize(self.device)
         warmed.update((encoder_key, step_key))
 
-    def _warm_step(self, feats: Any, bucket: int, s: int, n_ptr: int) -> None:
+    def _warm_step(self, feats: ImageFeatures, bucket: int, s: int, n_ptr: int) -> None:
         """One frame prefix and tracking step of ``bucket`` objects with only their first memory slot filled."""
         if self.steps.cuda_graphs:
             torch.compiler.cudagraph_mark_step_begin()
@@ -311,7 +314,7 @@ class Tracker:
                              memory.view(bucket, s, *memory.shape[1:]), packed.to(self.device),
                              ptrs.view(bucket, n_ptr, -1))
 
-    def points_step(self, feats: Any, obj: ObjectState, frame_idx: int, prompt: PointPrompt,
+    def points_step(self, feats: ImageFeatures, obj: ObjectState, frame_idx: int, prompt: PointPrompt,
                     prev_logits: torch.Tensor | None, initial: bool, reverse: bool, num_frames: int) -> FrameOutput:
         """Decode one object's clicks: an initial frame uses no memory; a correction on a tracked frame attends to
         the object's memory and also feeds the previous logits (clamped) as a mask prompt."""
@@ -328,13 +331,13 @@ class Tracker:
         return FrameOutput(low_res=self._finish_masks(out.low_res), obj_ptr=out.obj_ptr,
                            score=out.object_score_logits)
 
-    def mask_step(self, feats: Any, mask: torch.Tensor) -> FrameOutput:
+    def mask_step(self, feats: ImageFeatures, mask: torch.Tensor) -> FrameOutput:
         """A mask prompt [1,1,S,S] (0/1) is taken as the output itself; the pointer comes from the raw features."""
         out = self.model.mask_as_output(feats.feat, feats.high_res, mask)
         return FrameOutput(low_res=self._finish_masks(out.low_res), obj_ptr=out.obj_ptr,
                            score=out.object_score_logits)
 
-    def encode_prompt_memories(self, feats: Any, outputs: list[FrameOutput]) -> None:
+    def encode_prompt_memories(self, feats: ImageFeatures, outputs: list[FrameOutput]) -> None:
         """Memories of prompted outputs on one frame, from their stored low-res logits upsampled to S×S (batched)."""
         low = outputs[0].low_res if len(outputs) == 1 else torch.cat([o.low_res for o in outputs])
         size = self.model.config.image_size

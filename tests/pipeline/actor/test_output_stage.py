@@ -83,9 +83,9 @@ def test_a_slow_consumer_holds_the_producer_back() -> None:
     producer = threading.Thread(target=produce)
     producer.start()
     deadline = time.monotonic() + 30
-    while not stage.queue.full() and time.monotonic() < deadline:
+    while not stage.frames.full() and time.monotonic() < deadline:
         time.sleep(0.01)
-    assert stage.queue.full() and producer.is_alive()
+    assert stage.frames.full() and producer.is_alive()
     assert len(produced) <= 3 * depth + 3  # queue + frames waiting for strings + the ones being worked on
     release.set()
     producer.join(timeout=60)
@@ -100,7 +100,7 @@ def test_an_error_in_the_stage_fails_the_video_with_its_reason() -> None:
         for t in range(10):
             stage.put(t, torch.ones(3, 1, 16, 16), torch.zeros(3))
         stage.close()
-    assert not stage.thread.is_alive()
+    assert not stage.frames.alive
 
 
 def test_abort_returns_without_waiting_for_queued_frames() -> None:
@@ -109,4 +109,4 @@ def test_abort_returns_without_waiting_for_queued_frames() -> None:
     for t in range(3):
         stage.put(t, torch.ones(1, 1, 16, 16), torch.zeros(1))
     stage.abort()
-    assert not stage.thread.is_alive()
+    assert not stage.frames.alive
