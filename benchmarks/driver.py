@@ -20,29 +20,29 @@ from benchmarks.harness import current_rss_bytes, peak_rss_bytes, run_isolated
 from benchmarks.report import Figure, figure
 from benchmarks.sav_manifest import ManifestShape, write_manifest
 from pipeline.plan.manifest import load_manifest
-from pipeline.driver.pool import PoolPolicy, WorkerPool
+from pipeline.driver.pool import WorkerPool
+from pipeline.driver.scheduling import PoolPolicy
 from pipeline.io.prefix import make_sink
 from pipeline.plan.tasks import VideoTask
+from pipeline.records import Status, WorkerIdentity, WorkerResult, WorkerStatus
 
 GB = 1024 ** 3
 
 
 class NullWorker:
-    """The worker contract without the work: ``process`` returns a done record immediately."""
+    """The worker contract without the work: ``process`` returns a done result immediately."""
 
     def __init__(self) -> None:
-        self.identity = {"node_id": ray.get_runtime_context().get_node_id(), "pid": os.getpid(),
-                         "device": "none", "dtype": "none"}
+        self.identity = WorkerIdentity(ray.get_runtime_context().get_node_id(), os.getpid(), "none", "none")
 
-    def ready(self) -> dict:
+    def ready(self) -> WorkerIdentity:
         return self.identity
 
-    def status(self) -> dict:
-        return {}
+    def status(self) -> WorkerStatus | None:
+        return None
 
-    def process(self, task: VideoTask) -> dict:
-        return {"video_id": task.video_id, "status": "done", "frames": 0, "objects": task.num_objects,
-                "error": None, "retryable": False, "seconds": 0.0, **self.identity}
+    def process(self, task: VideoTask) -> WorkerResult:
+        return WorkerResult(task.video_id, objects=task.num_objects, worker=self.identity)
 
 
 def measure_plan(manifest: str, data_root: str) -> dict[str, Any]:
@@ -65,11 +65,11 @@ def measure_dispatch(manifest: str, data_root: str, tasks: int, workers: int, de
             actors = [ray.remote(NullWorker).options(num_cpus=1).remote() for _ in range(workers)]
             ray.get([a.ready.remote() for a in actors])
             start = time.perf_counter()
-            records = WorkerPool(actors, sink, PoolPolicy(depth=depth, max_attempts=1, log_every_s=3600.0)).run(todo)
+            records = WorkerPool(actors, sink, PoolPolicy(depth=depth, max_attempts=1), log_every_s=3600.0).run(todo)
             seconds = time.perf_counter() - start
     finally:
         ray.shutdown()
-    done = sum(r["status"] == "done" for r in records)
+    done = sum(r.status is Status.DONE for r in records)
     if done != len(todo):
         raise RuntimeError(f"dispatch benchmark: {len(todo) - done} of {len(todo)} no-op tasks did not finish")
     return {"seconds": seconds, "tasks": len(todo)}

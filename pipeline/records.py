@@ -9,6 +9,7 @@
   written before these records existed (then the whole worker record plus ``masklets``/``reason`` and ``time``),
   and ignore keys they do not know.
 * ``PrefixIdentity``: the part of a prefix's provenance that must match to resume there.
+* ``WorkerStartError``, ``ProvenanceError``: the errors raised on one side and reported on the other.
 
 Nothing here imports Ray, torch or storage: the driver, the actors and the I/O layer all import this module.
 """
@@ -140,6 +141,7 @@ class FailedMarker:
     video_id: str
     reason: str
     fault: Fault | None  # None in markers that predate the fault kinds and did not name one
+    retryable: bool  # whether another attempt could have succeeded
     attempts: int
     frames: int
     objects: int
@@ -148,16 +150,11 @@ class FailedMarker:
     worker: WorkerIdentity | None
     object_batch: int | None = None
 
-    @property
-    def retryable(self) -> bool:
-        """Whether another attempt could have succeeded."""
-        return self.fault is not None and self.fault.retryable
-
     @classmethod
     def of(cls, result: WorkerResult, time: float) -> FailedMarker:
         """The marker of a final failed ``result``."""
-        return cls(result.video_id, result.error or "", result.fault, result.attempts, result.frames, result.objects,
-                   result.seconds, time, result.worker, result.object_batch)
+        return cls(result.video_id, result.error or "", result.fault, result.retryable, result.attempts,
+                   result.frames, result.objects, result.seconds, time, result.worker, result.object_batch)
 
     def to_json(self) -> dict[str, Any]:
         """The marker's JSON object (worker identity fields at the top level)."""
@@ -174,15 +171,20 @@ class FailedMarker:
     def from_json(cls, data: Any) -> FailedMarker:
         """The marker in ``data``; ValueError when it is not one."""
         try:
-            fault = data.get("fault")
+            fault = Fault(data["fault"]) if data.get("fault") in {f.value for f in Fault} else None
             batch = data.get("object_batch")
-            return cls(str(data["video_id"]), str(data.get("reason") or data.get("error") or ""),
-                       Fault(fault) if fault in {f.value for f in Fault} else None, int(data.get("attempts", 0)),
-                       int(data.get("frames", 0)), int(data.get("objects", 0)), float(data.get("seconds", 0.0)),
-                       float(data.get("time", 0.0)), WorkerIdentity.from_json(data),
+            return cls(str(data["video_id"]), str(data.get("reason") or data.get("error") or ""), fault,
+                       bool(data.get("retryable", fault is not None and fault.retryable)),
+                       int(data.get("attempts", 0)), int(data.get("frames", 0)), int(data.get("objects", 0)),
+                       float(data.get("seconds", 0.0)), float(data.get("time", 0.0)), WorkerIdentity.from_json(data),
                        None if batch is None else int(batch))
         except (TypeError, KeyError, ValueError, AttributeError) as exc:
             raise ValueError(f"not a failed marker: {exc}") from exc
+
+
+class WorkerStartError(RuntimeError):
+    """A replica cannot serve (e.g. Ray gave it a GPU torch cannot use), or not one replica came up: raised in the
+    actor, and by the driver's pool, whose caller refuses the job."""
 
 
 class ProvenanceError(ValueError):
@@ -227,4 +229,5 @@ class PrefixIdentity:
     def differences(self, other: PrefixIdentity) -> dict[str, tuple[Any, Any]]:
         """Each field that differs: name → (this value, ``other``'s)."""
         mine, theirs = self.to_json(), other.to_json()
-        return {k: (mine.get(k), theirs.get(k)) for k in sorted(set(mine) | set(theirs)) if mine.get(k) != theirs.get(k)}
+        return {k: (mine.get(k), theirs.get(k)) for k in sorted(set(mine) | set(theirs))
+                if mine.get(k) != theirs.get(k)}

@@ -2,11 +2,12 @@
 
 A worker reads its video, runs a sam2core ``VideoSession`` and writes the masklets and the done marker itself;
 only the task description comes in and a small record goes back, so frames and masks never cross a process
-boundary. Every failure of one video comes back as a failed record naming its cause, and says whether another
-attempt could succeed (``retryable``): bad input (unreadable file, prompt outside the video) cannot, a storage
-outage, an out-of-memory (``fault: "oom"``, retried with smaller object batches) or a GPU fault (``fault:
-"device"``: the pool has Ray replace this process, whose CUDA context is lost) can. ``status`` answers while a
-video runs, from its own thread: the frame the worker is on, for progress and per-video timeouts.
+boundary (``pipeline.records``: ``WorkerIdentity`` from ``ready``, ``WorkerResult`` from ``process``,
+``WorkerStatus`` from ``status``). Every failure of one video comes back as a failed result naming its cause, and
+its ``Fault`` says whether another attempt could succeed: bad input (unreadable file, prompt outside the video)
+cannot, a storage outage, an out-of-memory (``Fault.OUT_OF_MEMORY``, retried with smaller object batches) or a GPU
+fault (``Fault.GPU_FAULT``: the pool has Ray replace this process, whose CUDA context is lost) can. ``status``
+answers while a video runs, from its own thread: the frame the worker is on, for progress and per-video timeouts.
 
 A task with ``auto`` set (``prompts=auto`` or ``manifest+auto``) first discovers the video's objects
 (``pipeline.actor.discovery``: the replica's ``AutomaticMaskGenerator`` on keyframes, short tracking chunks between them),
@@ -14,7 +15,9 @@ then runs the one final pass with every object, and writes the masklets in SA-V'
 and duplicate masklets.
 
 Testing entry point: ``cluster.worker_class`` names the actor class (default this one); fault tests subclass it
-to raise GPU errors inside a real actor. Nothing else in the production path exists for tests.
+and override ``run_video`` (one video in, its masklets out; ``process`` around it writes them and classifies what
+it raises) to raise GPU errors, die or stall inside a real actor. Nothing else in the production path exists for
+tests.
 """
 
 from __future__ import annotations
@@ -35,6 +38,7 @@ from pipeline.io.masklets import MaskletBuilder, Masklets
 from pipeline.io.rle import decode_rle
 from pipeline.actor.output_stage import OutputStage
 from pipeline.io.prefix import make_sink
+from pipeline.records import Fault, WorkerIdentity, WorkerResult, WorkerStartError, WorkerStatus
 from pipeline.actor.decoding import InputUnavailable, VideoError, open_video
 from pipeline.specs import WorkerSpec
 from pipeline.plan.tasks import Prompt, VideoTask
@@ -44,10 +48,6 @@ from sam2core.video import PromptError, SessionOptions, VideoSession
 
 _DEVICE_ERRORS = ("CUDA error", "CUBLAS_STATUS", "CUDNN_STATUS", "cuDNN error", "device-side assert",
                   "an illegal memory access")
-
-
-class WorkerStartError(RuntimeError):
-    """This replica cannot serve: e.g. Ray gave it a GPU that torch cannot use."""
 
 
 def pick_device(requested: str) -> torch.device:
@@ -72,15 +72,15 @@ def pick_dtype(requested: str, device: torch.device) -> str:
     return "bfloat16" if device.type == "cuda" else "float32"
 
 
-def fault_of(exc: BaseException) -> str | None:
-    """"oom" for an out-of-memory error, "device" for a GPU fault that poisons the process, else None."""
+def fault_of(exc: BaseException) -> Fault:
+    """The fault of an unexpected exception: out of memory, a GPU fault that poisons the process, else ERROR."""
     if isinstance(exc, torch.OutOfMemoryError):
-        return "oom"
+        return Fault.OUT_OF_MEMORY
     accelerator_error = getattr(torch, "AcceleratorError", None)
     if (accelerator_error is not None and isinstance(exc, accelerator_error)) or any(
             marker in str(exc) for marker in _DEVICE_ERRORS):
-        return "device"
-    return None
+        return Fault.GPU_FAULT
+    return Fault.ERROR
 
 
 def batched_objects(task: VideoTask, default_cap: int, held: int) -> int:
@@ -134,10 +134,10 @@ class PropagationWorker:
         self.low_res_size = (m.image_size // 4, m.image_size // 4)
         cpus = ray.get_runtime_context().get_assigned_resources().get("CPU", 1.0)  # this actor's share
         self.encode_threads = spec.encode_threads or max(1, int(cpus))
-        self.identity = {"node_id": ray.get_runtime_context().get_node_id(), "pid": os.getpid(),
-                         "device": str(self.device), "dtype": self.options.dtype}
+        self.identity = WorkerIdentity(ray.get_runtime_context().get_node_id(), os.getpid(), str(self.device),
+                                       self.options.dtype)
         self._lock = threading.Lock()
-        self._status: dict[str, Any] = {}
+        self._status: WorkerStatus | None = None  # the video under way
         tags = {"model": m.name}
         self._frames_metric = metrics.Counter("sam2_frames", "frames propagated", tag_keys=("model",))
         self._object_frames_metric = metrics.Counter("sam2_object_frames", "object-frames propagated",
@@ -146,53 +146,56 @@ class PropagationWorker:
         for metric in (self._frames_metric, self._object_frames_metric, self._videos_metric):
             metric.set_default_tags(tags)
 
-    def ready(self) -> dict:
+    def ready(self) -> WorkerIdentity:
         """Where this replica runs (node, pid, device, dtype); returns once the model is built."""
         return self.identity
 
     @ray.method(concurrency_group="status")
-    def status(self) -> dict:
-        """The video being processed: id, frames (done and total), objects, start time (wall clock); {} if idle."""
+    def status(self) -> WorkerStatus | None:
+        """The video being processed: id, frames (done and total), objects, start time (wall clock); None if idle."""
         with self._lock:
-            return dict(self._status)
+            return None if self._status is None else replace(self._status)
 
-    def process(self, task: VideoTask) -> dict:
-        """Propagate ``task`` and write its masklets + done marker; returns a small record, never raises for bad
-        input. ``retryable`` tells the driver whether another attempt could succeed (not for bad videos/prompts)."""
+    def process(self, task: VideoTask) -> WorkerResult:
+        """Run ``task`` (``run_video``) and write its masklets + done marker; returns a small result, never raises
+        for one video's failure: its ``Fault`` tells the driver whether another attempt could succeed."""
         start = time.perf_counter()
-        record: dict[str, Any] = {"video_id": task.video_id, "status": "done", "frames": 0,
-                                  "objects": task.num_objects, "error": None, "retryable": False, **self.identity}
+        frames, objects = 0, task.num_objects
         self._objects_held = 0
         with self._lock:
-            self._status = {"video_id": task.video_id, "frames": 0, "frames_done": 0, "objects": task.num_objects,
-                            "started": time.time()}
+            self._status = WorkerStatus(task.video_id, started=time.time(), objects=task.num_objects)
         try:
-            masklets = self._propagate(task)
-            record["frames"] = masklets.frame_count
-            record["objects"] = len(masklets.obj_ids)
-            record["seconds"] = round(time.perf_counter() - start, 3)
-            record["digest"] = task.digest
+            masklets = self.run_video(task)
+            frames, objects = masklets.frame_count, len(masklets.obj_ids)
+            result = WorkerResult(task.video_id, frames=frames, objects=objects,
+                                  seconds=round(time.perf_counter() - start, 3), digest=task.digest,
+                                  worker=self.identity)
             self.sink.write(masklets)
-            self.sink.mark_done(task.video_id, record)
+            self.sink.mark_done(result)
         except (PromptError, VideoError) as exc:
-            record.update(status="failed", error=f"{type(exc).__name__}: {exc}")
+            result = self._failed(task, Fault.BAD_INPUT, f"{type(exc).__name__}: {exc}", frames, objects)
         except InputUnavailable as exc:
-            record.update(status="failed", error=f"{type(exc).__name__}: {exc}", retryable=True)
+            result = self._failed(task, Fault.INPUT_UNAVAILABLE, f"{type(exc).__name__}: {exc}", frames, objects)
         except Exception as exc:  # noqa: BLE001 - one video's failure must not take the replica down
             fault = fault_of(exc)
-            kind = {"oom": "out of memory", "device": "GPU fault"}.get(fault, type(exc).__name__)
-            record.update(status="failed", error=f"{kind}: {exc}".splitlines()[0], retryable=True, fault=fault)
-            if fault == "oom":  # what this attempt batched, for the retry to halve
-                record["object_batch"] = batched_objects(task, self.options.objects_per_batch(self.device),
-                                                         self._objects_held)
+            kind = {Fault.OUT_OF_MEMORY: "out of memory", Fault.GPU_FAULT: "GPU fault"}.get(fault, type(exc).__name__)
+            result = self._failed(task, fault, f"{kind}: {exc}".splitlines()[0], frames, objects)
+            if fault is Fault.OUT_OF_MEMORY:  # what this attempt batched, for the retry to halve
+                result = replace(result, object_batch=batched_objects(task, self.options.objects_per_batch(
+                    self.device), self._objects_held))
         finally:
             with self._lock:
-                self._status = {}
-        record["seconds"] = round(time.perf_counter() - start, 3)
-        self._videos_metric.inc(tags={"status": record["status"]})
-        return record
+                self._status = None
+        result = replace(result, seconds=round(time.perf_counter() - start, 3))
+        self._videos_metric.inc(tags={"status": result.status.value})
+        return result
 
-    def _propagate(self, task: VideoTask) -> Masklets:
+    def _failed(self, task: VideoTask, fault: Fault, error: str, frames: int, objects: int) -> WorkerResult:
+        return WorkerResult(task.video_id, fault, error, frames, objects, worker=self.identity)
+
+    def run_video(self, task: VideoTask) -> Masklets:
+        """One video's masklets: decode, (discover,) prompt, propagate both ways through the output stage. What it
+        raises, ``process`` classifies; the fault-injection hook of the tests (``cluster.worker_class``)."""
         source = open_video(task.video_uri, self.spec.input_storage_options, decoder=self.spec.decoder)
         try:
             session = self._session_for(source, task.object_batch)
@@ -203,7 +206,7 @@ class PropagationWorker:
             for d in found:
                 session.add_mask(d.frame_idx, d.obj_id, prompt_of(d))
             with self._lock:
-                self._status.update(frames=source.num_frames, objects=len(session.obj_ids))
+                self._status.frames, self._status.objects = source.num_frames, len(session.obj_ids)
             builder = MaskletBuilder(task.video_id, source.num_frames, source.height, source.width,
                                      session.obj_ids, provenance=self.spec.provenance)
             stage = OutputStage(builder, self.device, self.low_res_size, self.options.non_overlap_masks,
@@ -211,7 +214,7 @@ class PropagationWorker:
             try:
                 for result in session.propagate(direction="both") if session.obj_ids else ():
                     stage.put(result.frame_idx, result.low_res_logits, result.object_scores)
-                    self._status["frames_done"] += 1
+                    self._status.frames_done += 1
                     self._frames_metric.inc()
                     self._object_frames_metric.inc(len(result.obj_ids))
             except BaseException:
@@ -234,15 +237,15 @@ class PropagationWorker:
         """The objects of the video the generator finds on keyframes and ``prompts`` do not cover; leaves
         ``session`` reset for the final pass."""
         def progress(frame_idx: int) -> None:
-            self._status["frames_done"] = frame_idx
+            self._status.frames_done = frame_idx
 
         with self._lock:  # the time budget counts the walk as one object tracked through the video
-            self._status.update(frames=source.num_frames, objects=max(1, len({p.obj_id for p in prompts})))
+            self._status.frames, self._status.objects = source.num_frames, max(1, len({p.obj_id for p in prompts}))
         found = discover(session, source, session_generator(self.generator, session), self.spec.auto, prompts,
                          _apply_prompt, on_frame=progress)
         session.reset()
         with self._lock:
-            self._status.update(frames_done=0)
+            self._status.frames_done = 0
         return found
 
     def _auto_masklets(self, m: Masklets, found: list[Discovered], manual: set[int]) -> Masklets:

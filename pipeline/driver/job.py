@@ -21,13 +21,15 @@ from dataclasses import asdict, replace
 from pipeline.driver import cluster
 from pipeline.plan.manifest import (DEFAULT_PROTOCOLS, ManifestError, ManifestPlan, ManifestReadError, list_videos,
                                load_manifest)
-from pipeline.driver.pool import PoolPolicy, WorkerPool, WorkerStartError
-from pipeline.driver.provenance import RANDOM_CHECKPOINT, ProvenanceError, job_provenance, provenance_identity
+from pipeline.driver.pool import WorkerPool
+from pipeline.driver.provenance import RANDOM_CHECKPOINT, job_provenance
+from pipeline.driver.scheduling import PoolPolicy
 from pipeline.io.prefix import Sink, make_sink
 from pipeline.specs import JobSpec, WorkerSpec
 from pipeline.io.storage import is_absolute_uri
 from pipeline.plan.tasks import VideoTask, shard_of, task_digest
 from pipeline.actor.worker import start_workers
+from pipeline.records import PrefixIdentity, ProvenanceError, Status, WorkerIdentity, WorkerResult, WorkerStartError
 from sam2core.checkpoint import CheckpointError, CheckpointMismatch
 
 log = logging.getLogger(__name__)
@@ -63,11 +65,11 @@ def run(spec: JobSpec) -> int:
     except KeyboardInterrupt as exc:
         records = exc.pool.records if isinstance(exc, _Interrupted) else []
         log.error("interrupted: %d of %d videos done in this run, %d before; re-run the same command to resume",
-                  sum(r["status"] == "done" for r in records), len(todo), len(tasks) - len(todo))
+                  sum(r.status is Status.DONE for r in records), len(todo), len(tasks) - len(todo))
         return EXIT_INTERRUPTED
-    records, workers = (pool.records, pool.workers) if pool else ([], [])
-    failures = {r["video_id"]: r["error"] for r in records if r["status"] != "done"}
-    summary = _summary(spec, tasks, records, failures, len(tasks) - len(todo), plan.dropped, workers,
+    records, workers, unrecorded = (pool.records, pool.workers, pool.unrecorded) if pool else ([], [], [])
+    failures = {r.video_id: r.error for r in records if r.status is not Status.DONE}
+    summary = _summary(spec, tasks, records, failures, len(tasks) - len(todo), plan.dropped, workers, unrecorded,
                        time.perf_counter() - start)
     if not _write_summary(spec, sink, summary, shard):
         failures = failures or {"(summary)": "the output prefix could not be written"}
@@ -120,7 +122,7 @@ def _plan_shard(spec: JobSpec, plan: ManifestPlan, provenance: dict, sink: Sink
                 ) -> tuple[list[VideoTask], list[VideoTask]]:
     """This shard's tasks (each with its digest) and those still to run: no done record, a record that does not
     parse, or one made from other prompts/options/model (logged as changed)."""
-    produced_by = provenance_identity(provenance)
+    produced_by = PrefixIdentity.of(provenance).to_json()
     if spec.data.prompts != "manifest":  # discovery options change the masklets too
         produced_by = {**produced_by, "prompts": spec.data.prompts, "auto": asdict(spec.auto)}
     tasks = [replace(t, digest=task_digest(t, produced_by)) for t in plan.tasks
@@ -133,7 +135,7 @@ def _plan_shard(spec: JobSpec, plan: ManifestPlan, provenance: dict, sink: Sink
         elif done[t.video_id] is None:
             log.warning("video %s: its done marker does not parse; recomputing", t.video_id)
             todo.append(t)
-        elif done[t.video_id].get("digest") != t.digest:
+        elif done[t.video_id].digest != t.digest:
             log.warning("video %s changed since it was done (prompts, options or model); recomputing", t.video_id)
             todo.append(t)
     log.info("%d videos in shard %d/%d: %d already done, %d to run", len(tasks), spec.shard_id, spec.num_shards,
@@ -188,8 +190,8 @@ def _pool(spec: JobSpec, todo: list[VideoTask], provenance: dict, sink: Sink) ->
                                max_restarts=c.max_restarts, max_task_retries=c.max_task_retries,
                                worker_class=_worker_class(c.worker_class))
         policy = PoolPolicy(c.tasks_per_worker, c.max_attempts, c.retry_backoff_s, c.video_timeout_s,
-                            c.timeout_s_per_object_frame, c.start_timeout_s, spec.log_every_s)
-        pool = WorkerPool(actors, sink, policy)
+                            c.timeout_s_per_object_frame, c.start_timeout_s)
+        pool = WorkerPool(actors, sink, policy, spec.log_every_s)
         try:
             pool.run(todo)
         except KeyboardInterrupt:
@@ -223,13 +225,13 @@ def _write_summary(spec: JobSpec, sink: Sink, summary: dict, shard: tuple[int, i
         return False
 
 
-def _summary(spec: JobSpec, tasks: list[VideoTask], records: list[dict], failures: dict[str, str],
-             skipped: int, dropped: dict, workers: list[dict], seconds: float) -> dict:
-    frames = sum(r["frames"] for r in records if r["status"] == "done")
+def _summary(spec: JobSpec, tasks: list[VideoTask], records: list[WorkerResult], failures: dict[str, str],
+             skipped: int, dropped: dict, workers: list[WorkerIdentity], unrecorded: list[str], seconds: float) -> dict:
+    frames = sum(r.frames for r in records if r.status is Status.DONE)
     return {
         "status": "failed" if failures else "ok",
         "videos": len(tasks),
-        "done": sum(r["status"] == "done" for r in records),
+        "done": sum(r.status is Status.DONE for r in records),
         "failed": len(failures),
         "skipped": skipped,
         "dropped": {v: [asdict(e) for e in errs] for v, errs in dropped.items()},
@@ -237,11 +239,11 @@ def _summary(spec: JobSpec, tasks: list[VideoTask], records: list[dict], failure
         "seconds": round(seconds, 3),
         "frames_per_second": round(frames / seconds, 3) if seconds > 0 else None,
         "failures": failures,
-        "unrecorded_failures": sorted(r["video_id"] for r in records if r.get("unrecorded")),
+        "unrecorded_failures": sorted(unrecorded),
         "shard": {"num_shards": spec.num_shards, "shard_id": spec.shard_id},
         "model": spec.model.name,
         "checkpoint": spec.model.checkpoint,
         "random_weights": spec.model.checkpoint == RANDOM_CHECKPOINT,
-        "workers": [{**w, "videos": sum(r.get("pid") == w["pid"] and r.get("node_id") == w["node_id"]
-                                        for r in records)} for w in workers],
+        "workers": [{**w.to_json(), "videos": sum(r.worker is not None and (r.worker.pid, r.worker.node_id) ==
+                                                  (w.pid, w.node_id) for r in records)} for w in workers],
     }

@@ -14,6 +14,7 @@ import time
 from typing import TextIO
 
 from pipeline.plan.tasks import VideoTask
+from pipeline.records import Status, WorkerResult, WorkerStatus
 
 log = logging.getLogger(__name__)
 
@@ -34,22 +35,22 @@ class Progress:
         self.finished = self.failed = 0
         self.frames = self.object_frames = 0  # of finished videos
         self.done_cost = 0.0
-        self.current: dict[int, dict] = {}  # worker -> its status (video, frames done of frames)
+        self.current: dict[int, WorkerStatus] = {}  # worker -> its status (video, frames done of frames)
 
-    def add(self, record: dict) -> None:
-        """Count one video's final record."""
+    def add(self, result: WorkerResult) -> None:
+        """Count one video's final result."""
         self.finished += 1
-        self.failed += record["status"] != "done"
-        self.frames += record["frames"]
-        self.object_frames += record["frames"] * record.get("objects", 0)
-        self.done_cost += self.cost.get(record["video_id"], 0.0)
+        self.failed += result.status is not Status.DONE
+        self.frames += result.frames
+        self.object_frames += result.frames * result.objects
+        self.done_cost += self.cost.get(result.video_id, 0.0)
         for worker, status in list(self.current.items()):
-            if status.get("video_id") == record["video_id"]:
+            if status.video_id == result.video_id:
                 del self.current[worker]
 
-    def update(self, worker: int, status: dict) -> None:
-        """The latest status of one worker (empty when it is between videos)."""
-        if status:
+    def update(self, worker: int, status: WorkerStatus | None) -> None:
+        """The latest status of one worker (None when it is between videos)."""
+        if status is not None:
             self.current[worker] = status
         else:
             self.current.pop(worker, None)
@@ -57,9 +58,9 @@ class Progress:
     def counters(self) -> dict[str, float]:
         """frames, object-frames, their rates per second, and the ETA in seconds (None until known)."""
         elapsed = max(time.perf_counter() - self.start, 1e-9)
-        frames = self.frames + sum(s["frames_done"] for s in self.current.values())
-        object_frames = self.object_frames + sum(s["frames_done"] * s["objects"] for s in self.current.values())
-        partial = sum(self.cost.get(s["video_id"], 0.0) * s["frames_done"] / max(s["frames"], 1)
+        frames = self.frames + sum(s.frames_done for s in self.current.values())
+        object_frames = self.object_frames + sum(s.frames_done * s.objects for s in self.current.values())
+        partial = sum(self.cost.get(s.video_id, 0.0) * s.frames_done / max(s.frames, 1)
                       for s in self.current.values())
         done = self.done_cost + partial
         eta = elapsed * (self.total_cost - done) / done if done > 0 else None
@@ -71,7 +72,7 @@ class Progress:
         """One line: videos, frames, rates and the ETA."""
         c = self.counters()
         eta = f"{c['eta']:.0f}s" if c["eta"] is not None else "?"
-        running = "".join(f", {s['video_id']} {s['frames_done']}/{s['frames']}" for s in
+        running = "".join(f", {s.video_id} {s.frames_done}/{s.frames}" for s in
                           list(self.current.values())[:3])
         return (f"videos {self.finished}/{self.total} ({self.failed} failed), {c['frames']} frames, "
                 f"{c['frames_per_s']:.1f} frames/s, {c['objects_per_s']:.1f} objects/s, elapsed {c['elapsed']:.0f}s, "

@@ -1,8 +1,8 @@
-"""Provenance: what produced the masklets of an output prefix, and which part of it must match to resume there.
+"""Provenance: what produced the masklets of an output prefix (the checkpoint fetched and identified).
 
 The record (model, image size, checkpoint and its sha256, package version, resolved config) is written once per
-prefix and copied into every masklet file; ``provenance_identity`` is the part that makes two runs' results
-comparable, so that one prefix never mixes masks of two models.
+prefix and copied into every masklet file; ``pipeline.records.PrefixIdentity`` is the part of it that makes two
+runs' results comparable, so that one prefix never mixes masks of two models.
 """
 
 from __future__ import annotations
@@ -19,10 +19,6 @@ from sam2core.checkpoint import (CheckpointError, checkpoint_sha256, fetch, insp
 log = logging.getLogger(__name__)
 
 RANDOM_CHECKPOINT = "random"  # model.checkpoint value for seeded random weights
-
-
-class ProvenanceError(ValueError):
-    """The output prefix holds results of another model or checkpoint."""
 
 
 def job_provenance(model: ModelSpec, session: dict, config: dict | None) -> dict:
@@ -50,18 +46,3 @@ _THROUGHPUT_OPTIONS = ("prefetch", "encoder_batch", "max_objects_per_batch")  # 
 def _mask_options(session: dict) -> dict:
     """The session options that can change the masks."""
     return {k: v for k, v in sorted(session.items()) if k not in _THROUGHPUT_OPTIONS}
-
-
-def provenance_identity(prov: dict) -> dict:
-    """What makes results comparable: model, image_size, the engine options that change masks and the
-    checkpoint's sha256 — or, for a checkpoint without one (random weights), the checkpoint name and random_seed.
-    Config and package version may differ."""
-    if "model" not in prov or not (prov.get("checkpoint_sha256") or "checkpoint" in prov):
-        raise ValueError(f"provenance needs 'model' and 'checkpoint_sha256' (or 'checkpoint'), got {sorted(prov)}")
-    ident = {"model": prov["model"], "image_size": prov.get("image_size"), "session": prov.get("session")}
-    if prov.get("checkpoint_sha256"):
-        ident["checkpoint_sha256"] = prov["checkpoint_sha256"]
-    else:
-        ident["checkpoint"] = prov["checkpoint"]
-        ident["random_seed"] = prov.get("random_seed")
-    return ident

@@ -1,8 +1,8 @@
 """Worker classes for fault tests, through the documented testing entry point ``cluster.worker_class``.
 
 ``FaultWorker`` reads a script in the test's data root, the folder above the videos (``faults.json``: video_id →
-the fault of each attempt, ``null`` for none) and records every attempt (pid, object batch) under ``attempts/``. Faults are raised inside
-the real processing path of a real actor:
+the fault of each attempt, ``null`` for none) and records every attempt (pid, object batch) under ``attempts/``.
+Faults are raised from ``PropagationWorker.run_video``, the worker's documented hook, inside a real actor:
 
 * ``device``: a CUDA-style error (the process must be replaced), ``oom``: ``torch.OutOfMemoryError``;
 * ``exit``: the process dies mid-video; ``wait``: it announces itself and waits for a ``go`` file (so a test can act
@@ -26,7 +26,7 @@ from pipeline.actor.worker import PropagationWorker
 class FaultWorker(PropagationWorker):
     """PropagationWorker that raises the faults its script names."""
 
-    def _propagate(self, task: VideoTask) -> Masklets:
+    def run_video(self, task: VideoTask) -> Masklets:
         root = Path(task.video_uri).parents[1]
         script = json.loads((root / "faults.json").read_text()).get(task.video_id, [])
         attempts = root / "attempts"
@@ -45,7 +45,7 @@ class FaultWorker(PropagationWorker):
             (root / f"busy.{task.video_id}").write_text(str(os.getpid()))
             while not (root / "go").exists():
                 time.sleep(0.05)
-        return super()._propagate(task)
+        return super().run_video(task)
 
 
 class SlowStartWorker(PropagationWorker):

@@ -7,6 +7,7 @@ import logging
 
 from pipeline.driver.progress import Progress
 from pipeline.plan.tasks import VideoTask
+from pipeline.records import WorkerResult, WorkerStatus
 
 
 class _Tty(io.StringIO):
@@ -20,11 +21,11 @@ def _tasks() -> list[VideoTask]:
 
 def test_counters_include_the_frames_in_flight() -> None:
     p = Progress(_tasks(), every_s=60, stream=io.StringIO())
-    p.update(1, {"video_id": "long", "frames": 100, "frames_done": 50, "objects": 2, "started": 0.0})
+    p.update(1, WorkerStatus("long", started=0.0, objects=2, frames=100, frames_done=50))
     c = p.counters()
     assert c["frames"] == 50 and c["object_frames"] == 100
     assert abs(c["fraction"] - 3.0 * 0.5 / 4.0) < 1e-9 and c["eta"] is not None
-    p.add({"video_id": "long", "status": "done", "frames": 100, "objects": 2})
+    p.add(WorkerResult("long", frames=100, objects=2))
     assert p.counters()["frames"] == 100 and p.current == {}
     assert "videos 1/2 (0 failed), 100 frames" in p.line()
 
@@ -33,7 +34,7 @@ def test_an_interactive_terminal_gets_one_redrawn_line(caplog) -> None:
     tty = _Tty()
     p = Progress(_tasks(), every_s=60, stream=tty)
     p.last -= 1.0
-    p.update(1, {"video_id": "short", "frames": 10, "frames_done": 4, "objects": 1, "started": 0.0})
+    p.update(1, WorkerStatus("short", started=0.0, objects=1, frames=10, frames_done=4))
     p.maybe_log()
     assert tty.getvalue().startswith("\r[") and "short 4/10" in tty.getvalue()
     with caplog.at_level(logging.INFO):

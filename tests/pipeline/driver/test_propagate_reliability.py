@@ -118,6 +118,26 @@ def test_resume_recomputes_changed_and_unreadable_videos_and_refuses_other_optio
     assert "session" in caplog.text and "overwrite" in caplog.text
 
 
+def test_a_rerun_reads_the_done_markers_of_the_previous_release(tmp_path, ray_cluster, caplog):
+    """Resume across the upgrade: done markers in the format the previous release wrote (the whole worker record:
+    status, error, retryable, identity, seconds, digest, plus masklets and time) count as done with their digest."""
+    manifest, _ = _videos(tmp_path, n=2, frames=4)
+    out = tmp_path / "out"
+    spec = job_spec(manifest, str(tmp_path), str(out), ray_cluster.address)
+    assert run(spec) == EXIT_OK
+    for path in (out / "_state" / "done").iterdir():
+        new = json.loads(path.read_text())
+        old = {k: new[k] for k in ("video_id", "status", "frames", "objects", "node_id", "pid", "device", "dtype",
+                                   "seconds", "digest", "masklets", "time")}
+        path.write_text(json.dumps({**old, "error": None, "retryable": False}, separators=(",", ":"), sort_keys=True))
+    (out / "_SUCCESS").unlink()  # so that the re-run plans instead of stopping at "nothing to do"
+    masklets = {p.name: p.read_bytes() for p in (out / "masklets").iterdir()}
+    with caplog.at_level(logging.INFO):
+        assert run(spec) == EXIT_OK
+    assert "2 already done, 0 to run" in caplog.text and "changed since" not in caplog.text
+    assert {p.name: p.read_bytes() for p in (out / "masklets").iterdir()} == masklets
+
+
 def test_prompt_geometry_is_checked_against_the_video(tmp_path, ray_cluster):
     frames = synthetic_frames(6, 64, 96, seed=3)
     make_video(tmp_path / "videos" / "v.mp4", frames)

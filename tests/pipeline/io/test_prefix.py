@@ -8,9 +8,9 @@ import numpy as np
 import pytest
 
 from pipeline.io.masklets import MaskletBuilder, read_masklets
-from pipeline.driver.provenance import ProvenanceError
 from pipeline.io.prefix import make_sink
 from pipeline.io.storage import exists, list_names, read_bytes, write_bytes
+from pipeline.records import Fault, ProvenanceError, WorkerIdentity, WorkerResult
 
 PROV = {"model": "sam2.1_hiera_tiny", "image_size": 1024, "checkpoint": "/ckpt/tiny.pt", "checkpoint_sha256": "aa" * 32,
         "package_version": "0.1.0", "config": {"cluster": {"num_workers": 2}}}
@@ -40,18 +40,46 @@ def test_layout_markers_and_resume(out, fmt, ext):
     assert sink.done_ids() == set() and sink.failed_ids() == set()
     written = sink.write(_masklets("v1"))
     assert written == f"{uri}/masklets/v1.{ext}"
-    sink.mark_done("v1", {"frames": 3, "objects": 2})
-    sink.mark_failed("v2", "VideoError: cannot open", {"attempts": 3})
+    sink.mark_done(WorkerResult("v1", frames=3, objects=2, digest="d1"))
+    sink.mark_failed(WorkerResult("v2", Fault.BAD_INPUT, "VideoError: cannot open", attempts=3))
     assert sink.done_ids() == {"v1"} and sink.failed_ids() == {"v2"}
     assert read_masklets(written, so).obj_ids == [0, 2]
     assert sink.read("v1").rles == _masklets("v1").rles
-    rec = sink.read_record("v1")
-    assert rec["frames"] == 3 and rec["masklets"] == written
-    assert sink.read_record("v2", "failed")["reason"] == "VideoError: cannot open"
+    rec = sink.read_done("v1")
+    assert (rec.frames, rec.masklets, rec.digest) == (3, written, "d1")
+    failed = sink.read_failed("v2")
+    assert (failed.reason, failed.fault, failed.attempts, failed.retryable) == ("VideoError: cannot open",
+                                                                               Fault.BAD_INPUT, 3, False)
     # the failed video succeeds in a later run: its failed marker goes away
     sink.write(_masklets("v2"))
-    sink.mark_done("v2", {})
+    sink.mark_done(WorkerResult("v2"))
     assert sink.done_ids() == {"v1", "v2"} and sink.failed_ids() == set()
+
+
+def test_markers_written_before_the_typed_records_still_read(out):
+    """Resume across the upgrade: done and failed markers in the exact bytes the previous release wrote (the whole
+    worker record plus masklets/reason and time, compact JSON, sorted keys), one with a key nobody knows."""
+    uri, so = out
+    sink = make_sink(uri, "sav_json", so)
+    digest = "5e" * 32
+    old_done = ('{"device":"cpu","digest":"%s","dtype":"float32","error":null,"frames":8,"masklets":"%s/masklets/'
+                'v1.json","node_id":"9f3c","objects":2,"pid":4242,"retryable":false,"seconds":1.234,"status":"done",'
+                '"time":1764750000.5,"video_id":"v1"}' % (digest, uri))
+    write_bytes(f"{uri}/_state/done/v1.json", old_done.encode(), so)
+    write_bytes(f"{uri}/_state/done/v3.json", old_done.replace('"v1"', '"v3"').replace('"error"', '"extra":[1],'
+                                                                                        '"error"').encode(), so)
+    old_failed = ('{"attempts":3,"device":"cpu","dtype":"float32","error":"out of memory: CUDA out of memory",'
+                  '"fault":"oom","frames":0,"node_id":"9f3c","object_batch":4,"objects":2,"pid":4242,'
+                  '"reason":"out of memory: CUDA out of memory","retryable":true,"seconds":0.5,"status":"failed",'
+                  '"time":1764750001.0,"video_id":"v2"}')
+    write_bytes(f"{uri}/_state/failed/v2.json", old_failed.encode(), so)
+    done = sink.done_records()
+    assert set(done) == {"v1", "v3"} and done["v1"].digest == digest and done["v3"].digest == digest
+    assert (done["v1"].frames, done["v1"].objects, done["v1"].masklets) == (8, 2, f"{uri}/masklets/v1.json")
+    assert done["v1"].worker == WorkerIdentity("9f3c", 4242, "cpu", "float32")
+    failed = sink.read_failed("v2")
+    assert (failed.reason, failed.fault, failed.retryable, failed.attempts, failed.object_batch) == (
+        "out of memory: CUDA out of memory", Fault.OUT_OF_MEMORY, True, 3, 4)
 
 
 def test_done_ids_sees_markers_of_other_sink_instances(out):
@@ -60,7 +88,7 @@ def test_done_ids_sees_markers_of_other_sink_instances(out):
     assert b.done_ids() == set()
     for i in range(30):
         a.write(_masklets(f"v{i}"))
-        a.mark_done(f"v{i}", {})
+        a.mark_done(WorkerResult(f"v{i}"))
     assert b.done_ids() == {f"v{i}" for i in range(30)}
 
 
@@ -93,7 +121,7 @@ def test_provenance_refuses_other_model_unless_overwrite(out):
     sink = make_sink(uri, "sav_json", so)
     sink.check_provenance(PROV, overwrite=False)
     sink.write(_masklets("v1"))
-    sink.mark_done("v1", {})
+    sink.mark_done(WorkerResult("v1"))
     # same model, checkpoint and image size: resume, whatever the config or package version
     sink.check_provenance(dict(PROV, package_version="0.2.0", config={}, checkpoint="s3://elsewhere/tiny.pt"))
     other = dict(PROV, checkpoint_sha256="bb" * 32)
@@ -105,8 +133,13 @@ def test_provenance_refuses_other_model_unless_overwrite(out):
         sink.check_provenance(dict(PROV, image_size=512))
     assert sink.done_ids() == {"v1"}
     sink.write_summary({"status": "ok"}, "a: 1\n", shard=(1, 2))
+    derived = ["report/index.html", "report/v1.html", "render/v1.mp4", "export_davis/v1/00000.png",
+               "eval_objects.csv", "eval_videos.csv"]
+    for name in [*derived, "notes.txt"]:
+        write_bytes(f"{uri}/{name}", b"old model", so)
     sink.check_provenance(other, overwrite=True)
     assert sink.done_ids() == set()
+    assert list_names(uri, so) == {"_state", "notes.txt"}  # the old model's report, renders, exports went too
     assert not exists(f"{uri}/_SUCCESS-1-of-2", so) and not exists(f"{uri}/summary-1-of-2.json", so)
     assert list_names(f"{uri}/masklets", so) == set()
     assert json.loads(read_bytes(f"{uri}/_state/provenance.json", so))["checkpoint_sha256"] == "bb" * 32
@@ -138,4 +171,4 @@ def test_bad_arguments_name_the_culprit(tmp_path):
     with pytest.raises(ValueError, match="csv"):
         make_sink(str(tmp_path), "csv")
     with pytest.raises(ValueError, match=r"'\.\./x'"):
-        make_sink(str(tmp_path)).mark_done("../x", {})
+        make_sink(str(tmp_path)).mark_done(WorkerResult("../x"))
