@@ -35,7 +35,8 @@ from pycocotools import mask as mask_utils
 
 _MAX_CHUNKS = 7  # 5 bits per char: 7 chars carry any 32-bit signed difference
 _MAX_CHARS_PER_NUMBER = 12  # 60 bits: more continuation chars than this cannot be a valid run length
-_CHUNK_CHARS = 4_000_000
+_MAX_RUN_BITS = 32  # pycocotools keeps run lengths as uint32
+_CHUNK_CHARS = 1 << 18
 
 
 # --- host masks (pycocotools) -------------------------------------------------------------------------------------
@@ -201,7 +202,8 @@ def coco_rles(b: Boundaries) -> list[dict]:
 
 
 def rle_run_totals(counts: pa.Array) -> tuple[np.ndarray, np.ndarray]:
-    """For each string of ``counts``: (well_formed, sum of run lengths). Null and empty strings are malformed."""
+    """For each string of ``counts``: (well_formed, sum of run lengths). Null and empty strings are malformed, and
+    so is one with a number beyond 32 bits (a run or difference no valid mask has)."""
     n = len(counts)
     ok = np.zeros(n, dtype=bool)
     totals = np.zeros(n, dtype=np.int64)
@@ -227,38 +229,67 @@ def rle_run_totals(counts: pa.Array) -> tuple[np.ndarray, np.ndarray]:
 
 
 def _check_chunk(raw: np.ndarray, lens: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """(ok, total) per string for non-empty strings concatenated in ``raw`` (uint8) with lengths ``lens``."""
-    str_start = np.cumsum(lens) - lens
-    last = str_start + lens - 1
-    bad = np.maximum.reduceat(((raw < 48) | (raw > 111)).view(np.uint8), str_start) > 0
+    """(ok, total) per string for non-empty strings concatenated in ``raw`` (uint8) with lengths ``lens``.
+
+    A number is a run of "more follows" chars (>= 'P') closed by one that is not; so the numbers before a char are
+    the closing chars before it, and only the (few) continuation chars need positions."""
+    start = np.cumsum(lens) - lens
+    last = start + lens - 1
     is_end = raw < 80  # chars '0'..'O' carry no "more follows" bit
-    bad |= ~is_end[last]  # a number cut off by the end of the string
+    bad = ~is_end[last]  # a number cut off by the end of the string
+    if raw.min() < 48 or raw.max() > 111:
+        bad |= np.maximum.reduceat((raw < 48) | (raw > 111), start)
     is_end[last] = True
-    tok_end = np.flatnonzero(is_end)
-    ntok = np.add.reduceat(is_end.view(np.uint8), str_start, dtype=np.int64)
-    tok_start = np.empty_like(tok_end)
-    tok_start[0] = 0
-    tok_start[1:] = tok_end[:-1] + 1
-    tok_len = tok_end - tok_start + 1
-    if tok_len.max() > _MAX_CHARS_PER_NUMBER:
-        tok_str = np.repeat(np.arange(lens.size), ntok)
-        bad |= np.bincount(tok_str[tok_len > _MAX_CHARS_PER_NUMBER], minlength=lens.size) > 0
-        tok_len = np.minimum(tok_len, _MAX_CHARS_PER_NUMBER)
-    values = (raw[tok_start].astype(np.int64) - 48) & 0x1F
-    for k in range(1, int(tok_len.max())):
-        longer = np.flatnonzero(tok_len > k)
-        values[longer] |= ((raw[tok_start[longer] + k].astype(np.int64) - 48) & 0x1F) << (5 * k)
-    negative = ((raw[tok_end] - 48) & 0x10) != 0
-    values -= negative.astype(np.int64) << (5 * tok_len)
-    # run m > 2 is stored as a delta to run m - 2: a cumulative sum per (string, parity of m) chain
-    first_tok = np.cumsum(ntok) - ntok
-    m = np.arange(values.size) - np.repeat(first_tok, ntok)
-    odd = (m & 1).astype(bool)
-    even_chain = ~odd & (m >= 2)
-    runs = values.copy()
-    for chain in (odd, even_chain):
-        cs = np.cumsum(np.where(chain, values, 0))
-        before = np.where(first_tok > 0, cs[first_tok - 1], 0)
-        runs = np.where(chain, cs - np.repeat(before, ntok), runs)
-    bad |= np.minimum.reduceat(runs, first_tok) < 0
-    return ~bad, np.add.reduceat(runs, first_tok)
+    # every number's closing group, sign-extended from its 0x10 bit
+    values = ((((raw - 48) << 3).view(np.int8) >> 3)[is_end]).astype(np.int64)
+    cont = np.flatnonzero(~is_end)
+    first = start - np.searchsorted(cont, start)  # each string's first number
+    if cont.size:
+        _add_leading_groups(raw, cont, values, first, bad)
+    totals = values[first]  # run 0 is stored as is
+    bad |= totals < 0
+    for parity in (0, 1):
+        _add_chains(values, parity, first, bad, totals)
+    return ~bad, totals
+
+
+def _add_leading_groups(raw: np.ndarray, cont: np.ndarray, values: np.ndarray, first: np.ndarray,
+                        bad: np.ndarray) -> None:
+    """Numbers of several chars: their continuation chars ``cont`` (positions in ``raw``) put below the closing
+    group in ``values``. A number of more than _MAX_CHARS_PER_NUMBER chars, or one beyond 32 bits (no run of a
+    valid mask is: pycocotools keeps runs as uint32), marks its string ``bad`` and counts as 0."""
+    number = cont - np.arange(cont.size)  # the closing chars before a char = chars before it minus its rank in cont
+    head = np.flatnonzero(np.diff(number, prepend=-1))  # first continuation char of each number
+    group = np.arange(cont.size) - np.repeat(head, np.diff(head, append=cont.size))
+    chars = np.diff(head, append=cont.size) + 1
+    multi = number[head]
+    low = np.add.reduceat(((raw[cont] - 48) & 0x1F).astype(np.int64)
+                          << (5 * np.minimum(group, _MAX_CHARS_PER_NUMBER - 1)), head)
+    values[multi] = (values[multi] << (5 * (np.minimum(chars, _MAX_CHARS_PER_NUMBER) - 1))) + low
+    wrong = (chars > _MAX_CHARS_PER_NUMBER) | (np.abs(values[multi]) >> _MAX_RUN_BITS > 0)
+    if wrong.any():
+        values[multi[wrong]] = 0
+        bad[np.searchsorted(first, multi[wrong], side="right") - 1] = True
+
+
+def _add_chains(values: np.ndarray, parity: int, first: np.ndarray, bad: np.ndarray, totals: np.ndarray) -> None:
+    """Runs m > 0 of every string held at global number positions of one ``parity``: run m is the prefix sum of
+    its delta chain m, m - 2, ... (down to run 1 or 2), so within one parity class each string's chain is a
+    contiguous stretch of one cumulative sum, less the sum before it. Adds their sum to ``totals`` and marks a
+    string with a negative run ``bad``. Every |number| < 2**32, so the int64 sums cannot overflow."""
+    numbers = values[parity::2]
+    csum = np.empty(numbers.size + 1, dtype=np.int64)
+    np.cumsum(numbers, out=csum[:-1])
+    csum[-1] = 0
+    end = np.append(first[1:], values.size)
+    lo = (first + ((parity - first) & 1)) >> 1  # each string's first number of this parity (index in ``numbers``)
+    hi = (end + ((parity - end) & 1)) >> 1
+    chain = lo + ((first & 1) == parity)  # run 0 is no chain's member
+    size = hi - chain
+    before = np.where(chain > 0, csum[chain - 1], 0)
+    cuts = np.empty(2 * lo.size + 1, dtype=np.int64)
+    cuts[0:-1:2], cuts[1::2], cuts[-1] = lo, chain, numbers.size
+    some = size > 0
+    lowest = np.minimum.reduceat(csum, cuts)[1::2] - before
+    bad |= some & (lowest < 0)
+    totals += np.where(some, np.add.reduceat(csum, cuts)[1::2] - size * before, 0)

@@ -107,3 +107,66 @@ def test_rle_check_against_pycocotools():
     ok_sliced, totals_sliced = rle_run_totals(pa.array(cases).slice(7))
     np.testing.assert_array_equal(ok_sliced, ok[7:])
     np.testing.assert_array_equal(totals_sliced[ok_sliced], totals[7:][ok[7:]])
+
+
+def _runs_one_by_one(counts: str) -> list[int] | None:
+    """pycocotools' string reader, one char at a time (None where it would read past the end or a char is not one
+    of its 64); a number of more than 12 chars or beyond 32 bits is malformed."""
+    runs: list[int] = []
+    p = 0
+    while p < len(counts):
+        value, group, more = 0, 0, True
+        while more:
+            if p == len(counts) or not 48 <= ord(counts[p]) <= 111:
+                return None
+            c = ord(counts[p]) - 48
+            value |= (c & 0x1F) << (5 * group)
+            more = bool(c & 0x20)
+            p, group = p + 1, group + 1
+            if not more and c & 0x10:
+                value -= 1 << (5 * group)
+        if group > 12 or abs(value) >= 1 << 32:
+            return None
+        runs.append(value + (runs[-2] if len(runs) > 2 else 0))
+    return runs
+
+
+@pytest.mark.parametrize("chunk_chars", [1, 100, 1 << 18])
+def test_rle_check_matches_a_char_by_char_reader(chunk_chars: int, monkeypatch: pytest.MonkeyPatch):
+    """Random well-formed, cut, corrupted and hand-made strings (long numbers, chars outside the 64), one string per
+    validation chunk, a few, or all in one: the vectorised reader gives the same verdict and total as a plain
+    reader."""
+    monkeypatch.setattr("pipeline.io.rle._CHUNK_CHARS", chunk_chars)
+    rng = np.random.default_rng(7)
+    strings: list[str | None] = []
+    for i in range(3000):
+        kind = i % 6
+        if kind in (0, 5):
+            h, w = rng.integers(1, 40, 2)
+            s = encode_rle(rng.random((h, w)) < rng.random())["counts"]
+            if kind == 5:  # one char replaced
+                j = int(rng.integers(len(s)))
+                s = s[:j] + chr(int(rng.integers(44, 116))) + s[j + 1:]
+        elif kind == 1:  # any of the 64 chars: numbers of every length, negative runs, some cut off
+            s = bytes(rng.integers(48, 112, rng.integers(0, 30)).astype(np.uint8)).decode()
+        elif kind == 2:  # mostly one-char numbers
+            chars = rng.integers(48, 80, rng.integers(1, 40)).astype(np.uint8)
+            chars[rng.random(chars.size) < 0.1] += 32
+            s = bytes(chars).decode()
+        elif kind == 3:  # one long number (up to 19 chars: past 12, past 32 bits)
+            chars = rng.integers(80, 112, rng.integers(1, 20)).astype(np.uint8)
+            chars[-1] = rng.integers(48, 80)
+            s = "3" + bytes(chars).decode()
+        else:
+            s = None if rng.random() < 0.5 else ""
+        strings.append(s)
+    expected = [None if s is None else _runs_one_by_one(s) for s in strings]
+    for offset in (0, 5):
+        ok, totals = rle_run_totals(pa.array(strings, pa.string()).slice(offset))
+        for got_ok, total, runs in zip(ok, totals, expected[offset:]):
+            want_ok = bool(runs) and min(runs) >= 0
+            assert got_ok == want_ok, (runs, got_ok)
+            if want_ok:
+                assert total == sum(runs)
+    assert not rle_run_totals(pa.array(["3" + "o" * 6 + "?"]))[0][0]  # 2**34 - 1: beyond 32 bits
+    assert rle_run_totals(pa.array(["3" + "o" * 5 + "1"]))[1][0] == 3 + 2 ** 26 - 1  # 6 chars, 26 bits
