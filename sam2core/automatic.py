@@ -33,8 +33,8 @@ import torch.nn.functional as F
 
 from sam2core.mask_ops import (batched_nms, box_area, coco_rle, crop_boxes, layer_point_grids, mask_boxes,
                                small_components, stability_score, uncompressed_rle)
-from sam2core.modeling.sam2 import (IMAGENET_MEAN, IMAGENET_STD, STABILITY_DELTA, STABILITY_THRESH, ImageFeatures,
-                                   SAM2Model)
+from sam2core.image_predictor import encode_images, prepare_image, stable_or_best
+from sam2core.modeling.sam2 import ImageFeatures, SAM2Model
 
 OUTPUT_MODES = ("binary_mask", "uncompressed_rle", "coco_rle")
 LOGIT_CLAMP = 32.0  # mask logits fed back as an m2m mask prompt are clamped to +-32
@@ -232,14 +232,7 @@ class AutomaticMaskGenerator:
         """Features (with the no-memory embedding) of a uint8 ``h x w x 3`` image, preprocessed like the official
         image predictor: ``/255``, bilinear antialiased resize to the model input (skipped at that size already),
         ImageNet mean and std."""
-        model = self.model
-        size = model.image_size
-        x = image.permute(2, 0, 1).float().div(255.0)[None]
-        if tuple(x.shape[-2:]) != (size, size):
-            x = F.interpolate(x, size=(size, size), mode="bilinear", align_corners=False, antialias=True)
-        mean, std = x.new_tensor(IMAGENET_MEAN).view(1, 3, 1, 1), x.new_tensor(IMAGENET_STD).view(1, 3, 1, 1)
-        feats = model.encode_image((x - mean) / std)
-        return ImageFeatures(model.add_no_memory(feats.feat), feats.pos, feats.high_res)
+        return encode_images(self.model, prepare_image(image, self.model.image_size)[None])
 
     def _process_crop(self, feats: ImageFeatures, box: list[int], layer: int, image_hw: tuple[int, int]) -> _CropMasks:
         """Candidates of one crop after its own NMS (boxes and points still in crop pixels)."""
@@ -316,7 +309,7 @@ class AutomaticMaskGenerator:
             return masks[:, 1:], iou[:, 1:]
         if not self.options.dynamic_multimask_via_stability:
             return masks[:, :1], iou[:, :1]
-        return _single_or_best(masks, iou)
+        return stable_or_best(masks, iou)
 
     def _upsample(self, low: torch.Tensor, crop_hw: tuple[int, int]) -> torch.Tensor:
         """``[n, 4h, 4w]`` logits -> ``[n, crop_h, crop_w]``; with ``min_mask_region_area`` small background holes
@@ -350,16 +343,3 @@ class AutomaticMaskGenerator:
         if self.options.output_mode == "uncompressed_rle":
             return uncompressed_rle(mask)
         return mask
-
-
-def _single_or_best(masks: torch.Tensor, iou: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """The single-mask output ``[B, 1, ...]`` where it is stable (area above +0.05 over area above -0.05 is at least
-    0.98), else the multimask candidate with the best predicted IoU."""
-    single, single_iou = masks[:, :1], iou[:, :1]
-    inner = (single > STABILITY_DELTA).flatten(1).sum(dim=1).float()
-    outer = (single > -STABILITY_DELTA).flatten(1).sum(dim=1).float()
-    stable = torch.where(outer > 0, inner / outer, torch.ones_like(outer)) >= STABILITY_THRESH
-    best = iou[:, 1:].argmax(dim=1, keepdim=True) + 1
-    best_masks = masks.gather(1, best[..., None, None].expand(-1, -1, *masks.shape[-2:]))
-    return (torch.where(stable[:, None, None, None], single, best_masks),
-            torch.where(stable[:, None], single_iou, iou.gather(1, best)))

@@ -2,16 +2,12 @@
 
 The official generator imports torchvision (box NMS, the image predictor's Resize/Normalize/ToTensor), which cannot
 be installed beside the CPU torch here, and its hole/speck removal needs the package's CUDA extension: this module
-supplies plain stand-ins with their semantics (a fake ``torchvision`` in ``sys.modules`` when the real one is
-missing; connected components by scipy). Random weights make most masks collapse under NMS, so the weights are
+uses plain stand-ins with their semantics (``testkit.torchvision_standin`` when torchvision is missing; connected
+components by scipy). Random weights make most masks collapse under NMS, so the weights are
 perturbed to make masks depend on the click (see ``_diversify``) and the thresholds are low.
 """
 
 from __future__ import annotations
-
-import importlib.util
-import sys
-import types
 
 import numpy as np
 import pytest
@@ -22,97 +18,16 @@ import torch.nn.functional as F
 from sam2core import AutomaticMaskGenerator
 from sam2core.video import ArrayFrameSource, SessionOptions, VideoSession
 from sam2core.mask_ops import batched_nms, mask_boxes, nms, small_components, uncompressed_rle
+from testkit import torchvision_standin
 from tests.oracle import official_and_ours, report_parity
 
 NAME = "sam2.1_hiera_tiny"
 S = 128
 
 
-# ---- stand-ins for torchvision and the official CUDA extension --------------------------------------------------
+# ---- stand-ins for torchvision (testkit.torchvision_standin) and the official CUDA extension ----------------------
 
-class _Resize(torch.nn.Module):
-    """torchvision ``Resize((h, w))`` on a float CHW tensor: bilinear, antialiased, a no-op at the same size."""
-
-    def __init__(self, size: tuple[int, int]) -> None:
-        super().__init__()
-        self.size = [int(size[0]), int(size[1])]
-
-    def forward(self, img: torch.Tensor) -> torch.Tensor:
-        if [img.shape[-2], img.shape[-1]] == self.size:
-            return img
-        out = F.interpolate(img.unsqueeze(0), size=self.size, mode="bilinear", align_corners=False, antialias=True)
-        return out.squeeze(0)
-
-
-class _Normalize(torch.nn.Module):
-    """torchvision ``Normalize(mean, std)`` on a CHW tensor."""
-
-    def __init__(self, mean: list[float], std: list[float]) -> None:
-        super().__init__()
-        self.mean = [float(m) for m in mean]
-        self.std = [float(s) for s in std]
-
-    def forward(self, img: torch.Tensor) -> torch.Tensor:
-        mean = torch.tensor(self.mean, dtype=img.dtype, device=img.device).view(-1, 1, 1)
-        std = torch.tensor(self.std, dtype=img.dtype, device=img.device).view(-1, 1, 1)
-        return (img - mean) / std
-
-
-class _ToTensor:
-    """torchvision ``ToTensor`` for a uint8 HWC array: float CHW in [0, 1]."""
-
-    def __call__(self, pic: np.ndarray) -> torch.Tensor:
-        return torch.from_numpy(np.ascontiguousarray(pic.transpose(2, 0, 1))).float().div(255)
-
-
-def _reference_nms(boxes: torch.Tensor, scores: torch.Tensor, iou_threshold: float) -> torch.Tensor:
-    """torchvision's CPU ``nms`` kernel as a plain double loop (same sort call, same float32 IoU, ``>`` drops)."""
-    order = torch.sort(scores, 0, descending=True)[1].tolist()
-    b = boxes.float()
-    area = (b[:, 2] - b[:, 0]) * (b[:, 3] - b[:, 1])
-    dropped, kept = set(), []
-    for pos, i in enumerate(order):
-        if i in dropped:
-            continue
-        kept.append(i)
-        for j in order[pos + 1:]:
-            if j in dropped:
-                continue
-            w = torch.clamp(torch.minimum(b[i, 2], b[j, 2]) - torch.maximum(b[i, 0], b[j, 0]), min=0)
-            h = torch.clamp(torch.minimum(b[i, 3], b[j, 3]) - torch.maximum(b[i, 1], b[j, 1]), min=0)
-            inter = w * h
-            if (inter / (area[i] + area[j] - inter)).item() > iou_threshold:
-                dropped.add(j)
-    return torch.tensor(kept, dtype=torch.long)
-
-
-def _reference_batched_nms(boxes: torch.Tensor, scores: torch.Tensor, idxs: torch.Tensor,
-                           iou_threshold: float) -> torch.Tensor:
-    """torchvision's ``batched_nms``: categories shifted apart (few boxes) or NMS per category (many)."""
-    if boxes.numel() > 4000:
-        keep = torch.zeros_like(scores, dtype=torch.bool)
-        for c in torch.unique(idxs):
-            members = torch.where(idxs == c)[0]
-            keep[members[_reference_nms(boxes[members], scores[members], iou_threshold)]] = True
-        kept = torch.where(keep)[0]
-        return kept[scores[kept].sort(descending=True)[1]]
-    if boxes.numel() == 0:
-        return torch.empty(0, dtype=torch.long)
-    shifted = boxes + (idxs.to(boxes) * (boxes.max() + torch.tensor(1).to(boxes)))[:, None]
-    return _reference_nms(shifted, scores, iou_threshold)
-
-
-def _install_fake_torchvision() -> None:
-    if "torchvision" in sys.modules or importlib.util.find_spec("torchvision") is not None:
-        return
-    tv, ops, boxes, transforms = (types.ModuleType(n) for n in
-                                  ("torchvision", "torchvision.ops", "torchvision.ops.boxes", "torchvision.transforms"))
-    boxes.batched_nms = _reference_batched_nms
-    boxes.box_area = lambda b: (b[:, 2] - b[:, 0]) * (b[:, 3] - b[:, 1])
-    transforms.Resize, transforms.Normalize, transforms.ToTensor = _Resize, _Normalize, _ToTensor
-    tv.ops, ops.boxes, tv.transforms = ops, boxes, transforms
-    sys.modules.update({"torchvision": tv, "torchvision.ops": ops, "torchvision.ops.boxes": boxes,
-                        "torchvision.transforms": transforms})
+_install_fake_torchvision = torchvision_standin.install
 
 
 def _scipy_components(mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -358,13 +273,13 @@ def test_nms_matches_reference_with_ties():
     boxes = torch.cat([xy, xy + torch.randint(1, 30, (300, 2), generator=g).float()], dim=1)
     scores = torch.randint(0, 6, (300,), generator=g).float()  # many ties
     for thr in (0.3, 0.5, 0.7):
-        assert torch.equal(nms(boxes, scores, thr), _reference_nms(boxes, scores, thr))
+        assert torch.equal(nms(boxes, scores, thr), torchvision_standin.reference_nms(boxes, scores, thr))
     cats = torch.randint(0, 3, (300,), generator=g)
-    assert torch.equal(batched_nms(boxes, scores, cats, 0.5), _reference_batched_nms(boxes, scores, cats, 0.5))
+    assert torch.equal(batched_nms(boxes, scores, cats, 0.5), torchvision_standin.reference_batched_nms(boxes, scores, cats, 0.5))
     many = boxes.repeat(5, 1) + torch.arange(1500).float().remainder(7)[:, None]  # > 4000 coordinates: per category
     many_scores, many_cats = scores.repeat(5), cats.repeat(5)
     assert torch.equal(batched_nms(many, many_scores, many_cats, 0.6),
-                       _reference_batched_nms(many, many_scores, many_cats, 0.6))
+                       torchvision_standin.reference_batched_nms(many, many_scores, many_cats, 0.6))
     assert nms(boxes[:0], scores[:0], 0.5).numel() == 0
 
 
