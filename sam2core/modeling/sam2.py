@@ -90,6 +90,9 @@ class SAM2Model(nn.Module):
             self.obj_ptr_tpos_proj = nn.Linear(d, mem)
         self.register_buffer("feat_pos", sine_grid_encoding(side, side, d), persistent=False)
         self.register_buffer("memory_pos", sine_grid_encoding(side, side, mem), persistent=False)
+        # the input normalisation lives on the model's device: preprocessing a frame copies nothing from the host
+        self.register_buffer("pixel_mean", torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1), persistent=False)
+        self.register_buffer("pixel_std", torch.tensor(IMAGENET_STD).view(1, 3, 1, 1), persistent=False)
         self.reset_parameters()
 
     def reset_parameters(self) -> None:
@@ -116,8 +119,7 @@ class SAM2Model(nn.Module):
         x = frames.to(self.device, non_blocking=True).permute(0, 3, 1, 2)
         size = self.config.image_size
         x = pil_bicubic_resize(x, (size, size)).float()
-        mean, std = x.new_tensor(IMAGENET_MEAN).view(1, 3, 1, 1), x.new_tensor(IMAGENET_STD).view(1, 3, 1, 1)
-        return x.div_(255.0).sub_(mean).div_(std)
+        return x.div_(255.0).sub_(self.pixel_mean).div_(self.pixel_std)
 
     def encode_image(self, images: torch.Tensor) -> ImageFeatures:
         """Backbone features of ``[B, 3, S, S]`` images, high-resolution levels already projected for the decoder.

@@ -91,10 +91,20 @@ def host_frame(frame: np.ndarray | torch.Tensor, frame_idx: int, source: FrameSo
     return tensor.pin_memory() if pin and tensor.device.type == "cpu" else tensor
 
 
+def stack_frames(frames: list[torch.Tensor]) -> torch.Tensor:
+    """Host frames as one [B,H,W,3] batch; pinned frames stay pinned (stacked into a pinned buffer), as a batch in
+    pageable memory would make its copy to the device wait for the host."""
+    if len(frames) == 1:
+        return frames[0].unsqueeze(0)
+    first = frames[0]
+    batch = torch.empty((len(frames), *first.shape), dtype=first.dtype, device=first.device,
+                        pin_memory=first.is_pinned())
+    return torch.stack(frames, out=batch)
+
+
 def to_device(frames: list[torch.Tensor], device: torch.device) -> torch.Tensor:
     """Stack host frames into a [B,H,W,3] uint8 batch on ``device`` (asynchronous copy from pinned memory)."""
-    batch = frames[0].unsqueeze(0) if len(frames) == 1 else torch.stack(frames)
-    return batch.to(device, non_blocking=True)
+    return stack_frames(frames).to(device, non_blocking=True)
 
 
 def _decoded(source: FrameSource, indices: list[int], pin: bool) -> Iterator[torch.Tensor]:
