@@ -1,9 +1,11 @@
 """Video sources for the engine: a video file (decord or PyAV) or a folder of frames named by integer index.
 
 Each source implements sam2core's ``FrameSource`` protocol (num_frames, height, width, iter_frames) plus ``fps``
-and ``close()``. Frames are decoded lazily in the order asked; at most one chunk (``CHUNK`` frames) is held at a
-time, so a backward pass decodes chunk by chunk from the nearest keyframe instead of loading the whole video (it
-re-decodes up to a GOP per chunk: bounded memory over speed). Look-ahead is the engine's job (its prefetch thread).
+and ``close()``. Frames are decoded lazily in the order asked, one chunk (``CHUNK`` frames) at a time. A video
+file decodes forward from a keyframe only, so a backward read (strictly descending indices) that must restart at the
+keyframe before its chunk keeps every asked-for frame that restart decodes, up to ``HOLD_BYTES`` of them, and serves
+the next chunks from there: a backward pass costs about one decode per frame (a 250-frame GOP is decoded once, not
+once per chunk) while memory stays bounded. Look-ahead is the engine's job (its prefetch thread).
 Remote video files are copied to a local temp file first (both decoders need seekable local input; removed on
 close). Unreadable or corrupt input raises ``VideoError`` naming the uri.
 """
@@ -22,6 +24,7 @@ import numpy as np
 from pipeline.io.storage import filesystem, is_local, is_transient, join_uri, list_sizes
 
 CHUNK = 16
+HOLD_BYTES = 1 << 30  # decoded frames a backward read may hold (at 1080p: 172 frames, most of a 250-frame GOP)
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png")
 _INT_NAME = re.compile(r"^(\d+)\.(jpe?g|png)$", re.IGNORECASE)
 
@@ -82,6 +85,59 @@ def _chunks(indices: list[int]) -> Iterator[list[int]]:
         yield indices[s:s + CHUNK]
 
 
+def hold_frames(height: int, width: int) -> int:
+    """How many decoded RGB frames of this size a backward read holds (``HOLD_BYTES``, at least a chunk)."""
+    return max(CHUNK, HOLD_BYTES // (height * width * 3))
+
+
+def backward_span(lo: int, hi: int, keyframes: np.ndarray, hold: int) -> int:
+    """The first frame a backward read that needs frames ``lo..hi`` decodes and keeps: decoding starts at the keyframe
+    at or before ``lo`` whatever is kept, so it keeps up to ``hold`` frames ending at ``hi``, back to that keyframe
+    (never past ``lo``)."""
+    key = int(keyframes[np.searchsorted(keyframes, lo, side="right") - 1])
+    return min(lo, max(key, hi - hold + 1))
+
+
+def _descending(indices: list[int]) -> bool:
+    return len(indices) > 1 and all(a > b for a, b in zip(indices, indices[1:]))
+
+
+class _KeyframeSource(VideoSource):
+    """A video file: frames decode forward from a keyframe (``_keyframes``, sorted, starting at 0).
+
+    ``iter_frames`` asks ``_decode`` for each chunk it does not hold; on a backward read (strictly descending
+    indices) for every asked-for frame from ``backward_span`` up to the chunk, held for the chunks that follow.
+    """
+
+    _keyframes: np.ndarray
+
+    def _decode(self, lo: int, hi: int, wanted: set[int]) -> dict[int, np.ndarray]:
+        """Frames ``wanted`` (all within [lo, hi]) as uint8 HxWx3 RGB, decoded forward."""
+        raise NotImplementedError
+
+    def iter_frames(self, indices: Sequence[int]) -> Iterator[np.ndarray]:
+        asked = self._check_indices(indices)
+        backward = _descending(asked)
+        if backward:
+            remaining = set(asked)
+            hold = hold_frames(self.height, self.width)
+        held: dict[int, np.ndarray] = {}
+        for chunk in _chunks(asked):
+            if not all(f in held for f in chunk):
+                lo, hi = min(chunk), max(chunk)
+                if backward:
+                    lo = backward_span(lo, hi, self._keyframes, hold)
+                    wanted = {f for f in remaining if lo <= f <= hi}
+                else:
+                    wanted = set(chunk)
+                held = {}  # the frames of the previous span go before the next is decoded
+                held = self._decode(lo, hi, wanted)
+            for f in chunk:
+                yield held[f] if not backward else held.pop(f)
+            if backward:
+                remaining.difference_update(chunk)
+
+
 class _LocalCopy:
     """A local path for ``uri``: the file itself when local, else a temp copy deleted on ``release``
     (or when the copy is garbage collected, so an unclosed source does not leak disk)."""
@@ -114,8 +170,8 @@ def _remove(path: str) -> None:
         pass
 
 
-class DecordSource(VideoSource):
-    """Video file decoded with decord; each chunk is one ``get_batch`` of its sorted indices."""
+class DecordSource(_KeyframeSource):
+    """Video file decoded with decord; each span is one ``get_batch`` of its sorted indices."""
 
     def __init__(self, uri: str, local: _LocalCopy) -> None:
         import decord
@@ -130,32 +186,30 @@ class DecordSource(VideoSource):
             self.height, self.width = (int(v) for v in self._reader[0].shape[:2])
             self._reader.seek(0)
             self.fps = float(self._reader.get_avg_fps())
+            self._keyframes = np.union1d([0], np.asarray(self._reader.get_key_indices(), dtype=np.int64))
         except VideoError:
             raise
         except Exception as e:  # decord raises its own error types for unreadable files
             raise VideoError(f"{uri}: cannot open video with decord: {e}") from e
 
-    def iter_frames(self, indices: Sequence[int]) -> Iterator[np.ndarray]:
-        for chunk in _chunks(self._check_indices(indices)):
-            wanted = sorted(set(chunk))
-            try:
-                batch = self._reader.get_batch(wanted).asnumpy()
-            except Exception as e:
-                raise VideoError(f"{self.uri}: decoding frames {wanted[0]}..{wanted[-1]} failed: {e}") from e
-            pos = {f: i for i, f in enumerate(wanted)}
-            for f in chunk:
-                yield batch[pos[f]]
+    def _decode(self, lo: int, hi: int, wanted: set[int]) -> dict[int, np.ndarray]:
+        ordered = sorted(wanted)
+        try:
+            batch = self._reader.get_batch(ordered).asnumpy()
+        except Exception as e:
+            raise VideoError(f"{self.uri}: decoding frames {ordered[0]}..{ordered[-1]} failed: {e}") from e
+        return {f: batch[i] for i, f in enumerate(ordered)}
 
     def close(self) -> None:
         self._reader = None
         super().close()
 
 
-class PyAVSource(VideoSource):
+class PyAVSource(_KeyframeSource):
     """Video file decoded with PyAV (threaded decode); frame i = i-th frame in presentation order.
 
     A packet scan at open gives the frame count and keyframe positions without decoding. Decoding continues
-    forward from the current position when the next chunk lies ahead, else seeks to the keyframe before it.
+    forward from the current position when the next span lies ahead, else seeks to the keyframe before it.
     """
 
     def __init__(self, uri: str, local: _LocalCopy) -> None:
@@ -202,6 +256,18 @@ class PyAVSource(VideoSource):
         self._frames = self._container.decode(self._stream)
         self._next = -1  # unknown until the first decoded frame reports its pts
 
+    def _decode(self, lo: int, hi: int, wanted: set[int]) -> dict[int, np.ndarray]:
+        try:
+            got = self._decode_span(lo, hi, wanted)
+        except Exception as e:
+            self._frames = None
+            raise VideoError(f"{self.uri}: decoding frames {lo}..{hi} failed: {e}") from e
+        missing = wanted - set(got)
+        if missing:
+            self._frames = None
+            raise VideoError(f"{self.uri}: frame {min(missing)} could not be decoded")
+        return got
+
     def _decode_span(self, lo: int, hi: int, wanted: set[int]) -> dict[int, np.ndarray]:
         """Frames ``wanted`` (all within [lo, hi]) decoded forward from the current position or a keyframe."""
         ahead_key = self._keyframes[(self._keyframes > self._next) & (self._keyframes <= lo)]
@@ -218,21 +284,6 @@ class PyAVSource(VideoSource):
             if idx >= hi:
                 break
         return got
-
-    def iter_frames(self, indices: Sequence[int]) -> Iterator[np.ndarray]:
-        for chunk in _chunks(self._check_indices(indices)):
-            wanted = set(chunk)
-            try:
-                got = self._decode_span(min(chunk), max(chunk), wanted)
-            except Exception as e:
-                self._frames = None
-                raise VideoError(f"{self.uri}: decoding frames {min(chunk)}..{max(chunk)} failed: {e}") from e
-            missing = wanted - set(got)
-            if missing:
-                self._frames = None
-                raise VideoError(f"{self.uri}: frame {min(missing)} could not be decoded")
-            for f in chunk:
-                yield got[f]
 
     def close(self) -> None:
         if self._container is not None:

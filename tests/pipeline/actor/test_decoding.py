@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 
 from pipeline.actor.decoding import VideoError, open_video
+from pipeline.actor.decoding import backward_span as decoding_span
 from pipeline.io.storage import write_bytes
 from sam2core.video.feature_stream import FrameSource
 from tests.helpers import make_frame_folder, make_video, synthetic_frames
@@ -132,3 +133,93 @@ def test_truncated_mp4_raises_video_error(tmp_path, mp4):
         with pytest.raises(VideoError, match="cut.mp4"):
             with open_video(str(cut), decoder=decoder) as src:
                 list(src.iter_frames(range(src.num_frames)))
+
+
+LONG = 300  # frames of a video with x264's default keyframe interval (250): one GOP of 250, one of 50
+
+
+@pytest.fixture(scope="module")
+def long_gop_mp4(tmp_path_factory) -> str:
+    """x264 with ``g=250`` and no scene-cut keyframes: keyframes at 0 and 250 only."""
+    import av
+
+    path = tmp_path_factory.mktemp("gop") / "gop250.mp4"
+    with av.open(str(path), mode="w") as container:
+        stream = container.add_stream("libx264", rate=24)
+        stream.width, stream.height, stream.pix_fmt = 64, 32, "yuv420p"
+        stream.options = {"crf": "18", "g": "250", "bf": "2", "sc_threshold": "0"}
+        for frame in synthetic_frames(LONG, height=32, width=64, seed=3):
+            container.mux(stream.encode(av.VideoFrame.from_ndarray(frame, format="rgb24")))
+        container.mux(stream.encode())
+    return str(path)
+
+
+class _CountingContainer:
+    """A PyAV container that counts the frames its decoder produces."""
+
+    def __init__(self, container) -> None:
+        self._container = container
+        self.decoded = 0
+
+    def decode(self, *args, **kwargs):
+        for frame in self._container.decode(*args, **kwargs):
+            self.decoded += 1
+            yield frame
+
+    def __getattr__(self, name: str):
+        return getattr(self._container, name)
+
+
+def _count_decodes(src) -> tuple[np.ndarray, int, int, list[int]]:
+    """Frames of a forward then a backward read of the whole video, and the frames each decoded; the size of every
+    span the backward read held."""
+    counter = _CountingContainer(src._container)
+    src._container = counter
+    forward = _all(src, range(LONG))
+    forward_cost, counter.decoded = counter.decoded, 0
+    spans = []
+    decode = src._decode
+    src._decode = lambda lo, hi, wanted: spans.append(len(wanted)) or decode(lo, hi, wanted)
+    backward = _all(src, range(LONG - 1, -1, -1))
+    np.testing.assert_array_equal(backward, forward[::-1])
+    return forward, forward_cost, counter.decoded, spans
+
+
+def test_backward_read_decodes_a_long_gop_about_once(long_gop_mp4):
+    """Each 16-frame chunk read backward used to restart at its keyframe (~9x the forward decodes at GOP 250)."""
+    with open_video(long_gop_mp4, decoder="pyav") as src:
+        assert src._keyframes.tolist() == [0, 250]
+        _, forward_cost, backward_cost, spans = _count_decodes(src)
+    assert forward_cost == LONG
+    assert backward_cost <= 1.5 * forward_cost, (backward_cost, forward_cost)
+    assert spans == [50, 252]  # [250, 299] from keyframe 250, then [0, 251] from keyframe 0
+
+
+def test_backward_read_holds_at_most_its_budget(long_gop_mp4, monkeypatch):
+    import pipeline.actor.decoding as decoding
+
+    monkeypatch.setattr(decoding, "HOLD_BYTES", 100 * 32 * 64 * 3)  # 100 frames of this video
+    assert decoding.hold_frames(32, 64) == 100
+    with open_video(long_gop_mp4, decoder="pyav") as src:
+        _, forward_cost, backward_cost, spans = _count_decodes(src)
+    assert max(spans) <= 100
+    # restarts at keyframe 0 for [152, 251], [56, 155], [0, 59]: more decodes, never more memory
+    assert spans == [50, 100, 100, 60] and backward_cost == 50 + 252 + 156 + 60
+
+
+def test_backward_span_keeps_from_the_keyframe_within_the_budget():
+    keys = np.array([0, 250])
+    assert decoding_span(284, 299, keys, 500) == 250  # back to the keyframe the decoder starts from anyway
+    assert decoding_span(284, 299, keys, 20) == 280  # the budget ends it first
+    assert decoding_span(236, 251, keys, 100) == 152
+    assert decoding_span(236, 251, keys, 4) == 236  # never past the chunk's first frame
+
+
+@pytest.mark.parametrize("decoder", ["decord", "pyav"])
+def test_long_gop_backward_equals_forward_reversed(long_gop_mp4, decoder):
+    with open_video(long_gop_mp4, decoder=decoder) as src:
+        assert src._keyframes.tolist() == [0, 250]
+        forward = _all(src, range(LONG))
+        np.testing.assert_array_equal(_all(src, range(LONG - 1, -1, -1)), forward[::-1])
+        skipping = list(range(LONG - 1, -1, -7))  # descending with gaps: only the asked-for frames are held
+        np.testing.assert_array_equal(_all(src, skipping), forward[skipping])
