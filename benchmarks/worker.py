@@ -21,10 +21,11 @@ from benchmarks.harness import best_seconds, run_isolated
 from benchmarks.report import Figure, figure
 from benchmarks.video import object_boxes, synthetic_video, write_mp4
 from pipeline.actor.decoding import open_video
-from pipeline.specs import ModelSpec, WorkerSpec
+from pipeline.specs import ModelSpec, OutputSpec, WorkerSpec
 from pipeline.io.storage import write_bytes
 from pipeline.plan.tasks import Prompt, VideoTask
 from pipeline.actor.worker import start_workers
+from pipeline.records import Status
 from sam2core.build import build_model
 from sam2core.video import ArrayFrameSource, SessionOptions, VideoSession
 from testkit.seaweedfs import local_s3
@@ -70,11 +71,13 @@ def _engine_seconds(run: WorkerRun, frames: np.ndarray, boxes: np.ndarray) -> fl
 def _worker_seconds(run: WorkerRun, task: VideoTask, output_uri: str, storage_options: dict) -> float:
     """Best wall time of one ``PropagationWorker.process(task)`` call on a one-actor Ray instance."""
     device, dtype = _device_and_dtype()
+    out = OutputSpec(uri=output_uri, format=run.output_format, storage_options=storage_options)
     spec = WorkerSpec(
         model=ModelSpec(run.model, None, run.image_size, device=device, dtype=dtype, seed=run.seed),
         session={}, decoder=run.decoder, input_storage_options=storage_options,
-        output_uri=output_uri, output_format=run.output_format, output_storage_options=storage_options,
+        output_uri=out.uri, output_format=out.format, output_storage_options=out.storage_options,
         provenance={"model": run.model, "checkpoint": "random", "benchmark": True},
+        encode_threads=out.encode_threads, queue_frames=out.queue_frames, retry_s=out.retry_s,
     )
     ray.init(address="local", num_cpus=1, num_gpus=int(device == "cuda"), include_dashboard=False, log_to_driver=False)
     try:
@@ -83,9 +86,9 @@ def _worker_seconds(run: WorkerRun, task: VideoTask, output_uri: str, storage_op
         ray.get(actor.ready.remote())
 
         def process() -> None:
-            record = ray.get(actor.process.remote(task))
-            if record["status"] != "done":
-                raise RuntimeError(f"worker failed on the benchmark video: {record['error']}")
+            result = ray.get(actor.process.remote(task))
+            if result.status is not Status.DONE:
+                raise RuntimeError(f"worker failed on the benchmark video: {result.error}")
 
         return best_seconds(process, run.warmup, run.runs)[0]
     finally:
