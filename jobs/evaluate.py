@@ -6,26 +6,22 @@ Writes ``eval_objects.csv`` and ``eval_videos.csv``; the last line printed is ``
 from __future__ import annotations
 
 import logging
-import sys
 
-import hydra
-from omegaconf import DictConfig, OmegaConf
-
+from jobs.edge import EXIT_FAILED, EXIT_OK, Job
 from pipeline.dataset.evaluate import evaluate_dataset, objects_csv, videos_csv
+from pipeline.dataset.specs import EvaluateSpec
 from pipeline.io.storage import join_uri, write_bytes
 
 log = logging.getLogger("evaluate")
 
 
-@hydra.main(config_path="../conf", config_name="evaluate", version_base="1.3")
-def main(cfg: DictConfig) -> None:
+def evaluate(spec: EvaluateSpec) -> int:
     """Evaluate, write the CSVs, print the global scores; exit 1 if any video failed."""
-    so = OmegaConf.to_container(cfg, resolve=True)["storage_options"]
-    report = evaluate_dataset(
-        cfg.gt, cfg.pred, so, skip_first_last=bool(cfg.skip_first_last), strict=bool(cfg.strict),
-        frame_step=int(cfg.frame_step), ray_address=cfg.cluster.address, num_cpus=cfg.cluster.num_cpus,
-    )
-    out = cfg.out or cfg.pred
+    so = spec.storage_options
+    report = evaluate_dataset(spec.gt, spec.pred, so, skip_first_last=spec.skip_first_last, strict=spec.strict,
+                              frame_step=spec.frame_step, ray_address=spec.cluster.address,
+                              num_cpus=spec.cluster.num_cpus)
+    out = spec.out or spec.pred
     write_bytes(join_uri(out, "eval_objects.csv"), objects_csv(report.scores).encode(), so)
     write_bytes(join_uri(out, "eval_videos.csv"), videos_csv(report.scores).encode(), so)
     for video_id in report.missing:
@@ -37,9 +33,10 @@ def main(cfg: DictConfig) -> None:
           f"{len(report.missing)} without prediction; CSVs in {out}")
     jf, j, f = report.means()
     print(f"J&F {jf} J {j} F {f}")
-    if report.failed:
-        sys.exit(1)
+    return EXIT_FAILED if report.failed else EXIT_OK
 
+
+JOB = Job("evaluate", "evaluate", EvaluateSpec, evaluate)
 
 if __name__ == "__main__":
-    main()
+    JOB.main()

@@ -3,40 +3,35 @@
 
 from __future__ import annotations
 
-import sys
-
-import hydra
-from omegaconf import DictConfig, OmegaConf
-
-from pipeline.dataset.export import EXPORT_FORMATS, YtvisWriter, export_masklets
+from jobs.edge import EXIT_FAILED, EXIT_OK, Job
+from pipeline.dataset.export import YtvisWriter, export_masklets
 from pipeline.dataset.predictions import each_video, find_predictions, read_prediction, select_videos
+from pipeline.dataset.specs import ExportSpec
 from pipeline.io.storage import join_uri
+from pipeline.specs import SpecError
 
 
-@hydra.main(config_path="../conf", config_name="export", version_base="1.3")
-def main(cfg: DictConfig) -> None:
+def export(spec: ExportSpec) -> int:
     """Export every selected video; a video that fails is reported and the others go on (exit 1 at the end)."""
-    so = OmegaConf.to_container(cfg, resolve=True)["storage_options"]
-    if cfg.format not in EXPORT_FORMATS:
-        raise SystemExit(f"format: must be one of {', '.join(EXPORT_FORMATS)}, got {cfg.format!r}")
-    out = cfg.out or join_uri(cfg.prefix, f"export_{cfg.format}")
+    so, fmt = spec.storage_options, spec.format
+    out = spec.out or join_uri(spec.prefix, f"export_{fmt}")
     try:
-        sources = select_videos(find_predictions(cfg.prefix, so), cfg.videos, cfg.prefix)
+        sources = select_videos(find_predictions(spec.prefix, so), spec.videos, spec.prefix)
     except ValueError as e:
-        raise SystemExit(str(e)) from e
-    if cfg.format == "ytvis":
+        raise SpecError(f"prefix={e}") from e
+    if fmt == "ytvis":
         writer = YtvisWriter(out, so)
         failed = each_video(sources, lambda v, uri: f"{writer.add(read_prediction(uri, v, so))} objects", "export")
         if writer.videos:
             out = writer.finish()
     else:
         failed = each_video(
-            sources, lambda v, uri: f"{export_masklets(read_prediction(uri, v, so), out, cfg.format, so)} files",
-            "export")
-    print(f"exported {len(sources) - failed} videos to {out} ({cfg.format}); {failed} failed")
-    if failed:
-        sys.exit(1)
+            sources, lambda v, uri: f"{export_masklets(read_prediction(uri, v, so), out, fmt, so)} files", "export")
+    print(f"exported {len(sources) - failed} videos to {out} ({fmt}); {failed} failed")
+    return EXIT_FAILED if failed else EXIT_OK
 
+
+JOB = Job("export", "export", ExportSpec, export)
 
 if __name__ == "__main__":
-    main()
+    JOB.main()

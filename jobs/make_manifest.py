@@ -4,43 +4,41 @@ SA-V annotations (``shard=…``): ``python -m jobs.make_manifest annotations=…
 from __future__ import annotations
 
 import logging
-import sys
 
-import hydra
-from omegaconf import DictConfig, OmegaConf
-
-from pipeline.dataset.manifest_maker import PromptSpec, manifest_bytes, manifest_from_annotations, manifest_from_shard
+from jobs.edge import EXIT_FAILED, EXIT_OK, Job
+from pipeline.dataset.manifest_maker import manifest_bytes, manifest_from_annotations, manifest_from_shard
+from pipeline.dataset.specs import MakeManifestSpec
 from pipeline.io.storage import write_bytes
+from pipeline.specs import SpecError
 
 log = logging.getLogger("make_manifest")
 
 
-@hydra.main(config_path="../conf", config_name="make_manifest", version_base="1.3")
-def main(cfg: DictConfig) -> None:
+def make_manifest(spec: MakeManifestSpec) -> int:
     """Read every annotated video under ``annotations`` (or in ``shard``), write ``manifest``, report skipped
-    videos."""
-    so = OmegaConf.to_container(cfg, resolve=True)["storage_options"]
-    if (cfg.annotations is None) == (cfg.shard is None):
-        raise SystemExit("give exactly one of annotations=URI (a folder) or shard=URI (a tar shard)")
-    spec = PromptSpec(**OmegaConf.to_container(cfg.prompts, resolve=True))
-    if cfg.shard is not None:
+    videos; exit 1 when no video gave a prompt row (nothing written)."""
+    so = spec.storage_options
+    if spec.shard is not None:
         try:
-            rows, failed = manifest_from_shard(cfg.shard, spec, list(cfg.kinds), int(cfg.frame_step), so)
+            rows, failed = manifest_from_shard(spec.shard, spec.prompts, spec.kinds, spec.frame_step, so)
         except ValueError as e:
-            raise SystemExit(f"shard: {e}") from e
+            raise SpecError(f"shard: {e}") from e
     else:
-        rows, failed = manifest_from_annotations(cfg.annotations, spec, cfg.video_uri, list(cfg.kinds),
-                                                 int(cfg.frame_step), so)
+        rows, failed = manifest_from_annotations(spec.annotations, spec.prompts, spec.video_uri, spec.kinds,
+                                                 spec.frame_step, so)
     for video_id, reason in failed.items():
         log.error("skipped video %s: %s", video_id, reason)
     if not rows:
-        log.error("no prompt rows from %s (%d videos skipped); nothing written", cfg.shard or cfg.annotations,
+        log.error("no prompt rows from %s (%d videos skipped); nothing written", spec.shard or spec.annotations,
                   len(failed))
-        sys.exit(1)
-    write_bytes(cfg.manifest, manifest_bytes(rows), so)
-    videos = {r["video_id"] for r in rows}
-    print(f"wrote {cfg.manifest}: {len(rows)} rows, {len(videos)} videos, {len(failed)} skipped")
+        return EXIT_FAILED
+    write_bytes(spec.manifest, manifest_bytes(rows), so)
+    print(f"wrote {spec.manifest}: {len(rows)} rows, {len(set(r['video_id'] for r in rows))} videos, "
+          f"{len(failed)} skipped")
+    return EXIT_OK
 
+
+JOB = Job("make_manifest", "make_manifest", MakeManifestSpec, make_manifest)
 
 if __name__ == "__main__":
-    main()
+    JOB.main()

@@ -83,9 +83,9 @@ def scrub_log_records(secrets: set[str]) -> None:
 
 
 class RedactSecrets(Callback):
-    """Hydra callback (conf/config.yaml ``hydra.callbacks``): log records of the run or sweep are scrubbed, and at
-    the start of every job the files Hydra wrote for it, and a sweep's ``multirun.yaml``, are rewritten without the
-    job's credentials."""
+    """Hydra callback of every job (conf/hydra/callbacks/redact_secrets.yaml): log records of the run or sweep are
+    scrubbed, and at the start of every job the files Hydra wrote for it, and a sweep's ``multirun.yaml``, are
+    rewritten without the job's credentials."""
 
     def on_run_start(self, config: DictConfig, **kwargs: Any) -> None:
         scrub_log_records(_config_secrets(config))

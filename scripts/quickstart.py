@@ -36,7 +36,7 @@ TORCH_CPU_INDEX = "https://download.pytorch.org/whl/cpu"
 ORACLE = "sam2==1.1.0"
 ORACLE_DEPS = ["iopath", "pillow", "tqdm"]
 TINY_URL = "https://dl.fbaipublicfiles.com/segment_anything_2/092824/sam2.1_hiera_tiny.pt"
-CACHE_DIR = Path("~/.cache/sam2_propagate/checkpoints").expanduser()   # conf/config.yaml: model.cache_dir
+CACHE_DIR = Path("~/.cache/sam2_propagate/checkpoints").expanduser()   # pipeline/specs.py: ModelSpec.cache_dir
 PROBE_TIMEOUT_S = 10.0
 
 

@@ -23,6 +23,7 @@ from pipeline.plan.manifest import MANIFEST_SCHEMA
 from pipeline.io.masklets import Masklets
 from pipeline.io.rle import decode_rle
 from pipeline.io.storage import resolve_storage_options
+from pipeline.specs import SpecError
 
 FRAME_MODES = ("first", "all")
 PROMPT_KINDS = ("mask", "box", "points")
@@ -30,22 +31,22 @@ VIDEO_EXTENSIONS = (".mp4", ".mov", ".avi", ".mkv", ".webm")
 
 
 
-@dataclass(frozen=True)
+@dataclass
 class PromptSpec:
-    """Which annotated frames become prompts (``first`` appearance or ``all``) and in which form."""
+    """Which annotated frames become prompts and in which form (jobs.make_manifest's ``prompts.*``)."""
 
-    frames: str = "first"
-    kind: str = "mask"
-    num_points: int = 1
-    seed: int = 0
+    frames: str = "first"  # first: each object's first non-empty annotated frame; all: every non-empty one
+    kind: str = "mask"  # mask (the annotation's RLE) | box (pixel-edge box of it) | points (sampled in it)
+    num_points: int = 1  # points: positive points per prompt (pixel centres, fewer if the mask is smaller)
+    seed: int = 0  # points: sampling seed (per video/object/frame, order-independent)
 
     def __post_init__(self) -> None:
         if self.frames not in FRAME_MODES:
-            raise ValueError(f"prompt frames must be one of {FRAME_MODES}, got {self.frames!r}")
+            raise SpecError(f"prompts.frames={self.frames}: expected one of {', '.join(FRAME_MODES)}")
         if self.kind not in PROMPT_KINDS:
-            raise ValueError(f"prompt kind must be one of {PROMPT_KINDS}, got {self.kind!r}")
+            raise SpecError(f"prompts.kind={self.kind}: expected one of {', '.join(PROMPT_KINDS)}")
         if self.num_points < 1:
-            raise ValueError(f"num_points must be >= 1, got {self.num_points}")
+            raise SpecError(f"prompts.num_points={self.num_points}: must be >= 1")
 
 
 def mask_box(mask: np.ndarray) -> list[float]:

@@ -20,9 +20,14 @@ from typing import Callable
 import numpy as np
 from pycocotools import mask as mask_utils
 
-from pipeline.dataset.render import RANDOM_WARNING, color_hex, random_weights
+from pipeline.actor.decoding import open_video
+from pipeline.dataset.predictions import (find_predictions, locate_videos, manifest_tasks, read_prediction,
+                                          resolve_data, select_videos)
+from pipeline.dataset.render import RANDOM_WARNING, SheetOptions, color_hex, pick_positions, random_weights, render_sheet
+from pipeline.dataset.specs import ReportSpec
 from pipeline.io.masklets import Masklets
 from pipeline.io.storage import join_uri, list_sizes, read_bytes, write_bytes
+from pipeline.specs import SpecError
 
 log = logging.getLogger(__name__)
 
@@ -328,3 +333,53 @@ def write_report(prefix: str, out: str, sources: dict[str, str], read: Callable[
     index = join_uri(out, "index.html")
     write_bytes(index, index_page(prefix, rows, summaries).encode(), storage_options)
     return index, rows
+
+
+def _sheet(m: Masklets, uri: str | None, missing: str, opts: SheetOptions, decoder: str, so: dict | None) -> bytes:
+    """The video's contact sheet, decoding only the frames it shows (``missing``: why there is no ``uri``)."""
+    if uri is None:
+        raise ValueError(missing)
+    picks = [m.frame_indices[p] for p in pick_positions(m, opts.frames)]
+    with open_video(uri, so, decoder=decoder) as video:
+        return render_sheet(m, video.iter_frames(picks), opts)
+
+
+def report_run(spec: ReportSpec) -> tuple[str, list[IndexRow], str]:
+    """The report of the propagation run under ``spec.prefix`` (jobs.report): its videos found from the job's own
+    manifest (or the one given), each with its contact sheet and prompted frames. Returns (the job page's URI, its
+    rows, where the videos were found). A prefix that is no run's output, or a given manifest that cannot be read,
+    is refused (SpecError); the job's own manifest being gone only costs the sheets."""
+    so, prefix = spec.storage_options, spec.prefix
+    out = spec.out or join_uri(prefix, "report")
+    opts = spec.sheet.options(spec.alpha)
+    found = find_predictions(prefix, so) if list_sizes(prefix, so) else {}
+    if not found and not list_sizes(join_uri(prefix, "_state"), so):
+        raise SpecError(f"prefix={prefix}: no masklets and no job state: not the output prefix of a jobs.propagate "
+                        f"run")
+    try:
+        sources = select_videos(found, spec.videos, prefix) if found else {}
+        manifest, root, where = resolve_data(prefix, sources, spec.manifest, spec.data_root, so)
+    except (ValueError, OSError) as e:
+        raise SpecError(f"prefix={prefix}: {e}") from e
+    tasks, missing = {}, "video not in the manifest"
+    if manifest:
+        try:
+            tasks = manifest_tasks(manifest, root, so)
+        except Exception as e:  # noqa: BLE001 - the job's own manifest may be gone: report without sheets
+            if spec.manifest:
+                raise SpecError(f"manifest={spec.manifest}: {e}") from e
+            missing = f"the job's manifest cannot be read ({str(e).splitlines()[0]}); give manifest=URI"
+            log.warning("no contact sheets: %s", missing)
+    videos = ({v: t.video_uri for v, t in tasks.items()} if manifest
+              else locate_videos(list(sources), None, root, spec.video_uri, so))
+    prompts: dict[str, dict[int, list[int]]] = {}
+    for v, t in tasks.items():
+        frames: dict[int, set[int]] = {}
+        for p in t.prompts:
+            frames.setdefault(p.obj_id, set()).add(p.frame_idx)
+        prompts[v] = {o: sorted(f) for o, f in frames.items()}
+    log.info("videos from %s", where)
+    index, rows = write_report(
+        prefix, out, sources, lambda v, uri: read_prediction(uri, v, so),
+        lambda m: _sheet(m, videos.get(m.video_id), missing, opts, spec.decoder, so), prompts, so)
+    return index, rows, where

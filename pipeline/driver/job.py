@@ -19,8 +19,7 @@ import time
 from dataclasses import asdict, replace
 
 from pipeline.driver import cluster
-from pipeline.plan.manifest import (DEFAULT_PROTOCOLS, ManifestError, ManifestPlan, ManifestReadError, list_videos,
-                               load_manifest)
+from pipeline.plan.manifest import ManifestError, ManifestPlan, ManifestReadError, list_videos, load_manifest
 from pipeline.driver.pool import WorkerPool
 from pipeline.driver.provenance import RANDOM_CHECKPOINT, job_provenance
 from pipeline.driver.scheduling import PoolPolicy
@@ -86,10 +85,10 @@ def _prepare(spec: JobSpec) -> tuple[ManifestPlan, dict, Sink]:
     d = spec.data
     try:
         if d.videos is not None:
-            plan = list_videos(d.videos, d.storage_options, d.protocols or DEFAULT_PROTOCOLS)
+            plan = list_videos(d.videos, d.storage_options, d.protocols)
         else:
             plan = load_manifest(d.manifest, d.root, d.storage_options, on_invalid=d.on_invalid,
-                                 protocols=d.protocols or DEFAULT_PROTOCOLS, retry_s=d.retry_s, mode=d.prompts)
+                                 protocols=d.protocols, retry_s=d.retry_s, mode=d.prompts)
     except ManifestReadError as exc:
         raise Refused(f"{exc}; nothing was written") from exc
     except ManifestError as exc:
@@ -151,9 +150,10 @@ def _finished(sink: Sink, shard: tuple[int, int]) -> bool:
 
 
 def _with_absolute_paths(spec: JobSpec) -> JobSpec:
-    """Relative local paths are taken from the driver's working directory (Ray workers have another one)."""
+    """Relative local paths are taken from the driver's working directory (Ray workers have another one); a
+    leading ``~`` is the home folder."""
     def absolute(uri: str) -> str:
-        return uri if not uri or is_absolute_uri(uri) else os.path.abspath(uri)
+        return uri if not uri or is_absolute_uri(uri) else os.path.abspath(os.path.expanduser(uri))
 
     model = spec.model
     if model.checkpoint != RANDOM_CHECKPOINT:

@@ -110,4 +110,4 @@ def test_export_job_every_format_on_sample_ids(tmp_path: Path, run_job) -> None:
     assert sorted(p.name for p in (prefix / "export_yolo" / "clip").iterdir()) == ["00000.txt", "00001.txt",
                                                                                    "00002.txt"]
     proc = run_job("export", f"prefix={prefix}", "format=coco", check=False)
-    assert proc.returncode != 0 and "format: must be one of davis, sav_png, ytvis, yolo, got 'coco'" in proc.stderr
+    assert proc.returncode == 2 and "format: must be one of davis, sav_png, ytvis, yolo, got 'coco'" in proc.stdout

@@ -157,7 +157,7 @@ def test_render_and_export_jobs(tmp_path: Path, run_job) -> None:
     back = read_png_video(str(tmp_path / "png" / "clip"))
     assert back.rles == _masklets().rles
     proc = run_job("export", f"prefix={prefix}", "videos=[nope]", check=False)
-    assert proc.returncode != 0 and "no predictions for videos ['nope']" in proc.stderr
+    assert proc.returncode == 2 and "no predictions for videos ['nope']" in proc.stdout
 
 
 def test_render_job_finds_the_videos_from_the_prefix(tmp_path: Path, run_job) -> None:
@@ -187,7 +187,7 @@ def test_render_job_finds_the_videos_from_the_prefix(tmp_path: Path, run_job) ->
     proc = run_job("render", f"prefix={prefix}", "sheet.frames=[40]", check=False)
     assert proc.returncode == 1 and "sheet.frames [40] have no masklets" in proc.stdout
     proc = run_job("render", f"prefix={prefix}", "sheet.frames=abc", check=False)
-    assert proc.returncode != 0 and "sheet.frames: a count or a list of frame indices, got 'abc'" in proc.stderr
+    assert proc.returncode == 2 and "sheet.frames: a count or a list of frame indices, got 'abc'" in proc.stdout
 
 
 def test_decoded_masks_match(tmp_path: Path) -> None:

@@ -101,7 +101,7 @@ def test_report_job_pages(tmp_path: Path, run_job) -> None:
     page = (tmp_path / "nosheets" / "alpha.html").read_text()
     assert "no contact sheet: the job&#x27;s manifest cannot be read" in page and "<img" not in page
     proc = run_job("report", f"prefix={tmp_path / 'nothing'}", check=False)
-    assert proc.returncode != 0 and "not the output prefix of a jobs.propagate run" in proc.stderr
+    assert proc.returncode == 2 and "not the output prefix of a jobs.propagate run" in proc.stdout
 
 
 @needs_chromium

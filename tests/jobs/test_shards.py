@@ -74,9 +74,9 @@ def test_make_manifest_job_from_a_shard(tmp_path: Path, run_job) -> None:
     assert tasks[0].video_uri == f"tar://sav_000/sav_000001.mp4::{shard}"
     assert {p.obj_id for p in tasks[0].prompts} >= {0, 1, 2, 3, 4}       # manual ids, auto ones shifted after
     proc = run_job("make_manifest", f"shard={tmp_path / 'none.tar'}", f"manifest={manifest}", check=False)
-    assert proc.returncode != 0 and f"shard: {tmp_path / 'none.tar'}: no such tar shard" in proc.stderr
+    assert proc.returncode == 2 and f"shard: {tmp_path / 'none.tar'}: no such tar shard" in proc.stdout
     proc = run_job("make_manifest", f"manifest={manifest}", check=False)
-    assert proc.returncode != 0 and "give exactly one of annotations=URI" in proc.stderr
+    assert proc.returncode == 2 and "give exactly one of annotations=URI" in proc.stdout
 
 
 def test_shard_on_s3(tmp_path: Path, s3_server: dict, s3_bucket: str) -> None:

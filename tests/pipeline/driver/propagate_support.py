@@ -81,7 +81,7 @@ def job_spec(manifest: str, root: str, output: str, address: str, *, decoder: st
         output=OutputSpec(**{"uri": output, "overwrite": overwrite, "storage_options": storage_options,
                              **(output_options or {})}),
         cluster=ClusterSpec(address=address, **{"num_workers": 1, **cluster}),
-        log_every_s=2,
+        num_shards=1, shard_id=0, log_every_s=2,
     )
 
 
