@@ -26,8 +26,8 @@ import math
 import os
 import threading
 import time
+from collections.abc import Sequence
 from dataclasses import replace
-from typing import Any
 
 import ray
 import torch
@@ -39,30 +39,78 @@ from pipeline.io.rle import decode_rle
 from pipeline.actor.output_stage import OutputStage
 from pipeline.io.prefix import make_sink
 from pipeline.records import Fault, WorkerIdentity, WorkerResult, WorkerStartError, WorkerStatus
-from pipeline.actor.decoding import InputUnavailable, VideoError, open_video
+from pipeline.actor.decoding import InputUnavailable, VideoError, VideoSource, open_video
 from pipeline.specs import WorkerSpec
 from pipeline.plan.tasks import Prompt, VideoTask
 from sam2core.automatic import AutomaticMaskGenerator
 from sam2core.build import build_model
-from sam2core.video import PromptError, SessionOptions, VideoSession
+from sam2core.video import FrameResult, PromptError, SessionOptions, VideoSession
 
 _DEVICE_ERRORS = ("CUDA error", "CUBLAS_STATUS", "CUDNN_STATUS", "cuDNN error", "device-side assert",
                   "an illegal memory access")
 
 
+NOSET_VISIBLE_DEVICES = "RAY_EXPERIMENTAL_NOSET_CUDA_VISIBLE_DEVICES"  # Ray leaves CUDA_VISIBLE_DEVICES alone
+
+
 def pick_device(requested: str) -> torch.device:
-    """``auto`` → the GPU Ray assigned to this actor, else CPU; ``cuda`` → that GPU (Ray sets the actor's
-    CUDA_VISIBLE_DEVICES, so it is always device 0 here); ``cpu`` → CPU. A worker holding a GPU it cannot use
-    refuses to start instead of silently running on the CPU."""
+    """``auto`` → the GPU Ray assigned to this actor, else CPU; ``cuda`` → that GPU; ``cpu`` → CPU (see
+    ``device_for``). A worker holding a GPU it cannot use refuses to start instead of silently running on the CPU."""
     gpus = ray.get_gpu_ids()
     if (gpus or requested == "cuda") and not torch.cuda.is_available():
         held = f"Ray gave it GPU {', '.join(str(g) for g in gpus)}" if gpus else "model.device=cuda"
         raise WorkerStartError(f"worker on {os.uname().nodename}: {held}, but torch {torch.__version__} cannot "
                                f"use CUDA (CUDA_VISIBLE_DEVICES={os.environ.get('CUDA_VISIBLE_DEVICES')!r}, "
                                f"torch built with CUDA {torch.version.cuda})")
-    if requested == "auto":
-        return torch.device("cuda") if gpus else torch.device("cpu")
-    return torch.device(requested)
+    ray_sets_visible = os.environ.get(NOSET_VISIBLE_DEVICES, "").lower() not in ("1", "true")
+    return device_for(requested, gpus, os.environ.get("CUDA_VISIBLE_DEVICES"), ray_sets_visible)
+
+
+def device_for(requested: str, gpu_ids: Sequence[int | str], visible: str | None, ray_sets_visible: bool
+               ) -> torch.device:
+    """The device of a replica asking for ``requested`` that Ray assigned GPUs ``gpu_ids`` (its first one is used).
+
+    Ray normally sets the actor's CUDA_VISIBLE_DEVICES to its GPUs, so the GPU is device 0 (``cuda``). With
+    ``RAY_EXPERIMENTAL_NOSET_CUDA_VISIBLE_DEVICES`` the actor sees the node's devices (``visible``: the
+    CUDA_VISIBLE_DEVICES it inherited, if any, whose entries Ray's ids are) and must pick its own by index, or
+    every replica on the node would share device 0."""
+    if requested == "cpu" or (requested == "auto" and not gpu_ids):
+        return torch.device("cpu")
+    if ray_sets_visible or not gpu_ids:
+        return torch.device("cuda")
+    assigned = str(gpu_ids[0])
+    if visible is None:
+        return torch.device("cuda", int(assigned))
+    entries = [entry.strip() for entry in visible.split(",")]
+    if assigned not in entries:
+        raise WorkerStartError(f"Ray assigned GPU {assigned}, which CUDA_VISIBLE_DEVICES={visible!r} does not list")
+    return torch.device("cuda", entries.index(assigned))
+
+
+def memory_fraction(gpu_share: float) -> float | None:
+    """The share of its GPU's memory a replica holding ``gpu_share`` of the GPU may allocate: that share when it is
+    a fraction (replicas sharing a GPU then each run out of their own memory, so an out-of-memory error belongs to
+    the replica whose batch caused it), no cap for a whole GPU."""
+    return gpu_share if 0 < gpu_share < 1 else None
+
+
+def replica_threads(cpus: float) -> int:
+    """Threads a replica holding ``cpus`` CPUs runs at once in a pool of its own: its output stage's string
+    encoders, inductor's parallel compile workers (whose default is one per core of the machine, in every replica
+    at once)."""
+    return max(1, int(cpus))
+
+
+def keep_to_share(device: torch.device, gpu_share: float, cpus: float, compile_steps: bool) -> None:
+    """Hold this process to its Ray resources: its fraction of a shared GPU's memory, and compile threads by its
+    CPUs (before anything is compiled)."""
+    fraction = memory_fraction(gpu_share)
+    if device.type == "cuda" and fraction is not None:
+        torch.cuda.set_per_process_memory_fraction(fraction, device)
+    if compile_steps:
+        import torch._inductor.config as inductor_config
+
+        inductor_config.compile_threads = replica_threads(cpus)
 
 
 def pick_dtype(requested: str, device: torch.device) -> str:
@@ -123,6 +171,8 @@ class PropagationWorker:
         self.spec = spec
         self.device = pick_device(spec.model.device)
         m = spec.model
+        resources = ray.get_runtime_context().get_assigned_resources()  # this actor's share of its node
+        keep_to_share(self.device, resources.get("GPU", 0.0), resources.get("CPU", 1.0), m.compile)
         torch.manual_seed(m.seed)
         self.model = build_model(m.name, m.checkpoint, image_size=m.image_size, device=self.device,
                                  storage_options=m.storage_options, cache_dir=m.cache_dir)
@@ -132,8 +182,7 @@ class PropagationWorker:
         self._objects_held = 0  # objects the session held when the last video ended or failed
         self.generator = AutomaticMaskGenerator(self.model, **spec.auto.generator) if spec.auto else None
         self.low_res_size = (m.image_size // 4, m.image_size // 4)
-        cpus = ray.get_runtime_context().get_assigned_resources().get("CPU", 1.0)  # this actor's share
-        self.encode_threads = spec.encode_threads or max(1, int(cpus))
+        self.encode_threads = spec.encode_threads or replica_threads(resources.get("CPU", 1.0))
         self.identity = WorkerIdentity(ray.get_runtime_context().get_node_id(), os.getpid(), str(self.device),
                                        self.options.dtype)
         self._lock = threading.Lock()
@@ -233,7 +282,7 @@ class PropagationWorker:
                 self.session.reset()
             source.close()
 
-    def _discover(self, session: VideoSession, source: Any, prompts: list[Prompt]) -> list[Discovered]:
+    def _discover(self, session: VideoSession, source: VideoSource, prompts: list[Prompt]) -> list[Discovered]:
         """The objects of the video the generator finds on keyframes and ``prompts`` do not cover; leaves
         ``session`` reset for the final pass."""
         def progress(frame_idx: int) -> None:
@@ -261,7 +310,7 @@ class PropagationWorker:
         auto = self.spec.auto
         return prune(m, auto.min_area, auto.dedupe_iou, keep=sorted(manual))
 
-    def _session_for(self, source: Any, object_batch: int | None) -> VideoSession:
+    def _session_for(self, source: VideoSource, object_batch: int | None) -> VideoSession:
         """The replica's session switched to ``source`` (built on first use; keeps compiled modules warm); a task
         that ran out of memory before gets a session batching at most ``object_batch`` objects per step."""
         options = self.options if object_batch is None else replace(self.options, max_objects_per_batch=object_batch)
@@ -276,7 +325,7 @@ def _sigmoid(x: float) -> float:
     return float(1.0 / (1.0 + math.exp(-min(max(x, -80.0), 80.0))))
 
 
-def _apply_prompt(session: VideoSession, prompt: Prompt) -> Any:
+def _apply_prompt(session: VideoSession, prompt: Prompt) -> FrameResult:
     """One manifest row → one engine call (points and/or box, or a mask), returning the frame's result; errors name
     the manifest row."""
     try:
