@@ -23,7 +23,8 @@ from pycocotools import mask as mask_utils
 from pipeline.actor.decoding import open_video
 from pipeline.dataset.predictions import (find_predictions, locate_videos, manifest_tasks, read_prediction,
                                           resolve_data, select_videos)
-from pipeline.dataset.render import RANDOM_WARNING, SheetOptions, color_hex, pick_positions, random_weights, render_sheet
+from pipeline.dataset.render import (RANDOM_WARNING, SheetOptions, color_hex, pick_positions, random_weights,
+                                     render_sheet)
 from pipeline.dataset.specs import ReportSpec
 from pipeline.io.masklets import Masklets
 from pipeline.io.storage import join_uri, list_sizes, read_bytes, write_bytes
