@@ -26,7 +26,7 @@ from pipeline.io.rle import decode_rle
 from pipeline.plan.tasks import _resolve_uri
 from sam2core.image_predictor import ImagePrompt
 
-_COLUMNS = ("image_id", "image_uri", "obj_id", "points", "point_labels", "box", "mask", "category_id")
+_COLUMNS = ("image_id", "image_uri", "file_name", "obj_id", "points", "point_labels", "box", "mask", "category_id")
 
 
 @dataclass(frozen=True)
@@ -53,7 +53,8 @@ class ImageItem:
     """One image of a task and its objects (none with ``prompts=auto``)."""
 
     image_id: str
-    uri: str
+    uri: str  # resolved (absolute)
+    file_name: str  # the manifest's image_uri, as written (what the COCO output names the image by)
     objects: tuple[ImageObject, ...]
 
 
@@ -99,13 +100,14 @@ class ImageTask:
         objects: list[ImageObject] = []
         for i in range(self.rows.num_rows):
             if self.auto:
-                items.append(ImageItem(cols["image_id"][i], cols["image_uri"][i], ()))
+                items.append(ImageItem(cols["image_id"][i], cols["image_uri"][i], cols["file_name"][i], ()))
                 continue
             objects.append(ImageObject(cols["obj_id"][i], cols["points"][i], cols["point_labels"][i],
                                        cols["box"][i], cols["mask"][i], cols["category_id"][i]))
             last = i + 1 == self.rows.num_rows or cols["image_id"][i + 1] != cols["image_id"][i]
             if last:
-                items.append(ImageItem(cols["image_id"][i], cols["image_uri"][i], tuple(objects)))
+                items.append(ImageItem(cols["image_id"][i], cols["image_uri"][i], cols["file_name"][i],
+                                       tuple(objects)))
                 objects = []
         return items
 
@@ -117,13 +119,12 @@ def plan_image_tasks(table: pa.Table, data_root: str | None, images_per_task: in
     auto = mode == "auto"
     keep = [c for c in _COLUMNS if c in table.column_names and not (auto and c not in ("image_id", "image_uri"))]
     table = table.select(keep)
+    table = table.add_column(2, "file_name", table["image_uri"])
     order = [("image_id", "ascending")] + ([] if auto else [("obj_id", "ascending")])
     table = table.sort_by(order)
-    uris = pc.unique(table["image_uri"]).to_pylist()
-    resolved = {u: _resolve_uri(u, data_root) for u in uris}
-    if any(k != v for k, v in resolved.items()):
-        table = table.set_column(table.column_names.index("image_uri"), "image_uri",
-                                 pa.array([resolved[u] for u in table["image_uri"].to_pylist()], pa.string()))
+    resolved = {u: _resolve_uri(u, data_root) for u in pc.unique(table["image_uri"]).to_pylist()}
+    table = table.set_column(table.column_names.index("image_uri"), "image_uri",
+                             pa.array([resolved[u] for u in table["image_uri"].to_pylist()], pa.string()))
     ids = table["image_id"].to_pylist()
     starts = [0] + [i for i in range(1, len(ids)) if ids[i] != ids[i - 1]]
     bounds = starts[::images_per_task] + [len(ids)]

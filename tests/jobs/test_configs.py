@@ -29,7 +29,7 @@ from tests.helpers import make_video, synthetic_frames
 from tests.jobs.jobdata import REPO
 from tests.pipeline.driver.propagate_support import prompts_for, write_manifest
 
-JOBS = ("propagate", "render", "report", "export", "evaluate", "make_manifest")
+JOBS = ("propagate", "render", "report", "export", "evaluate", "make_manifest", "segment_images")
 SECRET = "SEKRIT123"
 
 

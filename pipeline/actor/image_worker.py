@@ -1,0 +1,193 @@
+"""The Ray actor that turns a task of many images and their prompts into a COCO part, holding one model replica.
+
+Per task: loader threads read, decode and (on a CPU worker) resize the images ahead of the model, a bounded number
+of encoder batches ahead (``pipeline.actor.image_loading``); the image encoder runs on a batch of images, the decoder
+on all prompts of an image at once (``sam2core.image_predictor``), the logits are upsampled to the image on the
+device and the masks leave it as run boundaries (``pipeline.io.rle``); the loader threads turn those into COCO RLE
+strings while the model goes on. With ``prompts=auto`` the replica's ``AutomaticMaskGenerator`` runs on each image,
+reusing the batch's features.
+
+One unreadable image, or one whose mask prompt does not fit it, fails alone (named in the part's ``failed``); the
+task still completes. A storage outage fails the task (retried by the pool), as do out-of-memory (retried with half
+the images per encoder batch) and GPU faults (the pool replaces the process). ``status`` reports the images done,
+for progress and the task's time budget (``cluster.video_timeout_s`` + ``timeout_s_per_object_frame`` per image).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import threading
+import time
+from collections import deque
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import replace
+
+import numpy as np
+import ray
+import torch
+
+from pipeline.actor.decoding import InputUnavailable
+from pipeline.actor.image_loading import ImageError, LoadedImage, load
+from pipeline.actor.worker import fault_of, pick_device, pick_dtype
+from pipeline.image_specs import ImageWorkerSpec
+from pipeline.io.coco import annotation_records, image_record
+from pipeline.io.image_prefix import ImageSink
+from pipeline.io.rle import Boundaries, coco_rles, full_boundaries
+from pipeline.plan.image_tasks import ImageItem, ImageTask
+from pipeline.records import Fault, WorkerIdentity, WorkerResult, WorkerStatus
+from sam2core.automatic import AutomaticMaskGenerator
+from sam2core.build import build_model
+from sam2core.image_predictor import decode_objects, prepare_image, upsample
+from sam2core.mask_ops import stability_score
+from sam2core.modeling.sam2 import ImageFeatures
+
+STABILITY_OFFSET = 1.0  # the stability score written: IoU of the masks cut at +1 and -1 (the generator's default)
+
+
+class ImageWorker:
+    """One model replica; ``process`` segments every image of one task and writes its part and done marker."""
+
+    def __init__(self, spec: ImageWorkerSpec) -> None:
+        self.spec = spec
+        m = spec.model
+        self.device = pick_device(m.device)
+        torch.manual_seed(m.seed)
+        self.model = build_model(m.name, m.checkpoint, image_size=m.image_size, device=self.device,
+                                 storage_options=m.storage_options, cache_dir=m.cache_dir)
+        self.dtype = pick_dtype(m.dtype, self.device)
+        self.generator = AutomaticMaskGenerator(self.model, **spec.generator) if spec.generator is not None else None
+        self.sink = ImageSink(spec.output_uri, spec.output_storage_options, spec.retry_s)
+        cpus = ray.get_runtime_context().get_assigned_resources().get("CPU", 1.0)
+        self.loader = ThreadPoolExecutor(spec.images.loader_threads or max(1, int(cpus)),
+                                         thread_name_prefix="image-loader")
+        self.identity = WorkerIdentity(ray.get_runtime_context().get_node_id(), os.getpid(), str(self.device),
+                                       self.dtype)
+        self._lock = threading.Lock()
+        self._status: WorkerStatus | None = None
+
+    def ready(self) -> WorkerIdentity:
+        """Where this replica runs; returns once the model is built."""
+        return self.identity
+
+    @ray.method(concurrency_group="status")
+    def status(self) -> WorkerStatus | None:
+        """The task under way: its key, images (done and total); None if idle."""
+        with self._lock:
+            return None if self._status is None else replace(self._status)
+
+    def process(self, task: ImageTask) -> WorkerResult:
+        """Run ``task`` and write its part + done marker; returns a small result and never raises for the task's
+        failure (its ``Fault`` says whether another attempt could succeed)."""
+        start = time.perf_counter()
+        with self._lock:
+            self._status = WorkerStatus(task.key, started=time.time(), objects=1, frames=task.num_images)
+        try:
+            part = self.run_task(task)
+            result = WorkerResult(task.key, frames=task.num_images, objects=len(part["annotations"]),
+                                  seconds=round(time.perf_counter() - start, 3), digest=task.digest,
+                                  worker=self.identity)
+            self.sink.write_part(task.key, part)
+            self.sink.mark_done(result)
+        except InputUnavailable as exc:
+            result = WorkerResult(task.key, Fault.INPUT_UNAVAILABLE, f"{type(exc).__name__}: {exc}",
+                                  worker=self.identity)
+        except Exception as exc:  # noqa: BLE001 - one task's failure must not take the replica down
+            fault = fault_of(exc)
+            kind = {Fault.OUT_OF_MEMORY: "out of memory", Fault.GPU_FAULT: "GPU fault"}.get(fault, type(exc).__name__)
+            result = WorkerResult(task.key, fault, f"{kind}: {exc}".splitlines()[0], worker=self.identity,
+                                  object_batch=self._batch(task) if fault is Fault.OUT_OF_MEMORY else None)
+        finally:
+            with self._lock:
+                self._status = None
+        return replace(result, seconds=round(time.perf_counter() - start, 3))
+
+    def _batch(self, task: ImageTask) -> int:
+        return task.image_batch or self.spec.images.batch
+
+    def run_task(self, task: ImageTask) -> dict:
+        """The part of one task: ``images`` and ``annotations`` (COCO records) and ``failed`` images (id → reason).
+        What it raises, ``process`` classifies."""
+        items = task.images()
+        batch = self._batch(task)
+        pending: deque[tuple[ImageItem, Future]] = deque()
+        queued = iter(items)
+        ahead = batch * (self.spec.images.ahead + 1)
+        prepare_here = self.device.type == "cpu"
+        size = self.model.image_size
+        so = self.spec.input_storage_options
+
+        def refill() -> None:
+            while len(pending) < ahead:
+                item = next(queued, None)
+                if item is None:
+                    return
+                pending.append((item, self.loader.submit(load, item, so, size, prepare_here)))
+
+        images, annotations, failed = [], [], {}
+        encoded: list[Future] = []  # RLE strings being built on the loader threads
+        done = 0
+        refill()
+        while pending:
+            loaded: list[tuple[ImageItem, LoadedImage]] = []
+            while pending and len(loaded) < batch:
+                item, future = pending.popleft()
+                try:
+                    loaded.append((item, future.result()))
+                except ImageError as exc:
+                    failed[item.image_id] = str(exc)
+            refill()
+            if loaded:
+                for item, image, bounds, iou, stability, obj_ids, cats in self._segment(loaded):
+                    h, w = image.size
+                    images.append(image_record(item.image_id, item.file_name, h, w))
+                    encoded.append(self.loader.submit(_annotations, item.image_id, obj_ids, cats, bounds, iou,
+                                                      stability))
+            done += len(loaded)
+            with self._lock:
+                self._status.frames_done = done + len(failed)
+        for future in encoded:
+            annotations += future.result()
+        return {"images": images, "annotations": annotations, "failed": failed}
+
+    @torch.inference_mode()
+    def _segment(self, loaded: list[tuple[ImageItem, LoadedImage]]) -> list[tuple]:
+        """Encode a batch of images, then per image: every object's mask (or the generator's masks) as run
+        boundaries on the host, with predicted IoU and stability, object ids and categories."""
+        model = self.model
+        autocast = (torch.autocast(self.device.type, dtype=torch.bfloat16) if self.dtype == "bfloat16"
+                    else contextlib.nullcontext())
+        with autocast:
+            if loaded[0][1].model_input is not None:
+                inputs = torch.stack([image.model_input for _, image in loaded]).to(self.device)
+            else:
+                inputs = torch.stack([prepare_image(image.pixels.to(self.device, non_blocking=True), model.image_size)
+                                      for _, image in loaded])
+            raw = model.encode_image(inputs)
+            feats = ImageFeatures(model.add_no_memory(raw.feat), raw.pos, raw.high_res)
+            segmented = []
+            for i, (item, image) in enumerate(loaded):
+                hw = image.size
+                if self.generator is not None:
+                    found = self.generator.generate_masks(image.pixels.to(self.device), features=raw.index(i))
+                    masks, iou, stability = found.masks, found.predicted_iou, found.stability_score
+                    obj_ids, cats = list(range(len(found))), [None] * len(found)
+                else:
+                    out = decode_objects(model, feats.index(i), hw, image.prompts)
+                    logits = upsample(out.logits.float(), hw)
+                    masks, iou = logits > 0, out.iou
+                    stability = stability_score(logits, 0.0, STABILITY_OFFSET)
+                    obj_ids = [o.obj_id for o in item.objects]
+                    cats = [o.category_id for o in item.objects]
+                bounds = full_boundaries(masks) if len(masks) else None
+                segmented.append((item, image, bounds, iou.float().cpu().numpy(),
+                                 torch.nan_to_num(stability.float(), nan=0.0).cpu().numpy(), obj_ids, cats))
+        return segmented
+
+
+def _annotations(image_id: str, obj_ids: list[int], cats: list, bounds: Boundaries | None, iou: np.ndarray,
+                 stability: np.ndarray) -> list[dict]:
+    """COCO annotations of one image from its masks' run boundaries (runs on a loader thread)."""
+    if bounds is None:
+        return []
+    return annotation_records(image_id, obj_ids, cats, coco_rles(bounds), iou.tolist(), stability.tolist())
