@@ -149,10 +149,13 @@ class EvaluateSpec:
 @dataclass
 class MakeManifestSpec:
     """``jobs.make_manifest``: a prompt manifest from a folder of annotations or from a tar shard of videos with
-    their SA-V annotations (exactly one of ``annotations`` and ``shard``)."""
+    their SA-V annotations, or an image manifest from a COCO detection file (exactly one of ``annotations``,
+    ``shard`` and ``coco``)."""
 
     annotations: str | None = None  # folder of SA-V JSON files or of per-video PNG mask folders
     shard: str | None = None  # tar shard (any fsspec URI); rows get video_uri tar://{member}::{shard}
+    coco: str | None = None  # COCO instances file (any fsspec URI): an image manifest, a box prompt per annotation
+    image_root: str | None = None  # coco only: joined before each file_name (null: file_name as written)
     manifest: str = "manifest.parquet"  # manifest URI to write (local path, file:// or s3://)
     kinds: list[str] = field(default_factory=lambda: ["manual"])  # SA-V JSON kinds per video, in order; ids of a
     # later kind are shifted past earlier ones
@@ -164,8 +167,9 @@ class MakeManifestSpec:
     storage_options: Any = None  # fsspec/s3fs options (AWS_* environment variables also apply)
 
     def __post_init__(self) -> None:
-        if (self.annotations is None) == (self.shard is None):
-            raise SpecError("give exactly one of annotations=URI (a folder) or shard=URI (a tar shard)")
+        if sum(v is not None for v in (self.annotations, self.shard, self.coco)) != 1:
+            raise SpecError("give exactly one of annotations=URI (a folder), shard=URI (a tar shard) or coco=URI (a "
+                            "COCO detection file)")
         check_options("storage_options", self.storage_options)
         _positive("frame_step", self.frame_step)
         unknown = [k for k in self.kinds if k not in SAV_KINDS]
