@@ -23,6 +23,7 @@ from pipeline.plan.manifest import load_manifest
 from pipeline.driver.pool import WorkerPool
 from pipeline.driver.scheduling import PoolPolicy
 from pipeline.io.prefix import make_sink
+from pipeline.specs import OutputSpec
 from pipeline.plan.tasks import VideoTask
 from pipeline.records import Status, WorkerIdentity, WorkerResult, WorkerStatus
 
@@ -61,7 +62,8 @@ def measure_dispatch(manifest: str, data_root: str, tasks: int, workers: int, de
     ray.init(address="local", num_cpus=workers, include_dashboard=False, log_to_driver=False)
     try:
         with tempfile.TemporaryDirectory(prefix="bench-dispatch-") as out:
-            sink = make_sink(out, "sav_json")  # the loop records failed videos there; no-op tasks never fail
+            o = OutputSpec(uri=out)  # the loop records failed videos there; no-op tasks never fail
+            sink = make_sink(o.uri, o.format, o.storage_options, o.retry_s)
             actors = [ray.remote(NullWorker).options(num_cpus=1).remote() for _ in range(workers)]
             ray.get([a.ready.remote() for a in actors])
             start = time.perf_counter()

@@ -38,8 +38,7 @@ class Sink:
     """Masklet files and state markers of one output prefix; every call retries transient storage errors for up
     to ``retry_s`` seconds (``pipeline.storage.retrying``) before it raises."""
 
-    def __init__(self, output_uri: str, fmt: str = "sav_json", storage_options: dict | None = None,
-                 retry_s: float = 120.0) -> None:
+    def __init__(self, output_uri: str, fmt: str, storage_options: dict | None, retry_s: float) -> None:
         if fmt not in FORMATS:
             raise ValueError(f"unknown output format {fmt!r}; expected one of {sorted(FORMATS)}")
         self.uri = output_uri.rstrip("/")
@@ -204,7 +203,7 @@ class Sink:
                 fs.rm_file(path)
 
 
-def make_sink(output_uri: str, fmt: str = "sav_json", storage_options: dict | None = None,
-              retry_s: float = 120.0) -> Sink:
-    """The sink for ``output.uri`` / ``output.format`` / ``output.retry_s``."""
+def make_sink(output_uri: str, fmt: str, storage_options: dict | None, retry_s: float) -> Sink:
+    """The sink for ``output.uri`` / ``output.format`` / ``output.storage_options`` / ``output.retry_s`` (their
+    defaults: pipeline.specs.OutputSpec)."""
     return Sink(output_uri, fmt, storage_options, retry_s)

@@ -12,6 +12,7 @@ from pipeline.io.prefix import make_sink
 from pipeline.io.storage import exists, list_names, read_bytes, write_bytes
 from pipeline.records import Fault, ProvenanceError, WorkerIdentity, WorkerResult
 
+RETRY_S = 30.0  # transient storage errors are retried this long (the job's default: pipeline.specs.OutputSpec)
 PROV = {"model": "sam2.1_hiera_tiny", "image_size": 1024, "checkpoint": "/ckpt/tiny.pt", "checkpoint_sha256": "aa" * 32,
         "package_version": "0.1.0", "config": {"cluster": {"num_workers": 2}}}
 
@@ -36,7 +37,7 @@ def out(request, tmp_path):
 @pytest.mark.parametrize("fmt,ext", [("sav_json", "json"), ("parquet", "parquet")])
 def test_layout_markers_and_resume(out, fmt, ext):
     uri, so = out
-    sink = make_sink(uri, fmt, so)
+    sink = make_sink(uri, fmt, so, RETRY_S)
     assert sink.done_ids() == set() and sink.failed_ids() == set()
     written = sink.write(_masklets("v1"))
     assert written == f"{uri}/masklets/v1.{ext}"
@@ -60,7 +61,7 @@ def test_markers_written_before_the_typed_records_still_read(out):
     """Resume across the upgrade: done and failed markers in the exact bytes the previous release wrote (the whole
     worker record plus masklets/reason and time, compact JSON, sorted keys), one with a key nobody knows."""
     uri, so = out
-    sink = make_sink(uri, "sav_json", so)
+    sink = make_sink(uri, "sav_json", so, RETRY_S)
     digest = "5e" * 32
     old_done = ('{"device":"cpu","digest":"%s","dtype":"float32","error":null,"frames":8,"masklets":"%s/masklets/'
                 'v1.json","node_id":"9f3c","objects":2,"pid":4242,"retryable":false,"seconds":1.234,"status":"done",'
@@ -84,7 +85,7 @@ def test_markers_written_before_the_typed_records_still_read(out):
 
 def test_done_ids_sees_markers_of_other_sink_instances(out):
     uri, so = out
-    a, b = make_sink(uri, "sav_json", so), make_sink(uri, "sav_json", so)
+    a, b = make_sink(uri, "sav_json", so, RETRY_S), make_sink(uri, "sav_json", so, RETRY_S)
     assert b.done_ids() == set()
     for i in range(30):
         a.write(_masklets(f"v{i}"))
@@ -94,7 +95,7 @@ def test_done_ids_sees_markers_of_other_sink_instances(out):
 
 def test_summary_written_with_success_last(out):
     uri, so = out
-    sink = make_sink(uri, "sav_json", so)
+    sink = make_sink(uri, "sav_json", so, RETRY_S)
     sink.write_summary({"status": "ok", "done": 3, "failed": 0}, "model:\n  name: tiny\n")
     assert json.loads(read_bytes(f"{uri}/summary.json", so)) == {"status": "ok", "done": 3, "failed": 0}
     assert read_bytes(f"{uri}/config.yaml", so).decode().startswith("model:")
@@ -107,7 +108,7 @@ def test_summary_written_with_success_last(out):
 
 def test_sharded_summaries_do_not_collide(tmp_path):
     uri = str(tmp_path / "out")
-    sink = make_sink(uri)
+    sink = make_sink(uri, "sav_json", None, RETRY_S)
     sink.write_summary({"status": "ok", "shard": 0}, "a: 1\n", shard=(0, 2))
     sink.write_summary({"status": "ok", "shard": 1}, "a: 1\n", shard=(1, 2))
     assert list_names(uri) == {"summary-0-of-2.json", "summary-1-of-2.json", "config-0-of-2.yaml",
@@ -118,7 +119,7 @@ def test_sharded_summaries_do_not_collide(tmp_path):
 
 def test_provenance_refuses_other_model_unless_overwrite(out):
     uri, so = out
-    sink = make_sink(uri, "sav_json", so)
+    sink = make_sink(uri, "sav_json", so, RETRY_S)
     sink.check_provenance(PROV, overwrite=False)
     sink.write(_masklets("v1"))
     sink.mark_done(WorkerResult("v1"))
@@ -148,7 +149,7 @@ def test_provenance_refuses_other_model_unless_overwrite(out):
 
 
 def test_provenance_of_random_weights_compares_seed(tmp_path):
-    sink = make_sink(str(tmp_path / "out"))
+    sink = make_sink(str(tmp_path / "out"), "sav_json", None, RETRY_S)
     random = {"model": "sam2.1_hiera_tiny", "image_size": 128, "checkpoint": "random", "checkpoint_sha256": None,
               "random_seed": 0}
     sink.check_provenance(random)
@@ -164,11 +165,11 @@ def test_provenance_refuses_unrecorded_results(out):
     uri, so = out
     write_bytes(f"{uri}/masklets/old.json", b"{}", so)
     with pytest.raises(ProvenanceError, match="without a provenance record"):
-        make_sink(uri, "sav_json", so).check_provenance(PROV)
+        make_sink(uri, "sav_json", so, RETRY_S).check_provenance(PROV)
 
 
 def test_bad_arguments_name_the_culprit(tmp_path):
     with pytest.raises(ValueError, match="csv"):
-        make_sink(str(tmp_path), "csv")
+        make_sink(str(tmp_path), "csv", None, RETRY_S)
     with pytest.raises(ValueError, match=r"'\.\./x'"):
-        make_sink(str(tmp_path)).mark_done(WorkerResult("../x"))
+        make_sink(str(tmp_path), "sav_json", None, RETRY_S).mark_done(WorkerResult("../x"))
