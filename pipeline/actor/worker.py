@@ -249,6 +249,9 @@ class PropagationWorker:
         try:
             session = self._session_for(source, task.object_batch)
             prompts = [check_geometry(p, source.height, source.width) for p in task.prompts]
+            session.warm_up(prompt_frames(prompts))  # model.compile: every shape of this video's passes, now ...
+            with self._lock:  # ... so the video's time budget starts after the compiling
+                self._status.started = time.time()
             found = self._discover(session, source, prompts) if task.auto else []
             for prompt in prompts:
                 _apply_prompt(session, prompt)
@@ -323,6 +326,14 @@ class PropagationWorker:
 
 def _sigmoid(x: float) -> float:
     return float(1.0 / (1.0 + math.exp(-min(max(x, -80.0), 80.0))))
+
+
+def prompt_frames(prompts: list[Prompt]) -> dict[int, set[int]]:
+    """The frames each object is prompted on (what ``VideoSession.warm_up`` plans a video's passes from)."""
+    frames: dict[int, set[int]] = {}
+    for prompt in prompts:
+        frames.setdefault(prompt.obj_id, set()).add(prompt.frame_idx)
+    return frames
 
 
 def _apply_prompt(session: VideoSession, prompt: Prompt) -> FrameResult:

@@ -332,7 +332,7 @@ class SAM2Model(nn.Module):
         p, c = obj_ptrs.shape[1:]
         split = c // cfg.mem_dim
         tokens = memory.to(dtype).flatten(3).transpose(2, 3).reshape(b, s * h * w, cfg.mem_dim)
-        mem_pos = self.memory_pos.to(dtype).flatten(1).t()
+        mem_pos = self._memory_pos(dtype)
         tpos = torch.stack([self.maskmem_tpos_enc[t].view(1, -1) for t in memory_tpos]).to(dtype)
         positions = (mem_pos[None] + tpos).reshape(1, s * h * w, cfg.mem_dim).expand(b, -1, -1)
         ptr_tokens = obj_ptrs.to(dtype).reshape(b, p * split, cfg.mem_dim)
@@ -350,6 +350,14 @@ class SAM2Model(nn.Module):
         side = cfg.feat_size
         return out.transpose(1, 2).reshape(b, out.shape[2], side, side)
 
+    def _memory_pos(self, dtype: torch.dtype) -> torch.Tensor:
+        """The memories' sine position code ``[hw, mem]`` as the memory encoder gives it, in the compute dtype
+        (autocast's when it is on: the official predictor keeps it so before adding the temporal code), then as
+        ``dtype`` for that sum."""
+        device = self.memory_pos.device.type
+        compute = torch.get_autocast_dtype(device) if torch.is_autocast_enabled(device) else self.memory_pos.dtype
+        return self.memory_pos.to(compute).to(dtype).flatten(1).t()
+
     def _memory_tokens(
         self,
         memories: list[torch.Tensor],
@@ -362,7 +370,7 @@ class SAM2Model(nn.Module):
         """Memory tokens ``[B, M, mem]`` (spatial memories, then pointer tokens), their position code and the
         number of pointer tokens."""
         b = memories[0].shape[0] if memories else obj_ptrs.shape[0]
-        mem_pos = self.memory_pos.to(dtype).flatten(1).t()
+        mem_pos = self._memory_pos(dtype)
         tokens = [m.to(dtype).flatten(2).transpose(1, 2) for m in memories]
         positions = [(mem_pos + self.maskmem_tpos_enc[t].view(1, -1).to(dtype)).expand(b, -1, -1) for t in memory_tpos]
         num_ptr_tokens = 0

@@ -69,6 +69,9 @@ def compiled(fn: Callable, cuda_graphs: bool) -> Callable:
     return torch.compile(fn, fullgraph=True, dynamic=False, mode=mode, backend=BACKEND)
 
 
+PAD_LIMIT = 0.25  # padded rows of a frame's tracking calls, at most this share of its objects
+
+
 def object_buckets(cap: int) -> tuple[int, ...]:
     """Batch sizes a tracking step runs with under ``max_objects_per_batch = cap``: powers of two below it, and it."""
     sizes = []
@@ -79,11 +82,18 @@ def object_buckets(cap: int) -> tuple[int, ...]:
     return (*sizes, cap)
 
 
-def bucket_of(n: int, buckets: tuple[int, ...]) -> int:
-    """The smallest bucket that holds ``n`` objects."""
-    return next(b for b in buckets if b >= n)
-
-
-def cond_slots(n: int) -> int:
-    """Conditioning-memory slots for ``n`` conditioning frames under static shapes: the next power of two."""
-    return 1 << max(n - 1, 0).bit_length()
+def split_objects(n: int, buckets: tuple[int, ...]) -> tuple[int, ...]:
+    """The buckets of the tracking calls for ``n`` objects of a frame: the smallest bucket that holds what is left
+    when that pads at most ``PAD_LIMIT`` of it, else the largest bucket that fits and the rest split again (9 of cap
+    16: 8 + 1; 7: 8; 50: 16 + 16 + 16 + 2). Only the last call is padded, so padding stays within ``PAD_LIMIT``
+    of ``n``, in at most one call more than the bucket count."""
+    chunks: list[int] = []
+    left = n
+    while left > 0:
+        fit = next((b for b in buckets if b >= left), None)
+        if fit is not None and fit - left <= PAD_LIMIT * left:
+            chunks.append(fit)
+            break
+        chunks.append(max(b for b in buckets if b <= left))
+        left -= chunks[-1]
+    return tuple(chunks)

@@ -39,6 +39,11 @@ class MemoryPlan:
     num_cond_ptrs: int = 0
 
 
+def cond_count(num_cond_frames: int, p: MemoryParams) -> int:
+    """How many of an object's ``num_cond_frames`` conditioning frames a step attends to."""
+    return num_cond_frames if p.max_cond_frames == -1 else min(num_cond_frames, p.max_cond_frames)
+
+
 def split_cond_frames(frame_idx: int, cond: dict[int, FrameOutput], limit: int
                       ) -> tuple[dict[int, FrameOutput], dict[int, FrameOutput]]:
     """(selected, unselected) conditioning outputs: all of them if ``limit`` is -1 or not exceeded, else the closest

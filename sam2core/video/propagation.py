@@ -101,9 +101,9 @@ class Propagator:
         kept_ptr, kept_mem = mirror_frames(start, num_frames, params) if not reverse else (set(), set())
         kept_ptr |= hold
         kept_mem |= hold
-        limit = params.max_cond_frames
-        self.tracker.warm_up(max((len(o.cond) if limit == -1 else min(len(o.cond), limit) for o in objects),
-                                 default=1))
+        cond_frames = [list(obj.cond) for obj in objects]
+        num_cond = self.tracker.pass_cond(cond_frames)
+        self.tracker.warm_up(self.tracker.pass_patterns(cond_frames, order, reverse, num_frames))
         to_compute = [t for t in order if any(t not in obj.cond for obj in objects)]
         threads = plan_threads(self.options.overlap_encoder, self.tracker.device)
         stream = FeatureStream(self.source, to_compute, self.tracker.encode, self.tracker.device,
@@ -121,7 +121,7 @@ class Propagator:
                         self.on_features(frame_idx, feats)
                     with torch.inference_mode(), self.tracker.autocast():
                         masks, outputs = self.tracker.track(feats, tracked, frame_idx, reverse, num_frames,
-                                                            keep_masks=keep_history)
+                                                            keep_masks=keep_history, num_cond=num_cond)
                     for j, (obj, out) in enumerate(zip(tracked, outputs)):
                         obj.non_cond[frame_idx] = out
                         low[obj.obj_id] = (masks[j:j + 1], out.score)

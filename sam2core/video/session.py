@@ -22,7 +22,7 @@ Semantics are those of the official ``SAM2VideoPredictor`` (sam2 1.1.0, per-obje
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Iterator
+from collections.abc import Collection, Iterator, Mapping
 
 import numpy as np
 import numpy.typing as npt
@@ -34,7 +34,7 @@ from .feature_stream import FrameSource, host_frame, to_device
 from .memory import MemoryParams
 from .options import COMPUTE_DTYPES, SessionOptions
 from .prompts import PromptError, mask_prompt, point_prompt
-from .propagation import Propagator
+from .propagation import Propagator, pass_frames
 from .replay import Replay
 from .results import FrameResult, prompted_frame_result
 from .state import BACKWARD, UNTRACKED, FrameOutput, ObjectState, PointPrompt, SessionState
@@ -46,7 +46,8 @@ _DIRECTIONS = ("forward", "backward", "both")
 class VideoSession:
     """One video's prompts and tracking state; ``reset`` reuses the model (and optionally switches the video)."""
 
-    def __init__(self, model: SAM2Model, source: FrameSource, options: SessionOptions | None = None) -> None:
+    def __init__(self, model: SAM2Model, source: FrameSource, options: SessionOptions | None = None,
+                 prompt_frames: Mapping[int, Collection[int]] | None = None) -> None:
         self.options = options or SessionOptions()
         self.options.validate()
         self.model = model
@@ -61,8 +62,8 @@ class VideoSession:
                                 self.options.compile, self.options.encoder_batch)
         self._device = device
         self._image_size = cfg.image_size
-        self._tracker.warm_up()
         self.reset(source)
+        self.warm_up(prompt_frames or {})
 
     # ------------------------------------------------------------------ lifecycle
     def reset(self, source: FrameSource | None = None) -> None:
@@ -76,6 +77,22 @@ class VideoSession:
         self.state = SessionState(num_frames=self.source.num_frames)
         self._propagator = Propagator(self._tracker, self.source, self.state, self.options, self._remember)
         self._replay = Replay(self.state, self._propagator)
+
+    def warm_up(self, prompt_frames: Mapping[int, Collection[int]]) -> None:
+        """With ``compile``: compile now (on CUDA also record the CUDA graphs of) the image encoder and every frame
+        pattern that propagating this video both ways from the earliest prompted frame can use, for objects prompted
+        on ``prompt_frames`` (object id -> frames; frames outside the video are left to the prompts to refuse), so
+        that its passes compile nothing. The session does it when built (``prompt_frames`` there); a pipeline
+        worker does it for each video before the video's time budget starts. Without ``compile``: nothing."""
+        num_frames = self.state.num_frames
+        cond_frames = [frames for frames in ({t for t in f if 0 <= t < num_frames} for f in prompt_frames.values())
+                       if frames]
+        patterns = set()
+        if cond_frames:
+            forward, backward = pass_frames(min(min(frames) for frames in cond_frames), num_frames, None)
+            for order, reverse in ((forward, False), (backward, True)):
+                patterns |= self._tracker.pass_patterns(cond_frames, order, reverse, num_frames)
+        self._tracker.warm_up(patterns)
 
     @property
     def obj_ids(self) -> list[int]:

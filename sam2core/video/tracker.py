@@ -8,17 +8,22 @@ object's history and the masks equal those of attending to the filled slots alon
 batch dimension in chunks of at most ``max_objects_per_batch`` (one memory-attention, mask-decoder and
 memory-encoder call per chunk); the memory-independent start of memory attention is computed once per frame.
 
-With static shapes (``compile``) a chunk is padded to the next object bucket (1, 2, 4, … the cap) by repeating its
-first object and ``c`` is rounded up to a power of two, so the compiled step sees a handful of shapes, all of them
-run once by ``warm_up``. Eager steps (CPU by default) drop instead the slots no object of the chunk fills, and pass no
-mask when every remaining slot is filled (from the first ``num_maskmem`` frames on, with one object per step: the
+With static shapes (``compile``) a frame's objects go through the compiled step in buckets (1, 2, 4, … the cap;
+``split_objects``: the last call padded by repeating its first object, at most 25% padded rows), each call of one
+``Layout``. Until every object fills every slot the calls are masked, with ``c`` the most conditioning frames an
+object of the pass has; from then on (steady state: about ``max_obj_ptrs`` frames into a pass) they have exactly the
+filled slots and no mask, the shapes of the official arithmetic, so SDPA may pick flash attention. A frame's calls
+form its ``Pattern``; ``pass_patterns`` lists those a pass can meet and ``warm_up`` runs each once (with CUDA graphs:
+records its call path) before the pass, so nothing compiles or records while it runs. Eager steps (CPU by default)
+drop instead the slots no object of the chunk fills, and pass no mask when every remaining slot is filled (the
 official predictor's arithmetic, with no padded keys and no masking cost).
 """
 
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Hashable
+from collections import Counter
+from collections.abc import Collection, Hashable, Iterable, Sequence
 from typing import NamedTuple
 
 import torch
@@ -27,8 +32,9 @@ from torch import nn
 
 from sam2core.modeling.sam2 import ImageFeatures, SAM2Model
 
-from .compile import bucket_of, compiled, compute_weights, cond_slots, object_buckets, shared
-from .memory import MemoryParams, MemoryPlan, plan_memory
+from .compile import compiled, compute_weights, object_buckets, shared, split_objects
+from .memory import (MemoryParams, MemoryPlan, cond_count, memory_frames, plan_memory, pointer_frames,
+                     split_cond_frames)
 from .postprocess import fill_holes
 from .state import FrameOutput, ObjectState, PointPrompt
 
@@ -65,9 +71,31 @@ class Slots(NamedTuple):
     masked: bool  # some slot is empty: attention needs the key mask
 
 
-def _ptr_slot(plan: MemoryPlan, i: int, num_cond: int) -> int:
+class Layout(NamedTuple):
+    """The shape of one compiled tracking call: ``rows`` objects, ``num_cond`` conditioning memory slots and
+    ``num_cond_ptrs`` conditioning pointer slots (then ``num_maskmem - 1`` temporal slots and one pointer slot per
+    distance); ``masked``: empty slots are hidden by a key mask, else every slot is filled and attention runs with
+    no mask (flash attention's case)."""
+
+    rows: int
+    num_cond: int
+    num_cond_ptrs: int
+    masked: bool
+
+
+Pattern = tuple[Layout, ...]  # the compiled tracking calls of one frame, in order (after its prefix)
+
+
+def _ptr_slot(plan: MemoryPlan, i: int, cond_ptr_slots: int) -> int:
     """Pointer slot of a plan's ``i``-th pointer: conditioning pointers first, then one slot per distance."""
-    return i if i < plan.num_cond_ptrs else num_cond + plan.offsets[i] - 1
+    return i if i < plan.num_cond_ptrs else cond_ptr_slots + plan.offsets[i] - 1
+
+
+def _cond_counts(frames: Collection[int], frame_idx: int, reverse: bool, p: MemoryParams) -> tuple[int, int]:
+    """(conditioning memories, conditioning pointers) of a step at ``frame_idx`` of an object conditioned on
+    ``frames`` (as ``plan_memory`` selects them)."""
+    selected, _ = split_cond_frames(frame_idx, dict.fromkeys(frames), p.max_cond_frames)
+    return len(selected), sum(1 for t in selected if (t >= frame_idx if reverse else t <= frame_idx))
 
 
 class TrackingStep(nn.Module):
@@ -182,21 +210,21 @@ class Tracker:
     def _finish_masks(self, low_res: torch.Tensor) -> torch.Tensor:
         return fill_holes(low_res, self.fill_hole_area) if self.fill_hole_area > 0 else low_res
 
-    def _slots(self, plans: list[MemoryPlan], num_frames: int) -> Slots:
+    def _slots(self, plans: list[MemoryPlan], num_frames: int, layout: Layout | None = None) -> Slots:
         """Slot inputs of a batch: memories [b,s,64,h,w], the packed validity and pointer offsets (one host vector,
         one copy to the device), pointers [b,p,256], the slots' temporal codes and whether any slot is empty.
-        With static shapes every slot is there, b and the conditioning slots rounded up (padded rows repeat the
-        first object); without, only the slots some object of the batch fills (usually all of them: no mask)."""
+        With a ``layout`` (static shapes) the slots and rows are the layout's (padded rows repeat the first object);
+        without, only the slots some object of the batch fills (usually all of them: no mask)."""
         p = self.params
-        num_cond = max(plan.num_cond for plan in plans)
-        size = len(plans)
-        if self.static:
-            num_cond, size = cond_slots(num_cond), bucket_of(size, self.buckets)
+        if layout is not None:
+            num_cond, cond_ptrs, size = layout.num_cond, layout.num_cond_ptrs, layout.rows
             temporal = tuple(range(p.num_maskmem - 2, -1, -1))  # nearest last
-            ptr_cols = range(num_cond + p.max_obj_ptrs - 1)
+            ptr_cols = range(cond_ptrs + p.max_obj_ptrs - 1)
         else:
+            num_cond = cond_ptrs = max(plan.num_cond for plan in plans)
+            size = len(plans)
             temporal = tuple(sorted({t for plan in plans for t in plan.tpos[plan.num_cond:]}, reverse=True))
-            ptr_cols = sorted({_ptr_slot(plan, i, num_cond) for plan in plans for i in range(len(plan.pointers))})
+            ptr_cols = sorted({_ptr_slot(plan, i, cond_ptrs) for plan in plans for i in range(len(plan.pointers))})
         column = {t: num_cond + k for k, t in enumerate(temporal)}
         ptr_column = {c: k for k, c in enumerate(ptr_cols)}
         s, n_ptr = num_cond + len(temporal), max(len(ptr_column), 1)
@@ -212,7 +240,7 @@ class Tracker:
                 memories[slot] = out.memory
                 packed[slot] = 1.0
             for i, out in enumerate(plan.pointers):
-                slot = row * n_ptr + ptr_column[_ptr_slot(plan, i, num_cond)]
+                slot = row * n_ptr + ptr_column[_ptr_slot(plan, i, cond_ptrs)]
                 pointers[slot] = out.obj_ptr
                 packed[ptr_valid + slot] = 1.0
                 packed[ptr_offsets + slot] = float(plan.offsets[i])
@@ -223,7 +251,7 @@ class Tracker:
         memory = torch.cat(memories).view(size, s, *memories[0].shape[1:])
         ptrs = torch.cat(pointers).float().view(size, n_ptr, -1)
         tpos = (p.num_maskmem - 1,) * num_cond + temporal
-        masked = self.static or filled < size * (s + n_ptr)
+        masked = layout.masked if layout is not None else filled < size * (s + n_ptr)
         return Slots(memory, host.to(self.device, non_blocking=True), ptrs, tpos, masked)
 
     def _attend(self, prefix: tuple[torch.Tensor, torch.Tensor], plans: list[MemoryPlan], num_frames: int) -> torch.Tensor:
@@ -237,31 +265,28 @@ class Tracker:
                                               ptr_valid)
 
     def track(self, feats: ImageFeatures, objects: list[ObjectState], frame_idx: int, reverse: bool, num_frames: int,
-              keep_masks: bool) -> tuple[torch.Tensor, list[FrameOutput]]:
-        """One propagation step for ``objects`` on a frame none of them is conditioned on.
+              keep_masks: bool, num_cond: int) -> tuple[torch.Tensor, list[FrameOutput]]:
+        """One propagation step for ``objects`` on a frame none of them is conditioned on (``num_cond``: the pass's
+        ``pass_cond``, the conditioning slots of masked compiled calls).
 
         Returns the (hole-filled) low-res logits [n,1,S/4,S/4] in the order of ``objects`` and their new outputs
         (memory encoded; ``low_res`` kept only when ``keep_masks``).
         """
         plans = [plan_memory(obj, frame_idx, reverse, num_frames, self.params) for obj in objects]
-        steps = self.steps
-        if steps.cuda_graphs:
-            torch.compiler.cudagraph_mark_step_begin()
-        prefix = steps.memory_prefix(feats.feat, self._pos(feats.pos))
+        calls: list[tuple[Slots, int]] = []
+        if self.static:
+            start = 0
+            for layout in self.frame_pattern(plans, num_cond):
+                chunk = plans[start:start + layout.rows]
+                calls.append((self._slots(chunk, num_frames, layout), len(chunk)))
+                start += len(chunk)
+        else:
+            for start in range(0, len(plans), self.max_batch):
+                chunk = plans[start:start + self.max_batch]
+                calls.append((self._slots(chunk, num_frames), len(chunk)))
         low_res: list[torch.Tensor] = []
         outputs: list[FrameOutput] = []
-        for start in range(0, len(plans), self.max_batch):
-            chunk = plans[start:start + self.max_batch]
-            n = len(chunk)
-            slots = self._slots(chunk, num_frames)
-            frame_inputs = (prefix[0], prefix[1], feats.feat, feats.high_res[0], feats.high_res[1])
-            if self.static:  # the compiled graph's signature: every slot, always masked
-                low, ptr, score, mem = steps.track(*frame_inputs, slots.memory, slots.packed, slots.ptrs)
-            else:
-                low, ptr, score, mem = steps.track(*frame_inputs, slots.memory, slots.packed, slots.ptrs,
-                                                   slots.tpos, slots.masked)
-            if steps.cuda_graphs:  # graph outputs are overwritten by the next replay; these are kept
-                low, ptr, score, mem = (t[:n].clone() for t in (low, ptr, score, mem))
+        for (_, n), (low, ptr, score, mem) in zip(calls, self._run_frame(feats, calls)):
             masks = self._finish_masks(low)
             low_res.append(masks[:n])
             for j in range(n):
@@ -270,20 +295,76 @@ class Tracker:
         stacked = low_res[0] if len(low_res) == 1 else torch.cat(low_res)
         return stacked, outputs
 
-    def warm_up(self, num_cond: int = 1) -> None:
-        """Run every shape the compiled entry points will see with ``num_cond`` conditioning frames per object
-        (encoder at 1 and ``encoder_batch`` frames, the frame prefix, the tracking step for every object bucket)
-        once, on this thread, so that no compilation happens during a pass. The session warms up for one
-        conditioning frame when it is built, and each pass for the count its objects have before its first frame
-        (before the encoder thread starts); each set of shapes is done once for the sessions on a model."""
+    def _run_frame(self, feats: ImageFeatures, calls: list[tuple[Slots, int]]) -> list[tuple[torch.Tensor, ...]]:
+        """The frame prefix, then one tracking call per (slot inputs, real rows): the call sequence ``warm_up`` runs
+        for each pattern. Returns each call's (low-res logits, pointers, scores, bf16 memories)."""
+        steps = self.steps
+        if steps.cuda_graphs:
+            torch.compiler.cudagraph_mark_step_begin()
+        prefix = steps.memory_prefix(feats.feat, self._pos(feats.pos))
+        frame_inputs = (prefix[0], prefix[1], feats.feat, feats.high_res[0], feats.high_res[1])
+        outs = []
+        for slots, n in calls:
+            out = steps.track(*frame_inputs, slots.memory, slots.packed, slots.ptrs, slots.tpos, slots.masked)
+            if steps.cuda_graphs:  # graph outputs are overwritten by the next replay; these are kept
+                out = tuple(t[:n].clone() for t in out)
+            outs.append(out)
+        return outs
+
+    def frame_pattern(self, plans: list[MemoryPlan], num_cond: int) -> Pattern:
+        """The compiled calls of a frame whose objects attend to ``plans``: buckets by ``split_objects``; without a
+        mask when every object fills every slot of one layout (steady state), else masked with ``num_cond``
+        conditioning slots."""
+        p = self.params
+        split = split_objects(len(plans), self.buckets)
+        kinds = {(plan.num_cond, plan.num_cond_ptrs) for plan in plans}
+        if len(kinds) == 1 and all(len(plan.memories) == plan.num_cond + p.num_maskmem - 1
+                                   and len(plan.pointers) == plan.num_cond_ptrs + p.max_obj_ptrs - 1
+                                   for plan in plans):
+            c, cp = kinds.pop()
+            return tuple(Layout(b, c, cp, False) for b in split)
+        return tuple(Layout(b, num_cond, num_cond, True) for b in split)
+
+    def pass_cond(self, cond_frames: Sequence[Collection[int]]) -> int:
+        """Conditioning slots of the masked calls of a pass whose objects are conditioned on ``cond_frames`` (one
+        collection per object): the most any of them attends to."""
+        return max((cond_count(len(frames), self.params) for frames in cond_frames), default=1)
+
+    def pass_patterns(self, cond_frames: Sequence[Collection[int]], order: Sequence[int], reverse: bool,
+                      num_frames: int) -> set[Pattern]:
+        """Every pattern ``frame_pattern`` can give on a pass over ``order`` of objects conditioned on
+        ``cond_frames``: on each frame the masked one of the objects tracked there, and the unmasked one where
+        these share their conditioning counts and the frame's memory and pointer windows lie inside the video."""
+        p = self.params
+        num_cond = self.pass_cond(cond_frames)
+        groups = Counter(frozenset(frames) for frames in cond_frames)
+        window = p.num_maskmem - 1 + p.max_obj_ptrs - 1
+        patterns: set[Pattern] = set()
+        for t in order:
+            tracked = [frames for frames in groups if t not in frames]
+            if not tracked:
+                continue
+            split = split_objects(sum(groups[frames] for frames in tracked), self.buckets)
+            patterns.add(tuple(Layout(b, num_cond, num_cond, True) for b in split))
+            reads = memory_frames(t, reverse, p) + pointer_frames(t, reverse, num_frames, p)
+            kinds = {_cond_counts(frames, t, reverse, p) for frames in tracked}
+            if len(kinds) == 1 and len(reads) == window and all(0 <= f < num_frames for f in reads):
+                c, cp = kinds.pop()
+                patterns.add(tuple(Layout(b, c, cp, False) for b in split))
+        return patterns
+
+    def warm_up(self, patterns: Iterable[Pattern] = ()) -> None:
+        """Run the image encoder (at 1 and ``encoder_batch`` frames) and every frame pattern not run yet (its prefix
+        and tracking calls, as ``track`` makes them) once, on this thread, so that nothing compiles during a pass;
+        with CUDA graphs each pattern runs twice, recording its call path. Done once per pattern for the sessions
+        on a model; the session calls it when it is built (with a prompt plan) and each pass before its first
+        frame (before the encoder thread starts)."""
         if not self.static:
             return
-        p = self.params
-        slots = cond_slots(num_cond)
-        encoder_key = ("encoder", self.dtype, self.encoder_batch)
-        step_key = ("track", self.dtype, self.buckets, slots)
         warmed = self.steps.warmed
-        if encoder_key in warmed and step_key in warmed:
+        encoder_key = ("encoder", self.dtype, self.encoder_batch)
+        todo = sorted(pattern for pattern in set(patterns) if (self.dtype, pattern) not in warmed)
+        if encoder_key in warmed and not todo:
             return
         size = self.model.config.image_size
         frames = torch.zeros(self.encoder_batch, size, size, 3, dtype=torch.uint8, device=self.device)
@@ -291,28 +372,26 @@ class Tracker:
             if self.encoder_batch > 1 and encoder_key not in warmed:
                 self.encode(frames)
             feats = self.encode(frames[:1])
-            s, n_ptr = slots + p.num_maskmem - 1, slots + p.max_obj_ptrs - 1
-            # CUDA graphs are recorded on a shape's second call: run each twice there
-            for _ in range(2 if self.steps.cuda_graphs else 1):
-                for bucket in self.buckets:
-                    self._warm_step(feats, bucket, s, n_ptr)
+            for pattern in todo:
+                # CUDA graphs are recorded on a call path's second run (the first warms each function up)
+                for _ in range(2 if self.steps.cuda_graphs else 1):
+                    with self.autocast():
+                        self._run_frame(feats, [(self._blank_slots(layout), layout.rows) for layout in pattern])
         if self.device.type == "cuda":
             torch.cuda.synchronize(self.device)
-        warmed.update((encoder_key, step_key))
+        warmed.update([encoder_key, *((self.dtype, pattern) for pattern in todo)])
 
-    def _warm_step(self, feats: ImageFeatures, bucket: int, s: int, n_ptr: int) -> None:
-        """One frame prefix and tracking step of ``bucket`` objects with only their first memory slot filled."""
-        if self.steps.cuda_graphs:
-            torch.compiler.cudagraph_mark_step_begin()
-        with self.autocast():
-            prefix = self.steps.memory_prefix(feats.feat, self._pos(feats.pos))
-            memory = self._zero_memory.expand(bucket * s, -1, -1, -1).contiguous()
-            packed = torch.zeros(bucket * (s + 2 * n_ptr))
-            packed[:bucket * s:s] = 1.0
-            ptrs = self._zero_ptr.expand(bucket * n_ptr, -1).contiguous()
-            self.steps.track(prefix[0], prefix[1], feats.feat, feats.high_res[0], feats.high_res[1],
-                             memory.view(bucket, s, *memory.shape[1:]), packed.to(self.device),
-                             ptrs.view(bucket, n_ptr, -1))
+    def _blank_slots(self, layout: Layout) -> Slots:
+        """Warm-up inputs of one ``layout``: zero memories and pointers, every slot marked filled."""
+        p = self.params
+        b, s = layout.rows, layout.num_cond + p.num_maskmem - 1
+        n_ptr = layout.num_cond_ptrs + p.max_obj_ptrs - 1
+        memory = self._zero_memory.expand(b * s, -1, -1, -1).contiguous()
+        packed = torch.zeros(b * (s + 2 * n_ptr))
+        packed[:b * (s + n_ptr)] = 1.0
+        ptrs = self._zero_ptr.expand(b * n_ptr, -1).contiguous()
+        return Slots(memory.view(b, s, *memory.shape[1:]), packed.to(self.device), ptrs.view(b, n_ptr, -1),
+                     slot_layout(layout.num_cond, p.num_maskmem), layout.masked)
 
     def points_step(self, feats: ImageFeatures, obj: ObjectState, frame_idx: int, prompt: PointPrompt,
                     prev_logits: torch.Tensor | None, initial: bool, reverse: bool, num_frames: int) -> FrameOutput:

@@ -87,3 +87,45 @@ def test_objects_batch_independently(setup):
         single = model.attend_memory(feats.feat, feats.pos, [memories[i : i + 1], memories.flip(0)[i : i + 1]],
                                      [6, 0], ptrs[i : i + 1], offsets, 20)
         torch.testing.assert_close(attended[i : i + 1], single, atol=1e-4, rtol=0)
+
+
+def test_memory_position_codes_follow_official_autocast(tmp_path, monkeypatch) -> None:
+    """Under bf16 autocast the keys' position codes memory attention gets (spatial sine code in the compute dtype,
+    plus the fp32 temporal code; pointer codes) equal the official predictor's, bit for bit."""
+    import sam2.modeling.memory_attention as official_attention
+
+    from benchmarks.video import object_boxes, synthetic_video, write_jpeg_folder
+    from sam2core.modeling.memory_attention import MemoryAttention
+    from sam2core.video import ArrayFrameSource, SessionOptions, VideoSession
+    from tests.oracle import official_and_ours
+
+    official, ours = official_and_ours("sam2.1_hiera_tiny", image_size=64)
+    frames = write_jpeg_folder(tmp_path, synthetic_video(3, 1, 64, 64))
+    box = object_boxes(1, 64, 64)[0]
+    seen: dict[str, list[torch.Tensor]] = {"official": [], "ours": []}
+    official_forward = official_attention.MemoryAttention.forward
+    ours_forward = MemoryAttention.forward_from_prefix
+
+    def official_hook(self, curr, memory, curr_pos=None, memory_pos=None, num_obj_ptr_tokens=0):
+        seen["official"].append(memory_pos.transpose(0, 1).clone())  # [M, B, C] there
+        return official_forward(self, curr, memory, curr_pos, memory_pos, num_obj_ptr_tokens)
+
+    def ours_hook(self, prefix, memory, memory_pos, num_ptr_tokens=0, key_mask=None):
+        seen["ours"].append(memory_pos.clone())
+        return ours_forward(self, prefix, memory, memory_pos, num_ptr_tokens, key_mask)
+
+    monkeypatch.setattr(official_attention.MemoryAttention, "forward", official_hook)
+    monkeypatch.setattr(MemoryAttention, "forward_from_prefix", ours_hook)
+    with torch.inference_mode(), torch.autocast("cpu", dtype=torch.bfloat16):
+        state = official.init_state(str(tmp_path))
+        official.add_new_points_or_box(state, frame_idx=0, obj_id=1, box=box)
+        for _ in official.propagate_in_video(state):
+            pass
+    session = VideoSession(ours, ArrayFrameSource(frames), SessionOptions(dtype="bfloat16"))
+    session.add_points(0, 1, box=box)
+    for _ in session.propagate():
+        pass
+    assert len(seen["ours"]) == len(seen["official"]) == 2
+    for got, expected in zip(seen["ours"], seen["official"]):
+        assert got.dtype == expected.dtype == torch.float32
+        assert torch.equal(got, expected)
