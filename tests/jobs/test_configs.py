@@ -14,6 +14,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 from hydra import compose, initialize_config_dir
+from omegaconf import OmegaConf
 
 from jobs.edge import CONF_DIR
 from pipeline.dataset.export import export_masklets
@@ -49,7 +50,7 @@ def _options(group: str) -> list[str]:
 REQUIRED = {"data=s3": ["data.manifest=s3://b/m.parquet"], "output=s3": ["output.uri=s3://b/run"]}
 
 
-def test_every_entry_point_has_a_job_and_a_config() -> None:
+def test_every_entry_point_has_a_job_a_config_and_the_shared_hydra_settings() -> None:
     configs = {p.stem for p in CONF_DIR.glob("*.yaml")}
     for job in JOBS:
         entry = importlib.import_module(f"jobs.{job}").JOB
