@@ -55,6 +55,11 @@ def test_every_entry_point_has_a_job_a_config_and_the_shared_hydra_settings() ->
     for job in JOBS:
         entry = importlib.import_module(f"jobs.{job}").JOB
         assert entry.name == job and entry.config in configs
+        entry.register()
+        with initialize_config_dir(str(CONF_DIR), version_base="1.3"):
+            hydra = OmegaConf.to_container(compose(entry.config, return_hydra_config=True).hydra, resolve=False)
+        assert hydra["callbacks"]["redact_secrets"]["_target_"] == "jobs.redaction.RedactSecrets"
+        assert hydra["run"]["dir"].startswith("outputs/_hydra/${hydra.job.name}/")
     assert _options("model") == sorted(MODEL_NAMES)
 
 
