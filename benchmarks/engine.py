@@ -13,11 +13,15 @@ state dict is loaded strictly into our model. Both get the same pixels (the offi
 frames decoded back from it) and the same prompts (one box per object on frame 0).
 
 Timing: each variant is timed over a forward propagation, best of ``runs`` after ``warmup`` untimed ones, the
-variants taking turns in every round (``harness.interleaved_best``: a drift in the machine's load then hits all of
-them alike); resetting and prompting are outside the timing. The official ``init_state`` (which decodes and normalises the whole video up
-front) is outside it too and reported apart as that variant's init; our streaming decode is inside ours, and our
-init is the session's creation. Each (model, image size) is measured in a fresh process with ``threads`` torch/OpenMP
-threads (see ``harness``).
+variants taking turns in every round (a drift in the machine's load then hits all of them alike); resetting and
+prompting are outside the timing. The official ``init_state`` (which decodes and normalises the whole
+video up front) is outside it too and reported apart as that variant's init; our streaming decode is inside ours, and
+our init is the session's creation (compiling for the prompts included, with ``compile``). Each variant of a (model,
+image size) lives in a fresh process of its own with ``threads`` torch/OpenMP threads (``harness.Isolated``; one
+process runs at a time), the baseline's first: a compiled variant cannot change how another one compiles, records CUDA graphs or
+holds memory (ours marks CUDA-graph steps, which changes how the official compiled predictor's graph trees reset),
+and a process that times an official variant never imports our package (its rows say so; checked). The baseline's
+process leaves the weights, the pixels and its masks in a temporary folder for the others.
 
 Variants (``--variants``; the first official one is the baseline):
   official       the official predictor with the process's threads
@@ -30,7 +34,8 @@ Variants (``--variants``; the first official one is the baseline):
 
 Figures: frames/s and init seconds of every variant; the speed ratio (fps over fps, > 1: ours faster) of ``ours`` and
 ``ours_compiled`` against each official variant, with the configured targets against the baseline; the largest
-|Δ logit| and the smallest mask IoU between each of ours and the baseline over every frame and object. On CPU the
+|Δ logit| and the smallest mask IoU between each of ours and the baseline over every frame and object (on a grid of
+at most ``COMPARE_GRID`` pixels a side: every k-th pixel of larger videos, so the reference stays small). On CPU the
 comparison is made at each intra-op thread count of ``threads`` (1 and 2 by default: ours splits that budget between
 its encoder thread and tracking, see ``sam2core.video.feature_stream.plan_threads``). The official package is imported here
 alone, inside the measuring process: comparing with it is this benchmark's purpose, and no product code depends on it.
@@ -41,7 +46,9 @@ from __future__ import annotations
 import argparse
 import contextlib
 import os
+import sys
 import tempfile
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -50,13 +57,13 @@ from typing import Any, NamedTuple
 import numpy as np
 import torch
 
-from benchmarks.harness import Timed, best_seconds, interleaved_best, run_isolated, sync
+from benchmarks.harness import Isolated, Timed, best_seconds, sync
 from benchmarks.report import Figure, figure
 from benchmarks.video import object_boxes, synthetic_video, write_jpeg_folder
-from sam2core.video import ArrayFrameSource, SessionOptions, VideoSession
 from testkit.oracle import official_predictor, ours_from_official
 
 CONFIG = Path(__file__).resolve().parent / "conf" / "benchmark.yaml"
+COMPARE_GRID = 256  # masks are compared on at most this many pixels a side (every k-th pixel)
 
 
 class _Official(NamedTuple):
@@ -158,11 +165,15 @@ def _official_step(predictor: Any, folder: Path, boxes: np.ndarray, run: EngineR
 
 
 def _our_step(model: torch.nn.Module, frames: np.ndarray, boxes: np.ndarray, run: EngineRun,
-              options: SessionOptions) -> tuple[Timed, float]:
+              overrides: dict[str, Any]) -> tuple[Timed, float]:
     """The timed forward propagation of a ``VideoSession`` (returns the mask logits per frame) and the session's
-    creation seconds."""
-    init, session = best_seconds(lambda: VideoSession(model, ArrayFrameSource(frames), options), 0, 1,
-                                 device=run.device)
+    creation seconds (with ``compile``: compiling every shape of the prompted objects' passes)."""
+    from sam2core.video import ArrayFrameSource, SessionOptions, VideoSession
+
+    options = SessionOptions(dtype=run.dtype, **overrides)
+    plan = {k: [0] for k in range(len(boxes))}
+    init, session = best_seconds(lambda: VideoSession(model, ArrayFrameSource(frames), options, prompt_frames=plan),
+                                 0, 1, device=run.device)
 
     def prepare() -> None:
         session.reset()
@@ -170,6 +181,13 @@ def _our_step(model: torch.nn.Module, frames: np.ndarray, boxes: np.ndarray, run
             session.add_points(0, k, box=box)
 
     return Timed(lambda: {r.frame_idx: r.mask_logits for r in session.propagate(direction="forward")}, prepare), init
+
+
+def _on_grid(masks: dict[int, torch.Tensor]) -> dict[int, torch.Tensor]:
+    """Mask logits [K, H, W] per frame, every k-th pixel (at most ``COMPARE_GRID`` a side), float32 on the host."""
+    first = next(iter(masks.values()))
+    step = -(-max(first.shape[-2:]) // COMPARE_GRID)
+    return {t: m[..., ::step, ::step].float().cpu() for t, m in masks.items()}
 
 
 def _max_abs_diff(reference: dict[int, torch.Tensor], masks: dict[int, torch.Tensor]) -> float:
@@ -189,57 +207,111 @@ def _min_iou(reference: dict[int, torch.Tensor], masks: dict[int, torch.Tensor])
     return worst
 
 
-def measure(run: EngineRun) -> list[dict[str, Any]]:
-    """Seconds, frames/s, init seconds (and for ours the largest |Δ logit| against the baseline) of every variant
-    for every object count; runs in a fresh process (see ``harness``)."""
+def _ours_loaded() -> bool:
+    """Whether this process has imported any of our package (``sam2core``)."""
+    return any(name == "sam2core" or name.startswith("sam2core.") for name in sys.modules)
+
+
+_TIMED: dict[str, Any] = {}  # in a variant's process (``measure``): what it times
+
+
+def open_variant(run: EngineRun, variant: str, folder: str) -> None:
+    """In the variant's own process: build the official predictor (the baseline leaves its weights in ``folder``:
+    every official build with the run's seed holds them) or our model from those weights."""
     if run.device == "cuda":  # as the official benchmark script runs
         torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = True
-    predictors: dict[bool, Any] = {}  # by vos_optimized, the baseline's first: every one holds the same weights
-    for variant in run.officials:
-        vos = OFFICIAL[variant].vos_optimized
-        if vos not in predictors:
-            predictors[vos] = official_predictor(run.model, run.image_size, run.seed, device=run.device,
-                                                 vos_optimized=vos)[0]
-    weights = predictors[OFFICIAL[run.baseline].vos_optimized].state_dict()
-    for predictor in predictors.values():
-        predictor.load_state_dict(weights, strict=True)
-    model = ours_from_official(weights, run.model, run.image_size).to(run.device)  # compiling leaves it as it is
-    results = []
+    _TIMED.clear()
+    _TIMED.update(run=run, variant=variant, base=Path(folder))
+    if variant in OFFICIAL:
+        predictor, weights = official_predictor(run.model, run.image_size, run.seed, device=run.device,
+                                                vos_optimized=OFFICIAL[variant].vos_optimized)
+        if variant == run.baseline:
+            torch.save(weights, Path(folder) / "weights.pt")
+        _TIMED["predictor"] = predictor
+    else:
+        weights = torch.load(Path(folder) / "weights.pt")
+        _TIMED["model"] = ours_from_official(weights, run.model, run.image_size).to(run.device)
+
+
+def prepare_objects(objects: int) -> None:
+    """In the variant's process: set up its timed propagation of ``objects`` objects (the baseline first renders
+    the video on the device and writes it as JPEGs, and the pixels as they decode for ours)."""
+    run, variant, base = _TIMED["run"], _TIMED["variant"], _TIMED["base"]
     size = run.image_size
-    with tempfile.TemporaryDirectory(prefix="bench-engine-") as tmp:
+    folder = base / f"objects{objects}"
+    if variant == run.baseline:
+        np.save(base / f"frames{objects}.npy",
+                write_jpeg_folder(folder, synthetic_video(run.frames, objects, size, size, device=run.device)))
+    boxes = object_boxes(objects, size, size)
+    if variant in OFFICIAL:
+        timed, init = _official_step(_TIMED["predictor"], folder, boxes, run, OFFICIAL[variant].threads)
+    else:
+        timed, init = _our_step(_TIMED["model"], np.load(base / f"frames{objects}.npy"), boxes, run, OURS[variant])
+    _TIMED.update(objects=objects, timed=timed, init=init, masks=None)
+
+
+def timed_round(keep: bool) -> float:
+    """In the variant's process: seconds of one timed propagation (prepared outside the timing); with ``keep`` its
+    masks are kept for ``finish_objects``."""
+    timed, device = _TIMED["timed"], _TIMED["run"].device
+    if timed.prepare is not None:
+        timed.prepare()
+    sync(device)
+    start = time.perf_counter()
+    masks = timed.step()
+    sync(device)
+    seconds = time.perf_counter() - start
+    if keep:
+        _TIMED["masks"] = _on_grid(masks)
+    return seconds
+
+
+def finish_objects(seconds: float) -> dict[str, Any]:
+    """In the variant's process: the row of the object count just timed (best ``seconds``); the baseline leaves its
+    masks as the reference, ours compare theirs with it."""
+    run, variant, base, n = _TIMED["run"], _TIMED["variant"], _TIMED["base"], _TIMED["objects"]
+    masks = _TIMED.pop("masks")
+    diff = iou = None
+    if variant == run.baseline:
+        torch.save(masks, base / f"reference{n}.pt")
+    elif variant in OURS:
+        reference = torch.load(base / f"reference{n}.pt")
+        diff, iou = _max_abs_diff(reference, masks), _min_iou(reference, masks)
+    del _TIMED["timed"]
+    sync(run.device)
+    print(f"engine {run.where}: {variant}, {n} obj: {run.frames / seconds:.3g} frames/s", flush=True)
+    return {"variant": variant, "objects": n, "seconds": seconds, "fps": run.frames / seconds,
+            "init_seconds": _TIMED["init"], "max_abs_diff": diff, "min_iou": iou, "threads": torch.get_num_threads(),
+            "ours_loaded": _ours_loaded()}
+
+
+def measure(run: EngineRun) -> list[dict[str, Any]]:
+    """Seconds, frames/s, init seconds (and for ours |Δ logit| and IoU against the baseline) of every variant for
+    every object count. Each variant lives in a fresh process of its own for the whole run, the baseline's first
+    (it writes the weights, pixels and reference masks the others read); the variants take turns in every round of
+    timed propagations, one process running at a time (a drift in the machine's load hits all of them alike).
+    Raises if a process that timed an official variant had imported our package."""
+    order = [run.baseline] + [v for v in run.variants if v != run.baseline]
+    rounds = run.warmup + run.runs
+    results = []
+    with tempfile.TemporaryDirectory(prefix="bench-engine-") as folder, contextlib.ExitStack() as stack:
+        processes = {v: stack.enter_context(Isolated(run.threads)) for v in order}
+        for variant, process in processes.items():
+            process.call(open_variant, run=run, variant=variant, folder=folder)
         for n in run.objects:
-            folder = Path(tmp) / f"objects{n}"
-            frames = write_jpeg_folder(folder, synthetic_video(run.frames, n, size, size))
-            boxes = object_boxes(n, size, size)
-            steps: dict[str, Timed] = {}
-            inits: dict[str, float] = {}
-            for variant in run.officials + run.ours:  # the baseline first: its masks are the reference
-                if variant in OFFICIAL:
-                    spec = OFFICIAL[variant]
-                    steps[variant], inits[variant] = _official_step(predictors[spec.vos_optimized], folder, boxes,
-                                                                    run, spec.threads)
-                else:
-                    options = SessionOptions(dtype=run.dtype, **OURS[variant])
-                    steps[variant], inits[variant] = _our_step(model, frames, boxes, run, options)
-            reference: dict[int, torch.Tensor] = {}
-            compared: dict[str, tuple[float, float]] = {}
-
-            def compare(variant: str, masks: dict[int, torch.Tensor]) -> None:
-                if variant == run.baseline:
-                    reference.update(masks)
-                elif variant in OURS:
-                    compared[variant] = (_max_abs_diff(reference, masks), _min_iou(reference, masks))
-
-            seconds = interleaved_best(steps, run.warmup, run.runs, run.device, on_last=compare)
-            for variant in steps:
-                diff, iou = compared.get(variant, (None, None))
-                results.append({"variant": variant, "objects": n, "seconds": seconds[variant],
-                                "fps": run.frames / seconds[variant], "init_seconds": inits[variant],
-                                "max_abs_diff": diff, "min_iou": iou, "threads": torch.get_num_threads()})
-                print(f"engine {run.where}: {variant}, {n} obj: {run.frames / seconds[variant]:.3g} frames/s",
-                      flush=True)
-            del steps, reference
-            sync(run.device)
+            for process in processes.values():
+                process.call(prepare_objects, objects=n)
+            best = dict.fromkeys(order, float("inf"))
+            for i in range(rounds):
+                for variant, process in processes.items():
+                    seconds = process.call(timed_round, keep=i == rounds - 1)
+                    if i >= run.warmup:
+                        best[variant] = min(best[variant], seconds)
+            for variant, process in processes.items():
+                row = process.call(finish_objects, seconds=best[variant])
+                if variant in OFFICIAL and row["ours_loaded"]:
+                    raise RuntimeError(f"the process that timed {variant} imported sam2core")
+                results.append(row)
     return results
 
 
@@ -283,7 +355,7 @@ def run_section(cfg: dict[str, Any], seed: int, threads: int) -> list[Figure]:
         counts = cfg[device].get("threads") or [threads] if device == "cpu" else [threads]
         for count in counts:
             for run in runs_for(cfg[device], device, seed, count):
-                out += figures(run, run_isolated(measure, count, run=run), targets)
+                out += figures(run, measure(run), targets)
     return out
 
 
@@ -310,8 +382,8 @@ def format_table(measured: list[tuple[EngineRun, list[dict[str, Any]]]]) -> str:
         f"device={first.device}, thr: torch/OpenMP threads of the measuring process; official_2t: "
         "torch.set_num_threads(2); ours: the thread budget split between an encoder thread and tracking (serial "
         "when there is no core to spare), ours_serial: overlap_encoder=False",
-        f"s/f: seconds per frame, best of {first.runs} interleaved rounds after {first.warmup} warm-up; "
-        "ours/official: frames/s ratio "
+        f"s/f: seconds per frame, best of {first.runs} interleaved rounds after {first.warmup} warm-up, each "
+        "variant in its own process; ours/official: frames/s ratio "
         f"(> 1: ours faster); init: official init_state, ours session creation; |dlogit|: max vs {first.baseline}",
         f"1-min load average now {os.getloadavg()[0]:.2f} on {os.cpu_count()} cores",
         _row({c: c for c in header}, header, widths),
@@ -359,8 +431,7 @@ def main(argv: list[str] | None = None) -> None:
             cfg[key] = value
     counts = args.threads or (cfg.get("threads") if args.device == "cpu" else None) or [config.threads]
     os.environ.update(TQDM_DISABLE="1")
-    measured = [(run, run_isolated(measure, count, run=run))
-                for count in counts for run in runs_for(cfg, args.device, args.seed, count)]
+    measured = [(run, measure(run)) for count in counts for run in runs_for(cfg, args.device, args.seed, count)]
     print()
     print(format_table(measured))
 

@@ -23,14 +23,30 @@ def _init_child(threads: int) -> None:
     torch.set_num_threads(threads)
 
 
-def run_isolated(fn: Callable[..., Any], threads: int, **kwargs: Any) -> Any:
-    """``fn(**kwargs)`` in a new spawned process with ``threads`` torch/OpenMP threads; returns its result.
+class Isolated:
+    """A new spawned process with ``threads`` torch/OpenMP threads that stays alive for several calls (what one call
+    leaves in the process's module globals, the next finds); a context manager that ends the process."""
 
-    ``fn`` must be a module-level function taking and returning plain (picklable) values.
-    """
-    context = multiprocessing.get_context("spawn")
-    with ProcessPoolExecutor(1, mp_context=context, initializer=_init_child, initargs=(threads,)) as pool:
-        return pool.submit(fn, **kwargs).result()
+    def __init__(self, threads: int) -> None:
+        context = multiprocessing.get_context("spawn")
+        self._pool = ProcessPoolExecutor(1, mp_context=context, initializer=_init_child, initargs=(threads,))
+
+    def call(self, fn: Callable[..., Any], **kwargs: Any) -> Any:
+        """``fn(**kwargs)`` in the process; ``fn`` must be a module-level function taking and returning plain
+        (picklable) values."""
+        return self._pool.submit(fn, **kwargs).result()
+
+    def __enter__(self) -> "Isolated":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._pool.shutdown()
+
+
+def run_isolated(fn: Callable[..., Any], threads: int, **kwargs: Any) -> Any:
+    """``fn(**kwargs)`` in a new spawned process with ``threads`` torch/OpenMP threads; returns its result."""
+    with Isolated(threads) as process:
+        return process.call(fn, **kwargs)
 
 
 def sync(device: str) -> None:

@@ -1,6 +1,7 @@
 """Memory section: does a session's memory grow with the video's length? Peak figures for a short and a long video.
 
-Frames come from ``SyntheticSource`` (rendered on demand, none kept), so what can grow is the engine's own state.
+Frames come from ``SyntheticSource`` (rendered on demand on the model's device, none kept), so what can grow is the
+engine's own state.
 Each length runs in a fresh process: the session's tensor bytes (``VideoSession.state_nbytes``) and the process's
 resident set, both sampled every frame while propagating, and on CUDA ``torch.cuda.max_memory_allocated``. (The
 RSS high-water mark of the whole process is reported beside them, but its peak can come from model building.)
@@ -42,7 +43,7 @@ def measure(run: MemoryRun) -> dict[str, Any]:
     device, dtype = ("cuda", "bfloat16") if cuda else ("cpu", "float32")
     torch.manual_seed(run.seed)
     model = build_model(run.model, image_size=run.image_size, device=device)
-    session = VideoSession(model, SyntheticSource(run.frames, run.objects, run.height, run.width),
+    session = VideoSession(model, SyntheticSource(run.frames, run.objects, run.height, run.width, device),
                            SessionOptions(dtype=dtype))
     for k, box in enumerate(object_boxes(run.objects, run.height, run.width)):
         session.add_points(0, k, box=box)

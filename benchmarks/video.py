@@ -1,7 +1,8 @@
 """Synthetic test videos for the benchmark: coloured squares moving on a gradient, one square per object.
 
-Frames are computed from the frame index alone, so the same video can be held in memory, written as an mp4 or a
-JPEG folder, or rendered on demand by ``SyntheticSource`` (which holds no frames: the memory section uses it so that
+Frames are computed from the frame index alone, with torch on any device (on a GPU a 1024-px frame takes no host
+time), so the same video can be held in memory, written as an mp4 or a JPEG folder, or rendered on demand by
+``SyntheticSource`` (which holds no frames: the memory section uses it so that
 only the engine's own state can grow with the video's length).
 """
 
@@ -13,6 +14,7 @@ from pathlib import Path
 
 import av
 import numpy as np
+import torch
 from PIL import Image
 
 
@@ -35,31 +37,38 @@ def object_boxes(num_objects: int, height: int, width: int, frame_idx: int = 0) 
     return np.clip(boxes, 0, [width, height, width, height]).round()
 
 
-def render_frame(frame_idx: int, num_objects: int, height: int, width: int) -> np.ndarray:
-    """Frame ``frame_idx`` as uint8 HxWx3."""
-    yy, xx = np.mgrid[0:height, 0:width]
-    frame = np.stack([xx * 200 // max(width - 1, 1), yy * 200 // max(height - 1, 1),
-                      np.full_like(xx, 60 + 3 * (frame_idx % 20))], axis=-1).astype(np.uint8)
+def render_frame(frame_idx: int, num_objects: int, height: int, width: int,
+                 device: str | torch.device = "cpu") -> torch.Tensor:
+    """Frame ``frame_idx`` as a uint8 [H, W, 3] tensor rendered on ``device`` (on a GPU: no host work per frame)."""
+    yy = torch.arange(height, device=device)[:, None].expand(height, width)
+    xx = torch.arange(width, device=device)[None, :].expand(height, width)
+    frame = torch.stack([xx * 200 // max(width - 1, 1), yy * 200 // max(height - 1, 1),
+                         torch.full_like(xx, 60 + 3 * (frame_idx % 20))], dim=-1).to(torch.uint8)
     for k, (x0, y0, x1, y1) in enumerate(object_boxes(num_objects, height, width, frame_idx).astype(int)):
-        frame[y0:y1, x0:x1] = ((70 * k + 255) % 256, (150 * k + 40) % 256, (30 * k + 200) % 256)
+        colour = ((70 * k + 255) % 256, (150 * k + 40) % 256, (30 * k + 200) % 256)
+        frame[y0:y1, x0:x1] = torch.tensor(colour, dtype=torch.uint8, device=device)
     return frame
 
 
-def synthetic_video(num_frames: int, num_objects: int, height: int, width: int) -> np.ndarray:
-    """uint8 [T, H, W, 3]."""
-    return np.stack([render_frame(t, num_objects, height, width) for t in range(num_frames)])
+def synthetic_video(num_frames: int, num_objects: int, height: int, width: int,
+                    device: str | torch.device = "cpu") -> np.ndarray:
+    """uint8 [T, H, W, 3] on the host, rendered on ``device``."""
+    return torch.stack([render_frame(t, num_objects, height, width, device) for t in range(num_frames)]).cpu().numpy()
 
 
 class SyntheticSource:
-    """A ``sam2core`` FrameSource that renders each frame when asked and keeps none."""
+    """A ``sam2core`` FrameSource that renders each frame when asked (on ``device``: there the frames stay) and keeps
+    none."""
 
-    def __init__(self, num_frames: int, num_objects: int, height: int, width: int) -> None:
+    def __init__(self, num_frames: int, num_objects: int, height: int, width: int,
+                 device: str | torch.device = "cpu") -> None:
         self.num_frames, self.height, self.width = num_frames, height, width
         self.num_objects = num_objects
+        self.device = device
 
-    def iter_frames(self, indices: Sequence[int]) -> Iterator[np.ndarray]:
+    def iter_frames(self, indices: Sequence[int]) -> Iterator[torch.Tensor]:
         for t in indices:
-            yield render_frame(t, self.num_objects, self.height, self.width)
+            yield render_frame(t, self.num_objects, self.height, self.width, self.device)
 
 
 def write_mp4(path: Path, frames: np.ndarray, fps: int = 24) -> Path:

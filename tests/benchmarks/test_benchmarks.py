@@ -84,21 +84,57 @@ def test_engine_command_prints_its_table() -> None:
 
 
 def test_gpu_preset_runs_as_a_cpu_smoke_test(tmp_path: Path) -> None:
-    """``preset=gpu`` without a GPU: the acceptance section at tiny sizes, every kind of figure present."""
+    """``preset=gpu`` without a GPU: the staged acceptance script at tiny sizes, every kind of figure present, each
+    stage's rows printed as soon as it is done; ``stage=N`` reruns one stage alone."""
     report = tmp_path / "gpu.json"
-    proc = _report("preset=gpu", f"report={report}", tmp_path=tmp_path)
+    state = [f"gpu.state={tmp_path / 'stages.json'}", f"gpu.inductor_cache={tmp_path / 'inductor'}"]
+    proc = _report("preset=gpu", f"report={report}", *state, tmp_path=tmp_path)
     figures = json.loads(report.read_text())["figures"]
     names = [f["name"] for f in figures]
     assert figures and all(f["section"] == "gpu" for f in figures), names
-    assert not [n for n in names if n == "section failed"], figures
-    for prefix in ("official object-frames/s, 1 obj", "ours object-frames/s, 2 obj", "ours/official, 2 obj",
+    assert not [n for n in names if n == "section failed" or "skipped" in n], figures
+    for prefix in ("steady state: SDPA backend, no mask", "steady state: graphs compiled during the pass",
+                   "steady state: CUDA graphs recorded during the pass", "steady state: CUDA-graph skips",
+                   "official object-frames/s, 1 obj", "ours object-frames/s, 2 obj", "ours/official, 2 obj",
                    "parity: ours min IoU vs official, 1 obj", "memory growth", "FLOPs per frame", "achieved FLOP/s",
-                   "wall time: speed and parity", "wall time: memory", "wall time: the whole section"):
+                   "wall time: stage 1 (steady", "wall time: stage 2 (speed", "wall time: stage 3 (memory)",
+                   "wall time: stage 4 (flops)", "wall time: the whole section"):
         assert any(n.startswith(prefix) for n in names), (prefix, names)
     parity = [f for f in figures if f["name"].startswith("parity")]
     assert all(f["met"] for f in parity), parity
+    assert all(f["met"] for f in figures if f["name"].startswith("steady state") and f["target"]), figures
     assert all(f["value"] > 0 for f in figures if f["name"].startswith(("FLOPs", "achieved"))), figures
-    assert "status" in proc.stdout
+    tables = proc.stdout.count("status")  # one table per stage as it ends, then the section's
+    assert tables == 5, proc.stdout
+    assert proc.stdout.index("wall time: stage 1") < proc.stdout.index("wall time: stage 2")
+
+    again = tmp_path / "stage4.json"
+    _report("preset=gpu", "stage=4", f"report={again}", *state, tmp_path=tmp_path)
+    names = [f["name"] for f in json.loads(again.read_text())["figures"]]
+    assert any(n.startswith("achieved FLOP/s") for n in names), names  # the speed of stage 2, read back
+    assert not any(n.startswith(("steady state", "parity", "memory growth")) for n in names), names
+
+
+def test_official_variant_is_timed_in_a_process_without_ours() -> None:
+    """Each engine variant runs in a process of its own: the one that times the official predictor never imports
+    our package (its ``sys.modules``), ours compares its masks with the official ones left by the baseline."""
+    from benchmarks.engine import EngineRun, measure
+
+    run = EngineRun("sam2.1_hiera_tiny", 64, (1,), 2, "cpu", "float32", ("official", "ours"), 0, 1, 0)
+    rows = {r["variant"]: r for r in measure(run)}
+    assert {v: r["ours_loaded"] for v, r in rows.items()} == {"official": False, "ours": True}
+    assert rows["ours"]["max_abs_diff"] < 1e-3 and rows["ours"]["min_iou"] > 0.99
+
+
+def test_flop_peaks_match_device_names_precisely() -> None:
+    """PCIe and NVL parts are not given the SXM part's peak; unknown devices have none."""
+    from benchmarks.gpu import device_peak_flops
+
+    peaks = {"NVIDIA H100 80GB HBM3": 989e12, "NVIDIA H100 PCIe": 756e12, "NVIDIA H100 NVL": 835e12,
+             "NVIDIA H200": 989e12, "NVIDIA H200 NVL": 835e12, "NVIDIA GH200 480GB": 989e12,
+             "NVIDIA A100-SXM4-80GB": 312e12, "NVIDIA A100 80GB PCIe": 312e12, "NVIDIA L40S": 362e12,
+             "NVIDIA L4": 121e12, "NVIDIA A10G": 70e12, "NVIDIA GeForce RTX 4090": None, "NVIDIA H20": None}
+    assert {name: device_peak_flops(name) for name in peaks} == peaks
 
 
 def test_engine_command_refuses_unknown_variants() -> None:
