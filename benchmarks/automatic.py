@@ -18,10 +18,17 @@ one 1024 px keyframe at 32 x 32 takes minutes on one CPU thread; the per-click c
 can be read off (x 16 for 32 x 32). Each case runs in a fresh process with ``threads`` torch threads.
 
 Whole video (``video_cases``): what ``prompts=auto`` costs over prompting the same objects. The worker's two stages
-are run as it runs them (``pipeline.actor.discovery``: the walk over keyframes with the real generator on the session's
-features, then the final pass); the prompted baseline is that final pass alone (the discovered objects prompted
-where they were found, propagated both ways), i.e. a manifest job that already knew them. Figures: seconds of
-both, the overhead ratio (auto over prompted), and the walk's share spent in the generator.
+are run as it runs them (``sam2core.video.discovery``: the walk over keyframes with the real generator on the
+session's features, then the final pass); the prompted baseline is that final pass alone (the discovered objects
+prompted where they were found, propagated both ways), i.e. a manifest job that already knew them. Figures: seconds
+of both, the overhead ratio (auto over prompted), and the walk's share spent in the generator.
+
+Matching (``matching``): what deciding whether one generator mask is a known object costs on a keyframe, per
+candidate, at video resolution with 10 / 30 / 50 known masks: the old host rule (``testkit.admission``: numpy, every
+candidate against every known and admitted mask at full resolution) against ``sam2core.video.discovery.admit``
+(on the masks' device, boxes first, exact counts inside the boxes), timed in turns in one process, with the same
+admissions checked. The keyframe: known objects are random ellipses (2-12% of each side), the candidates are the
+generator's re-detections of them (jittered ellipses) plus ``new`` ones.
 """
 
 from __future__ import annotations
@@ -45,6 +52,7 @@ DEFAULTS: dict[str, Any] = {
         {"image_size": 1024, "height": 1024, "width": 1024, "points_per_side": 32},
         {"image_size": 1024, "height": 1080, "width": 1920, "points_per_side": 32},
     ],
+    "matching": {"height": 1080, "width": 1920, "known": [10, 30, 50], "new": 10, "runs": 2},
     "video_cases": [  # CPU, whole video: 24 frames at 256 px, keyframes every 4, a 16 x 16 grid, 4 objects
         {"image_size": 256, "frames": 24, "every": 4, "points_per_side": 16, "max_objects": 4},
     ],
@@ -102,10 +110,9 @@ def measure_video(arch: str, image_size: int, frames: int, every: int, points_pe
 
     from benchmarks.harness import sync
     from benchmarks.video import synthetic_video
-    from pipeline.actor.discovery import discover, prompt_of, session_generator
-    from pipeline.specs import AutoSpec
     from sam2core import AutomaticMaskGenerator, build_model
     from sam2core.video import ArrayFrameSource, SessionOptions, VideoSession
+    from sam2core.video.discovery import DiscoveryOptions, discover_objects
 
     torch.manual_seed(seed)
     model = build_model(arch, image_size=image_size, device=device).eval()
@@ -113,32 +120,83 @@ def measure_video(arch: str, image_size: int, frames: int, every: int, points_pe
     session = VideoSession(model, source, SessionOptions(dtype=dtype))
     generator = AutomaticMaskGenerator(model, points_per_side=points_per_side, pred_iou_thresh=pred_iou_thresh,
                                        stability_score_thresh=stability_score_thresh)
-    spec = AutoSpec(every=every, max_objects=max_objects, min_area=1)
-    inner = session_generator(generator, session)
+    options = DiscoveryOptions(every=every, max_objects=max_objects, min_area=1)
+    inner = generator.generate_masks
     spent = [0.0]
 
-    def generate(frame_idx: int, image: Any) -> Any:
+    def generate_masks(image: Any, features: Any) -> Any:  # the generator's share of the walk
         start = time.perf_counter()
-        out = inner(frame_idx, image)
+        out = inner(image, features)
         sync(device)
         spent[0] += time.perf_counter() - start
         return out
 
+    generator.generate_masks = generate_masks
+
     def final_pass() -> int:
         session.reset()
         for d in found:
-            session.add_mask(d.frame_idx, d.obj_id, prompt_of(d))
+            session.add_mask(d.frame_idx, d.obj_id, d.mask)
         return sum(1 for _ in session.propagate(direction="both"))
 
     sync(device)
     start = time.perf_counter()
-    found = discover(session, source, generate, spec)
+    found = discover_objects(session, generator, options)
     sync(device)
     walk_s = time.perf_counter() - start
     final_s, yielded = best_seconds(final_pass, 0, 1, device=device)
     assert yielded == frames
     return {"walk": walk_s, "generator": spent[0], "final": final_s, "objects": len(found),
             "keyframes": len(range(0, frames, every))}
+
+
+def matching_scene(height: int, width: int, known: int, new: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """(candidates, known masks) of one keyframe, bool [N, H, W] and [M, H, W]: ``known`` random ellipses, the
+    generator's jittered re-detections of them and ``new`` other ellipses."""
+    rng = np.random.default_rng(seed)
+    yy, xx = np.ogrid[0:height, 0:width]
+
+    def ellipse(cy: float, cx: float, ry: float, rx: float) -> np.ndarray:
+        return ((yy - cy) / ry) ** 2 + ((xx - cx) / rx) ** 2 <= 1
+
+    shapes = [(rng.uniform(0, height), rng.uniform(0, width), rng.uniform(0.02, 0.12) * height,
+               rng.uniform(0.02, 0.12) * width) for _ in range(known + new)]
+    jittered = [(cy + rng.normal(0, 0.05) * ry, cx + rng.normal(0, 0.05) * rx, ry * rng.uniform(0.8, 1.2),
+                 rx * rng.uniform(0.8, 1.2)) for cy, cx, ry, rx in shapes[:known]]
+    candidates = np.stack([ellipse(*s) for s in jittered + shapes[known:]])
+    return candidates, np.stack([ellipse(*s) for s in shapes[:known]])
+
+
+def measure_matching(height: int, width: int, known: int, new: int, runs: int, seed: int) -> dict[str, Any]:
+    """Seconds per candidate of the old host admission and of the device one on one keyframe (timed in turns), and
+    whether they admitted the same masks."""
+    from benchmarks.harness import Timed, interleaved_best
+    from sam2core.video.discovery import DiscoveryOptions, admit
+    from testkit.admission import reference_admit
+
+    candidates, masks = matching_scene(height, width, known, new, seed)
+    options = DiscoveryOptions()
+    on_device = torch.from_numpy(candidates), torch.from_numpy(masks)
+    admitted: dict[str, list[int]] = {}
+    best = interleaved_best({
+        "old": Timed(lambda: reference_admit(candidates, list(masks), options.min_area, options.match_iou,
+                                             options.match_coverage, options.max_objects)),
+        "new": Timed(lambda: admit(*on_device, options, options.max_objects)),
+    }, 0, runs, on_last=admitted.__setitem__)
+    n = len(candidates)
+    return {"old": best["old"] / n, "new": best["new"] / n, "candidates": n, "admitted": len(admitted["new"]),
+            "same": admitted["old"] == admitted["new"]}
+
+
+def _matching_figures(c: dict[str, Any], known: int, threads: int, r: dict[str, Any]) -> list[Figure]:
+    where = f"{c['width']}x{c['height']}, {known} known masks, {r['candidates']} candidates, cpu, {threads} thread(s)"
+    note = f"{r['admitted']} admitted, {'the same' if r['same'] else 'DIFFERENT'} admissions"
+    return [
+        figure("automatic", f"discovery matching, old host rule ({where})", r["old"] * 1e3, "ms/candidate"),
+        figure("automatic", f"discovery matching, device admit ({where})", r["new"] * 1e3, "ms/candidate",
+               target="<= 10"),
+        figure("automatic", f"discovery matching, old / new ({where})", r["old"] / r["new"], "x", note=note),
+    ]
 
 
 def _video_figures(arch: str, case: dict[str, Any], dtype: str, device: str, threads: int,
@@ -182,6 +240,12 @@ def run_section(cfg: dict[str, Any], seed: int, threads: int) -> list[Figure]:
                              stability_score_thresh=c["stability_score_thresh"], warmup=c["warmup"],
                              runs=c["runs"], seed=seed, device=device, **case)
             out += _case_figures(c["arch"], case, dtype, device, threads, r)
+        if device == "cpu" and c["matching"]:
+            m = c["matching"]
+            for known in m["known"]:
+                r = run_isolated(measure_matching, threads, height=m["height"], width=m["width"], known=known,
+                                 new=m["new"], runs=m["runs"], seed=seed)
+                out += _matching_figures(m, known, threads, r)
         for case in c["video_cases" if device == "cpu" else "cuda_video_cases"]:
             r = run_isolated(measure_video, threads, arch=c["arch"], dtype=dtype,
                              pred_iou_thresh=c["pred_iou_thresh"], stability_score_thresh=c["stability_score_thresh"],
@@ -202,6 +266,7 @@ def main() -> None:
     cfg = {"warmup": args.warmup, "runs": args.runs}
     if args.device == "cuda":
         cfg["cases"] = cfg["video_cases"] = []
+        cfg["matching"] = {}
     else:
         cfg["cuda_cases"] = cfg["cuda_video_cases"] = []
     figures = [f for f in run_section(cfg, args.seed, args.threads) if f.value is not None]

@@ -17,11 +17,12 @@ from sam2core.checkpoint import (CheckpointError, CheckpointInfo, checkpoint_sha
 from sam2core.config import CONFIGS, MODEL_NAMES, ModelConfig, get_config
 from sam2core.image_predictor import ImagePredictor
 from sam2core.modeling.sam2 import SAM2Model
-from sam2core.video import ArrayFrameSource, FrameResult, FrameSource, PromptError, SessionOptions, VideoSession
+from sam2core.video import (ArrayFrameSource, DiscoveryOptions, FoundObject, FrameResult, FrameSource, ObjectPrompt,
+                            PromptError, SessionOptions, VideoSession, discover_objects)
 
 __all__ = [
     "ArrayFrameSource", "AutoMasks", "AutomaticMaskGenerator", "CONFIGS", "CheckpointError", "CheckpointInfo",
-    "FrameResult", "FrameSource", "ImagePredictor", "MODEL_NAMES", "ModelConfig", "PromptError", "SAM2Model",
-    "SessionOptions", "VideoSession", "build_model", "checkpoint_sha256", "fetch", "get_config", "inspect_checkpoint",
-    "load_checkpoint",
+    "DiscoveryOptions", "FoundObject", "FrameResult", "FrameSource", "ImagePredictor", "MODEL_NAMES", "ModelConfig",
+    "ObjectPrompt", "PromptError", "SAM2Model", "SessionOptions", "VideoSession", "build_model", "checkpoint_sha256",
+    "discover_objects", "fetch", "get_config", "inspect_checkpoint", "load_checkpoint",
 ]

@@ -52,7 +52,8 @@ def mask_boxes(masks: torch.Tensor) -> torch.Tensor:
     """``[N, H, W]`` bool masks -> ``[N, 4]`` int64 boxes ``x0, y0, x1, y1`` of their pixels (inclusive indices);
     an empty mask gets ``[0, 0, 0, 0]``."""
     _, h, w = masks.shape
-    rows, cols = masks.any(dim=2), masks.any(dim=1)
+    as_bytes = masks.view(torch.uint8)  # max over bytes is any(), vectorised on CPU (a bool any() is not: 15x slower)
+    rows, cols = as_bytes.amax(dim=2) > 0, as_bytes.amax(dim=1) > 0
     ys = torch.arange(h, device=masks.device)
     xs = torch.arange(w, device=masks.device)
     y0, y1 = torch.where(rows, ys, h).amin(dim=1), torch.where(rows, ys, -1).amax(dim=1)

@@ -10,7 +10,8 @@ fault (``Fault.GPU_FAULT``: the pool has Ray replace this process, whose CUDA co
 answers while a video runs, from its own thread: the frame the worker is on, for progress and per-video timeouts.
 
 A task with ``auto`` set (``prompts=auto`` or ``manifest+auto``) first discovers the video's objects
-(``pipeline.actor.discovery``: the replica's ``AutomaticMaskGenerator`` on keyframes, short tracking chunks between them),
+(``sam2core.video.discovery`` through ``pipeline.actor.discovery``: the replica's ``AutomaticMaskGenerator`` on
+keyframes, short tracking chunks between them),
 then runs the one final pass with every object, and writes the masklets in SA-V's auto layout without near-empty
 and duplicate masklets.
 
@@ -33,7 +34,7 @@ import ray
 import torch
 from ray.util import metrics
 
-from pipeline.actor.discovery import Discovered, discover, prompt_of, prune, session_generator
+from pipeline.actor.discovery import discover, prune
 from pipeline.io.masklets import MaskletBuilder, Masklets
 from pipeline.io.rle import decode_rle
 from pipeline.actor.output_stage import OutputStage
@@ -45,6 +46,7 @@ from pipeline.plan.tasks import Prompt, VideoTask
 from sam2core.automatic import AutomaticMaskGenerator
 from sam2core.build import build_model
 from sam2core.video import FrameResult, PromptError, SessionOptions, VideoSession
+from sam2core.video.discovery import FoundObject
 
 _DEVICE_ERRORS = ("CUDA error", "CUBLAS_STATUS", "CUDNN_STATUS", "cuDNN error", "device-side assert",
                   "an illegal memory access")
@@ -256,7 +258,7 @@ class PropagationWorker:
             for prompt in prompts:
                 _apply_prompt(session, prompt)
             for d in found:
-                session.add_mask(d.frame_idx, d.obj_id, prompt_of(d))
+                session.add_mask(d.frame_idx, d.obj_id, d.mask)
             with self._lock:
                 self._status.frames, self._status.objects = source.num_frames, len(session.obj_ids)
             builder = MaskletBuilder(task.video_id, source.num_frames, source.height, source.width,
@@ -285,7 +287,7 @@ class PropagationWorker:
                 self.session.reset()
             source.close()
 
-    def _discover(self, session: VideoSession, source: VideoSource, prompts: list[Prompt]) -> list[Discovered]:
+    def _discover(self, session: VideoSession, source: VideoSource, prompts: list[Prompt]) -> list[FoundObject]:
         """The objects of the video the generator finds on keyframes and ``prompts`` do not cover; leaves
         ``session`` reset for the final pass."""
         def progress(frame_idx: int) -> None:
@@ -293,14 +295,13 @@ class PropagationWorker:
 
         with self._lock:  # the time budget counts the walk as one object tracked through the video
             self._status.frames, self._status.objects = source.num_frames, max(1, len({p.obj_id for p in prompts}))
-        found = discover(session, source, session_generator(self.generator, session), self.spec.auto, prompts,
-                         _apply_prompt, on_frame=progress)
+        found = discover(session, self.generator, self.spec.auto, prompts, on_frame=progress)
         session.reset()
         with self._lock:
             self._status.frames_done = 0
         return found
 
-    def _auto_masklets(self, m: Masklets, found: list[Discovered], manual: set[int]) -> Masklets:
+    def _auto_masklets(self, m: Masklets, found: list[FoundObject], manual: set[int]) -> Masklets:
         """SA-V auto layout: per-object types, per-frame stability (the generator's on the keyframe an object was
         found, sigmoid of the object score elsewhere), near-empty and duplicate masklets removed."""
         found_at = {d.obj_id: (d.frame_idx, d.stability) for d in found}

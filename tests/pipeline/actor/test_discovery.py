@@ -1,23 +1,29 @@
-"""Automatic discovery (pipeline.actor.discovery) on synthetic videos where objects enter mid-video.
+"""Automatic discovery in a job (pipeline.actor.discovery over sam2core.video.discovery) on synthetic videos where
+objects enter mid-video.
 
 Random weights make real masks meaningless, so the model is played by stand-ins that know each video's true masks:
-the generator returns the true masks of the objects visible on a keyframe, the tracker (a ``VideoSession``
-look-alike) follows the true object a prompt mask overlaps most. What is tested is the walk's logic: keyframes,
-matching, admission, ids, the cap, the backward fill of the final pass, pruning.
+the generator (an ``AutomaticMaskGenerator`` look-alike) returns the true masks of the objects visible on a keyframe,
+the tracker (a ``VideoSession`` look-alike) follows the true object a prompt mask overlaps most. What is tested is
+the walk's logic: keyframes, matching, admission, ids, manifest prompts, the cap, the backward fill of the final
+pass, pruning.
 """
 
 from __future__ import annotations
 
+from contextlib import nullcontext
 from dataclasses import dataclass
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
 import torch
 
-from pipeline.actor.discovery import Discovered, admit, discover, keyframes, prompt_of, prune
+from pipeline.actor.discovery import discover, discovery_options, prune
 from pipeline.io.masklets import MaskletBuilder, from_sav_json, to_sav_json
 from pipeline.specs import AutoSpec, SpecError
 from pipeline.plan.tasks import Prompt
+from sam2core.video.discovery import FoundObject, keyframes
+from sam2core.video.discovery import admit as device_admit
 
 H = W = 40
 T = 24
@@ -57,19 +63,28 @@ class FrameSource:
             yield image
 
 
+def admit(candidates: np.ndarray, known: list[np.ndarray], spec: AutoSpec, room: int) -> list[int]:
+    """sam2core's admission on numpy masks, with the job's ``auto.*`` options."""
+    stacked = np.stack(known) if known else np.zeros((0, *candidates.shape[1:]), dtype=bool)
+    return device_admit(torch.from_numpy(np.ascontiguousarray(candidates)), torch.from_numpy(stacked),
+                        discovery_options(spec), room)
+
+
 class TrueGenerator:
-    """The true masks of the objects visible on a frame (largest last, to exercise the sort); counts calls."""
+    """The true masks of the objects visible on a frame (largest last, to exercise the sort); counts calls. Its
+    features are what the tracker stand-in gives: the frame index."""
 
     def __init__(self, gt: np.ndarray) -> None:
         self.gt = gt
         self.frames: list[int] = []
 
-    def __call__(self, frame_idx: int, image: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    def generate_masks(self, image: np.ndarray, features: int) -> SimpleNamespace:
         t = int(image[0, 0, 0])
-        assert t == frame_idx
+        assert t == features
         self.frames.append(t)
         masks = [m for m in self.gt[:, t] if m.any()][::-1]
-        return np.asarray(masks, dtype=bool).reshape(-1, H, W), np.linspace(0.9, 1.0, len(masks))
+        return SimpleNamespace(masks=torch.from_numpy(np.asarray(masks, dtype=bool).reshape(-1, H, W)),
+                               stability_score=torch.linspace(0.9, 1.0, len(masks)))
 
 
 @dataclass
@@ -84,8 +99,15 @@ class TrueTracker:
 
     def __init__(self, gt: np.ndarray) -> None:
         self.gt = gt
+        self.source = FrameSource(gt.shape[1])
         self.reset()
         self.max_prompted = 0
+
+    def features(self, frame_idx: int) -> int:
+        return frame_idx
+
+    def compute_context(self) -> nullcontext:
+        return nullcontext()
 
     def reset(self, source=None) -> None:
         self.truth: dict[int, int] = {}
@@ -127,13 +149,13 @@ def apply_prompt(session: TrueTracker, p: Prompt) -> Result:
     return session.add_points(p.frame_idx, p.obj_id, points=p.points, labels=p.point_labels)
 
 
-def final_pass(gt: np.ndarray, found: list[Discovered], prompts=()) -> tuple[MaskletBuilder, TrueTracker]:
+def final_pass(gt: np.ndarray, found: list[FoundObject], prompts=()) -> tuple[MaskletBuilder, TrueTracker]:
     """What the worker does after discovery: every object prompted where it was found, tracked both ways."""
     tracker = TrueTracker(gt)
     for p in prompts:
         apply_prompt(tracker, p)
     for d in found:
-        tracker.add_mask(d.frame_idx, d.obj_id, prompt_of(d))
+        tracker.add_mask(d.frame_idx, d.obj_id, d.mask)
     builder = MaskletBuilder("v", T, H, W, tracker.obj_ids)
     for r in tracker.propagate(direction="both"):
         builder.add_frame(r.frame_idx, (r.mask_logits > 0).numpy(), [1.0] * len(r.obj_ids))
@@ -149,7 +171,7 @@ def test_keyframes_follow_the_cadence() -> None:
 def test_each_entering_object_gets_one_id_and_starts_where_it_appears() -> None:
     gt = synthetic_video()
     generator = TrueGenerator(gt)
-    found = discover(TrueTracker(gt), FrameSource(T), generator, AutoSpec(min_area=1))
+    found = discover(TrueTracker(gt), generator, AutoSpec(min_area=1))
     assert generator.frames == keyframes(T, 4)
     assert [(d.obj_id, d.frame_idx) for d in found] == [(0, 0), (1, 8), (2, 12), (3, 20)]
     assert found[1].stability == pytest.approx(0.9)  # the score the generator gave that mask
@@ -175,7 +197,7 @@ def test_matching_by_coverage_drops_parts_of_known_objects() -> None:
 def test_cap_keeps_the_largest_objects() -> None:
     gt = synthetic_video()
     tracker = TrueTracker(gt)
-    found = discover(tracker, FrameSource(T), TrueGenerator(gt), AutoSpec(min_area=1, max_objects=2))
+    found = discover(tracker, TrueGenerator(gt), AutoSpec(min_area=1, max_objects=2))
     assert [(d.obj_id, d.frame_idx) for d in found] == [(0, 0), (1, 8)]
     assert tracker.max_prompted <= 2
     on_frame_12 = gt[:3, 12][::-1]  # C (64 px), B (144 px), A (196 px)
@@ -185,8 +207,7 @@ def test_cap_keeps_the_largest_objects() -> None:
 def test_mixed_mode_keeps_manifest_ids_and_numbers_new_ones_above() -> None:
     gt = synthetic_video()
     prompts = [Prompt(7, 10, [[24.0, 26.0]], [1], None, None, 0)]  # object B, prompted on frame 10
-    found = discover(TrueTracker(gt), FrameSource(T), TrueGenerator(gt), AutoSpec(min_area=1), prompts,
-                     apply_prompt)
+    found = discover(TrueTracker(gt), TrueGenerator(gt), AutoSpec(min_area=1), prompts)
     # B is visible on keyframe 8, before its prompt: discovered there (id 9); from frame 10 on it is known.
     assert [(d.obj_id, d.frame_idx) for d in found] == [(8, 0), (9, 8), (10, 12), (11, 20)]
     builder, tracker = final_pass(gt, found, prompts)
@@ -199,8 +220,7 @@ def test_mixed_mode_keeps_manifest_ids_and_numbers_new_ones_above() -> None:
 def test_manifest_object_blocks_rediscovery() -> None:
     gt = synthetic_video()
     prompts = [Prompt(3, 0, [[5.0, 5.0]], [1], None, None, 0)]  # object A from frame 0
-    found = discover(TrueTracker(gt), FrameSource(T), TrueGenerator(gt), AutoSpec(min_area=1), prompts,
-                     apply_prompt)
+    found = discover(TrueTracker(gt), TrueGenerator(gt), AutoSpec(min_area=1), prompts)
     assert [(d.obj_id, d.frame_idx) for d in found] == [(4, 8), (5, 12), (6, 20)]
 
 
@@ -261,7 +281,7 @@ def test_an_object_that_leaves_and_returns_keeps_one_masklet() -> None:
         gt[0, t] = square(2, 2, 12)
         if t <= 9 or t >= 18:
             gt[1, t] = square(24, 24, 10)
-    found = discover(TrueTracker(gt), FrameSource(T), TrueGenerator(gt), AutoSpec(min_area=1))
+    found = discover(TrueTracker(gt), TrueGenerator(gt), AutoSpec(min_area=1))
     assert [(d.obj_id, d.frame_idx) for d in found] == [(0, 0), (1, 0), (2, 20)]
     builder = MaskletBuilder("v", T, H, W, [0, 1, 2])
     for t in range(T):  # the final pass as SAM 2 tracks it: id 2 backward from keyframe 20 only to frame 18
@@ -274,7 +294,7 @@ def test_an_object_that_leaves_and_returns_keeps_one_masklet() -> None:
 
 class PeakSession:
     """A real ``VideoSession`` whose tensor bytes are sampled after every frame it yields (discovery uses only
-    ``reset``/``add_mask``/``propagate``/``obj_ids``/``features``/``compute_context``)."""
+    ``source``/``reset``/``add_mask``/``propagate``/``obj_ids``/``features``/``compute_context``)."""
 
     def __init__(self, session) -> None:
         self.session = session
@@ -305,15 +325,18 @@ def _walk_peak(num_frames: int) -> tuple[int, int]:
     frames[gt[1]] = (40, 40, 220)
     session = PeakSession(VideoSession(model, ArrayFrameSource(frames), SessionOptions()))
 
-    def generate(frame_idx: int, image: np.ndarray):
-        masks = [m for m in gt[:, frame_idx] if m.any()]
-        return np.asarray(masks, dtype=bool).reshape(-1, 32, 32), np.ones(len(masks))
+    class Generator:  # the true masks of the frame (frames with the same picture have the same masks)
+        def generate_masks(self, image: np.ndarray, features) -> SimpleNamespace:
+            frame_idx = next(t for t in range(num_frames) if np.array_equal(frames[t], image))
+            masks = [m for m in gt[:, frame_idx] if m.any()]
+            return SimpleNamespace(masks=torch.from_numpy(np.asarray(masks, dtype=bool).reshape(-1, 32, 32)),
+                                   stability_score=torch.ones(len(masks)))
 
     # random weights track badly, so the true masks keep looking new: the cap keeps the object count fixed
-    found = discover(session, ArrayFrameSource(frames), generate, AutoSpec(min_area=1, every=8, max_objects=2))
+    found = discover(session, Generator(), AutoSpec(min_area=1, every=8, max_objects=2))
     session.reset()
     for d in found:
-        session.add_mask(d.frame_idx, d.obj_id, prompt_of(d))
+        session.add_mask(d.frame_idx, d.obj_id, d.mask)
     for _ in session.propagate(direction="both"):
         pass
     return len(found), session.peak

@@ -1,0 +1,269 @@
+"""Object discovery: which objects a video has when nobody prompted them all, found by an automatic mask generator
+on keyframes and tracked between them by a ``VideoSession``.
+
+Keyframes are frame 0 and every ``every``-th frame after it. The walk goes over them in order, one short chunk at a
+time: the session is prompted on keyframe ``k`` with every known object's mask there (its tracked mask, or the
+generator's mask for an object found at ``k``) and tracks forward to the next keyframe only, so memory is bounded and
+the cost is linear in video length. On each keyframe the generator's masks are compared with the known ones
+(``admit``): a mask that matches a known object (IoU ≥ ``match_iou``, or covered by it for ≥ ``match_coverage`` of
+its own area) is dropped, the rest become new objects, largest first, up to ``max_objects``.
+
+Given prompts (``ObjectPrompt``: clicks, a box or a mask of one object on one frame) make their objects known from
+their first prompt frame on; a prompt frame is also a chunk boundary, where the prompt replaces the tracked mask. New
+ids start above the prompted ones; ``max_objects`` counts discovered objects only.
+
+Every frame is encoded once: a chunk's tracking stops on the next keyframe, whose features the session keeps
+(``VideoSession.features``), and the generator (in the session's compute dtype) and the next chunk's prompts reuse
+them. Masks stay tensors on the model's device: tracked masks are the session's video-resolution logits > 0, and the
+matching runs there too; only the admission decisions come back to the host. What to do with the found objects is the
+caller's: typically prompt each one where it was found and ``propagate(direction="both")``.
+
+    from sam2core import AutomaticMaskGenerator, DiscoveryOptions, discover_objects
+    found = discover_objects(session, AutomaticMaskGenerator(model), DiscoveryOptions(every=4, max_objects=20))
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from sam2core.automatic import AutomaticMaskGenerator
+from sam2core.mask_ops import mask_boxes
+
+from .results import FrameResult
+from .session import VideoSession
+
+
+@dataclass(frozen=True)
+class ObjectPrompt:
+    """One object's prompt on one frame, in video pixels: clicks (``points`` with ``labels``: 1 positive, 0
+    negative) and/or a ``box`` [x0, y0, x1, y1], or a 2-D ``mask`` (what ``VideoSession.add_points`` / ``add_mask``
+    take)."""
+
+    frame_idx: int
+    obj_id: int
+    points: Sequence[Sequence[float]] | None = None
+    labels: Sequence[int] | None = None
+    box: Sequence[float] | None = None
+    mask: np.ndarray | torch.Tensor | None = None
+
+    def apply(self, session: VideoSession) -> FrameResult:
+        """Give the prompt to ``session``; returns the masks of all objects on its frame."""
+        if self.mask is not None:
+            return session.add_mask(self.frame_idx, self.obj_id, self.mask)
+        return session.add_points(self.frame_idx, self.obj_id, points=self.points, labels=self.labels, box=self.box)
+
+
+@dataclass(frozen=True)
+class DiscoveryOptions:
+    """Keyframe cadence (``every``; SA-V annotates every 4th frame of 24 fps video), the cap on discovered objects
+    (``max_objects``, largest first), the smallest generator mask considered (``min_area`` pixels), and when a
+    generator mask is a known object (``match_iou``, ``match_coverage``; both in (0, 1])."""
+
+    every: int = 4
+    max_objects: int = 50
+    min_area: int = 100
+    match_iou: float = 0.5
+    match_coverage: float = 0.8
+
+    def __post_init__(self) -> None:
+        if self.every < 1 or self.max_objects < 1 or self.min_area < 0:
+            raise ValueError(f"need every >= 1, max_objects >= 1, min_area >= 0, got {self}")
+        if not (0 < self.match_iou <= 1 and 0 < self.match_coverage <= 1):
+            raise ValueError(f"match_iou and match_coverage must be in (0, 1], got {self}")
+
+
+@dataclass(frozen=True)
+class FoundObject:
+    """An object the generator found: its id, the keyframe where it was found, its mask there (``[H, W]`` bool at
+    video resolution, on the model's device) and the generator's stability score for that mask."""
+
+    obj_id: int
+    frame_idx: int
+    mask: torch.Tensor
+    stability: float
+
+
+def keyframes(num_frames: int, every: int) -> list[int]:
+    """Frame 0 and every ``every``-th frame after it."""
+    return list(range(0, num_frames, every))
+
+
+def _matches(inter: torch.Tensor, area_new: torch.Tensor, area_other: torch.Tensor,
+             options: DiscoveryOptions) -> torch.Tensor:
+    """[N, K] bool: new mask i is object j (IoU ≥ ``match_iou`` or covered ≥ ``match_coverage``), from the
+    intersection counts ``inter`` [N, K] and the areas; float64, so that counts up to 2^53 divide exactly as
+    rounded. Monotone in ``inter``: an upper bound that does not match rules the pair out."""
+    inter = inter.double()
+    a_new = area_new.double()[:, None]
+    union = a_new + area_other.double()[None, :] - inter
+    iou = torch.where(union > 0, inter / union.clamp(min=1), 0.0)
+    coverage = torch.where(a_new > 0, inter / a_new.clamp(min=1), 0.0)
+    return (iou >= options.match_iou) | (coverage >= options.match_coverage)
+
+
+def _boxes_and_areas(masks: torch.Tensor) -> tuple[list[list[int]], torch.Tensor]:
+    """Inclusive boxes (host ints; [0, 0, 0, 0] when empty) and pixel counts (device, int64) of bool masks
+    [K, H, W]; each count reads only its mask's box."""
+    boxes = mask_boxes(masks).tolist()
+    counts = [masks[k, y0:y1 + 1, x0:x1 + 1].view(torch.uint8).sum(dtype=torch.int32)
+              for k, (x0, y0, x1, y1) in enumerate(boxes)]
+    areas = torch.stack(counts).long() if counts else masks.new_zeros(0, dtype=torch.int64)
+    return boxes, areas
+
+
+def _overlap_bound(boxes_new: torch.Tensor, area_new: torch.Tensor, boxes: torch.Tensor,
+                   area: torch.Tensor) -> torch.Tensor:
+    """[N, K] upper bound of the intersections: neither mask's area, nor the overlap of their (inclusive) boxes."""
+    x0 = torch.maximum(boxes_new[:, None, 0], boxes[None, :, 0])
+    y0 = torch.maximum(boxes_new[:, None, 1], boxes[None, :, 1])
+    x1 = torch.minimum(boxes_new[:, None, 2], boxes[None, :, 2])
+    y1 = torch.minimum(boxes_new[:, None, 3], boxes[None, :, 3])
+    box = (x1 - x0 + 1).clamp(min=0) * (y1 - y0 + 1).clamp(min=0)
+    return torch.minimum(torch.minimum(area_new[:, None], area[None, :]), box)
+
+
+def _pair_counts(candidates: torch.Tensor, cand_boxes: list[list[int]], others: torch.Tensor,
+                 other_boxes: list[list[int]], may: np.ndarray) -> torch.Tensor:
+    """[N, K] int64 intersections of candidate i with mask j of ``others``, counted where ``may`` [N, K] says the
+    pair could match (0 elsewhere), inside the overlap of i's box with the box around those j's boxes."""
+    inter = torch.zeros(may.shape, dtype=torch.int64, device=candidates.device)
+    for i, row in enumerate(may):
+        js = np.flatnonzero(row)
+        if not len(js):
+            continue
+        x0, y0, x1, y1 = cand_boxes[i]
+        x0 = max(x0, min(other_boxes[j][0] for j in js))
+        y0 = max(y0, min(other_boxes[j][1] for j in js))
+        x1 = min(x1, max(other_boxes[j][2] for j in js))
+        y1 = min(y1, max(other_boxes[j][3] for j in js))
+        index = torch.from_numpy(js).to(candidates.device)
+        crops = others[:, y0:y1 + 1, x0:x1 + 1].index_select(0, index)
+        both = crops & candidates[i, y0:y1 + 1, x0:x1 + 1]
+        inter[i, index] = both.view(torch.uint8).flatten(1).sum(dim=1, dtype=torch.int32).long()
+    return inter
+
+
+def match_decisions(candidates: torch.Tensor, known: torch.Tensor,
+                    options: DiscoveryOptions) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """For bool masks ``candidates`` [N, H, W] and ``known`` [M, H, W] on one device: each candidate's area [N],
+    whether it is a known object [N] and whether candidate i is candidate j [N, N], decided as on full-resolution
+    masks (exact pixel counts) but computed on the device, boxes first: a pair whose upper bound
+    (``_overlap_bound``) cannot match is never counted, the others only where their boxes meet. The host learns the
+    boxes and which pairs to count, never a mask."""
+    cand_boxes, cand_areas = _boxes_and_areas(candidates)
+    known_boxes, known_areas = _boxes_and_areas(known)
+    device = candidates.device
+    cand_t = torch.tensor(cand_boxes, dtype=torch.int64, device=device).view(-1, 4)
+    known_t = torch.tensor(known_boxes, dtype=torch.int64, device=device).view(-1, 4)
+    may_known = _matches(_overlap_bound(cand_t, cand_areas, known_t, known_areas), cand_areas, known_areas, options)
+    may_cand = _matches(_overlap_bound(cand_t, cand_areas, cand_t, cand_areas), cand_areas, cand_areas, options)
+    may_cand.fill_diagonal_(False)
+    inter_known = _pair_counts(candidates, cand_boxes, known, known_boxes, may_known.cpu().numpy())
+    inter_cand = _pair_counts(candidates, cand_boxes, candidates, cand_boxes, may_cand.cpu().numpy())
+    is_known = (may_known & _matches(inter_known, cand_areas, known_areas, options)).any(dim=1)
+    same = may_cand & _matches(inter_cand, cand_areas, cand_areas, options)
+    return cand_areas, is_known, same
+
+
+def admit(candidates: torch.Tensor, known: torch.Tensor, options: DiscoveryOptions, room: int) -> list[int]:
+    """Indices of the generator masks ``candidates`` [N, H, W] (bool) that are new objects, largest first (ties:
+    lower index first), at most ``room``: a mask smaller than ``min_area`` pixels, or matching a known mask
+    (``known`` [M, H, W] bool) or an already admitted candidate, is dropped."""
+    if room <= 0 or len(candidates) == 0:
+        return []
+    known = known.to(candidates.device, torch.bool)
+    areas, is_known, same = (t.cpu() for t in match_decisions(candidates.bool(), known, options))
+    areas, is_known, same = areas.tolist(), is_known.tolist(), same.numpy()
+    admitted: list[int] = []
+    for i in sorted(range(len(areas)), key=lambda i: (-areas[i], i)):
+        if len(admitted) >= room:
+            break
+        if areas[i] < max(options.min_area, 1) or is_known[i] or same[i, admitted].any():
+            continue
+        admitted.append(i)
+    return admitted
+
+
+def _stacked(known: dict[int, torch.Tensor], like: torch.Tensor) -> torch.Tensor:
+    """The known masks as one [M, H, W] bool tensor (an empty one, on the device of ``like``, when none is known)."""
+    if not known:
+        return like.new_zeros((0, *like.shape[-2:]), dtype=torch.bool)
+    return torch.stack(list(known.values()))
+
+
+def _result_masks(result: FrameResult) -> dict[int, torch.Tensor]:
+    """Each object's mask in a frame's result: its video-resolution logits > 0 (on the device)."""
+    masks = result.mask_logits > 0
+    return {o: masks[j] for j, o in enumerate(result.obj_ids)}
+
+
+def _track(session: VideoSession, start: int, end: int, known: dict[int, torch.Tensor],
+           prompts: Sequence[ObjectPrompt]) -> dict[int, torch.Tensor]:
+    """Masks of the objects at ``end`` after tracking from ``start`` (prompted there with ``known`` and the
+    ``prompts`` of that frame); objects with an empty mask at ``start`` stay empty."""
+    session.reset()
+    prompted = {p.obj_id for p in prompts}
+    nonempty = torch.stack([m.any() for m in known.values()]).tolist() if known else []
+    for (obj_id, mask), present in zip(known.items(), nonempty):
+        if obj_id not in prompted and present:
+            session.add_mask(start, obj_id, mask)
+    for p in prompts:
+        p.apply(session)
+    out = {o: torch.zeros_like(m) for o, m in known.items()}
+    if not session.obj_ids:
+        return out
+    for result in session.propagate(start_frame=start, direction="forward", max_frames=end - start):
+        if result.frame_idx == end:
+            out.update(_result_masks(result))
+    return out
+
+
+def _prompted_masks(session: VideoSession, prompts: Sequence[ObjectPrompt]) -> dict[int, torch.Tensor]:
+    """The masks the ``prompts`` of one frame give their objects there (a throwaway session state)."""
+    session.reset()
+    result = None
+    for p in prompts:
+        result = p.apply(session)
+    return _result_masks(result)
+
+
+def discover_objects(session: VideoSession, generator: AutomaticMaskGenerator, options: DiscoveryOptions,
+                     prompts: Sequence[ObjectPrompt] = (),
+                     on_frame: Callable[[int], None] | None = None) -> list[FoundObject]:
+    """The objects of the session's video that ``prompts`` do not already cover, found by ``generator`` on the
+    keyframes and tracked between them with ``session`` (left holding the last chunk's state; ``reset()`` it before
+    the final pass). ``on_frame(k)`` is called as the walk reaches boundary ``k`` (progress). Holds one mask per
+    object, never the frames' masks."""
+    source = session.source
+    n = source.num_frames
+    keys = set(keyframes(n, options.every))
+    by_frame: dict[int, list[ObjectPrompt]] = {}
+    for p in prompts:
+        by_frame.setdefault(p.frame_idx, []).append(p)
+    boundaries = sorted(keys | {f for f in by_frame if 0 <= f < n})
+    next_id = max((p.obj_id for p in prompts), default=-1) + 1
+    known: dict[int, torch.Tensor] = {}  # every known object's mask at the current boundary
+    found: list[FoundObject] = []
+    for b, nxt in zip(boundaries, boundaries[1:] + [None]):
+        if on_frame is not None:
+            on_frame(b)
+        here = by_frame.get(b, [])
+        if here:
+            known.update(_prompted_masks(session, here))
+        if b in keys and len(found) < options.max_objects:
+            image = np.array(next(iter(source.iter_frames([b]))))  # a writable copy
+            with torch.inference_mode(), session.compute_context():
+                masks = generator.generate_masks(image, session.features(b))
+            candidates = masks.masks.bool()
+            stability = masks.stability_score.float().tolist()
+            for i in admit(candidates, _stacked(known, candidates), options, options.max_objects - len(found)):
+                found.append(FoundObject(next_id, b, candidates[i].clone(), stability[i]))
+                known[next_id] = found[-1].mask
+                next_id += 1
+        if nxt is not None and known:
+            known = _track(session, b, nxt, known, here)
+    return found
