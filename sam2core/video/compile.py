@@ -9,8 +9,8 @@ Both belong to the engine, never to the model: nothing is patched into a ``SAM2M
   per-call casts disappear; LayerNorm, softmax and the free parameters stay where autocast keeps them (fp32).
 - ``compiled``: ``torch.compile`` with ``fullgraph=True`` and static shapes; on CUDA with CUDA graphs
   (``reduce-overhead``) where ``cuda_graphs`` is asked for. The engine feeds these callables a fixed set of shapes
-  (object buckets, memory slots), warms every one up on one thread before the first video, and clones the outputs
-  of CUDA-graph calls that it keeps across steps.
+  (object buckets, memory-slot layouts), runs each frame's call pattern once on one thread before a pass that needs
+  it (``Tracker.warm_up``), and clones the outputs of CUDA-graph calls that it keeps across steps.
 """
 
 from __future__ import annotations
