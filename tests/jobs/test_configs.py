@@ -233,21 +233,25 @@ def test_tilde_output_uri_is_the_home_folder(tmp_path: Path) -> None:
 def test_no_job_writes_a_command_line_credential(tmp_path: Path, sav_dir: Path) -> None:
     prefix, data = _clip(tmp_path)
     options = f"{{key: AKIAFAKE, secret: {SECRET}}}"
+    # the jobs with propagate's groups are refused at the manifest after Hydra wrote its files: what they wrote is
+    # checked all the same
+    refused = ["model.checkpoint=random", f"data.manifest={tmp_path / 'none.parquet'}",
+               f"output.uri={tmp_path / 'out'}", f"output.storage_options={options}",
+               f"+data.storage_options.secret={SECRET}"]
     runs = {
-        # refused at the manifest after Hydra wrote its files: what it wrote is checked all the same
-        "propagate": ["model.checkpoint=random", f"data.manifest={tmp_path / 'none.parquet'}",
-                      f"output.uri={tmp_path / 'out'}", f"output.storage_options={options}",
-                      f"+data.storage_options.secret={SECRET}"],
+        "propagate": refused,
+        "segment_images": refused,
         "render": [f"prefix={prefix}", f"data_root={data}", "mp4=false", "sheet.width=32"],
         "report": [f"prefix={prefix}", f"data_root={data}", "sheet.width=32"],
         "export": [f"prefix={prefix}", "format=sav_png"],
         "evaluate": [f"pred={prefix}", f"gt={tmp_path / 'gt'}", "cluster.num_cpus=1", "strict=false"],
         "make_manifest": [f"annotations={sav_dir}", f"manifest={tmp_path / 'made.parquet'}"],
     }
+    assert set(runs) == set(JOBS)
     for job, args in runs.items():
-        extra = [] if job == "propagate" else [f"storage_options={options}"]
+        extra = [] if args is refused else [f"storage_options={options}"]
         proc = _run(job, *args, *extra, tmp=tmp_path)
-        assert proc.returncode == (2 if job == "propagate" else 0), proc.stdout + proc.stderr
+        assert proc.returncode == (2 if args is refused else 0), proc.stdout + proc.stderr
         assert SECRET not in proc.stdout + proc.stderr
         assert (tmp_path / "hydra" / job / ".hydra" / "overrides.yaml").is_file()
     written = [p for p in tmp_path.rglob("*") if p.is_file()]
