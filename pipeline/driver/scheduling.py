@@ -28,7 +28,9 @@ Driving it (what ``WorkerPool`` does, and what a discrete-event simulation does 
 The tasks of an actor that died or was replaced stay counted against it (``ActorState.in_flight``) until their
 results arrive: Ray either re-runs them on the restarted process (``max_task_retries``) or fails them, and a failed
 one is retried like any other death (an attempt counted, the actor avoided). An actor that comes back up gets
-``depth`` minus those tasks.
+``depth`` minus those tasks. A simulation that kills an actor does what Ray does with ``max_task_retries=0``:
+``on_actor_lost``, then ``on_result(..., Fault.DIED)`` for each task the actor held, then ``on_actor_up`` once the
+restarted process is ready (or ``on_actor_gone``).
 
 Cost per event: O(log n) in the actors and tasks (heaps and deques). ``assign`` costs that per task it hands out,
 plus a scan of the released retries an actor must avoid (a few: a retry avoids at most ``max_attempts`` actors).
