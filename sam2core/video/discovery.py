@@ -6,7 +6,8 @@ time: the session is prompted on keyframe ``k`` with every known object's mask t
 generator's mask for an object found at ``k``) and tracks forward to the next keyframe only, so memory is bounded and
 the cost is linear in video length. On each keyframe the generator's masks are compared with the known ones
 (``admit``): a mask that matches a known object (IoU ≥ ``match_iou``, or covered by it for ≥ ``match_coverage`` of
-its own area) is dropped, the rest become new objects, largest first, up to ``max_objects``.
+its own area) is dropped, the rest become new objects, largest first, up to ``max_objects``; once that many are
+found the walk stops (nothing later could be admitted).
 
 Given prompts (``ObjectPrompt``: clicks, a box or a mask of one object on one frame) make their objects known from
 their first prompt frame on; a prompt frame is also a chunk boundary, where the prompt replaces the tracked mask. New
@@ -236,8 +237,8 @@ def discover_objects(session: VideoSession, generator: AutomaticMaskGenerator, o
                      on_frame: Callable[[int], None] | None = None) -> list[FoundObject]:
     """The objects of the session's video that ``prompts`` do not already cover, found by ``generator`` on the
     keyframes and tracked between them with ``session`` (left holding the last chunk's state; ``reset()`` it before
-    the final pass). ``on_frame(k)`` is called as the walk reaches boundary ``k`` (progress). Holds one mask per
-    object, never the frames' masks."""
+    the final pass). ``on_frame(k)`` is called as the walk reaches boundary ``k`` (progress); the walk ends early
+    once ``max_objects`` are found. Holds one mask per object, never the frames' masks."""
     source = session.source
     n = source.num_frames
     keys = set(keyframes(n, options.every))
@@ -254,7 +255,7 @@ def discover_objects(session: VideoSession, generator: AutomaticMaskGenerator, o
         here = by_frame.get(b, [])
         if here:
             known.update(_prompted_masks(session, here))
-        if b in keys and len(found) < options.max_objects:
+        if b in keys:
             image = np.array(next(iter(source.iter_frames([b]))))  # a writable copy
             with torch.inference_mode(), session.compute_context():
                 masks = generator.generate_masks(image, session.features(b))
@@ -264,6 +265,8 @@ def discover_objects(session: VideoSession, generator: AutomaticMaskGenerator, o
                 found.append(FoundObject(next_id, b, candidates[i].clone(), stability[i]))
                 known[next_id] = found[-1].mask
                 next_id += 1
+        if len(found) >= options.max_objects:
+            break  # nothing later can be admitted: tracking on would find nothing
         if nxt is not None and known:
             known = _track(session, b, nxt, known, here)
     return found

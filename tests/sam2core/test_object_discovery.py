@@ -55,6 +55,16 @@ def test_discovers_on_keyframes_and_the_found_objects_prompt_a_final_pass(model)
     assert sorted(frames) == list(range(FRAMES))
 
 
+def test_the_walk_stops_once_the_cap_is_reached(model) -> None:
+    session = VideoSession(model, ArrayFrameSource(video()))
+    generator = AutomaticMaskGenerator(model, points_per_side=4, pred_iou_thresh=0.0, stability_score_thresh=0.0)
+    reached: list[int] = []
+    found = discover_objects(session, generator, DiscoveryOptions(every=4, max_objects=1, min_area=1),
+                             on_frame=reached.append)
+    assert [(d.obj_id, d.frame_idx) for d in found] == [(0, 0)] and reached == [0]  # nothing tracked after frame 0
+    assert not session.obj_ids
+
+
 def test_prompted_objects_keep_their_ids_and_new_ones_start_above(model) -> None:
     session = VideoSession(model, ArrayFrameSource(video()))
     generator = AutomaticMaskGenerator(model, points_per_side=4, pred_iou_thresh=0.0, stability_score_thresh=0.0)
