@@ -10,6 +10,7 @@ use; 130 interrupted. ``--cfg job`` prints the config resolved.
 
 from __future__ import annotations
 
+import dataclasses
 import difflib
 import functools
 import logging
@@ -22,12 +23,14 @@ from pathlib import Path
 from typing import Callable, Generic, NoReturn, TypeVar
 
 import hydra
+from hydra import compose, initialize_config_dir
 from hydra.core.config_store import ConfigStore
+from hydra.core.global_hydra import GlobalHydra
 from hydra.core.hydra_config import HydraConfig
 from hydra.errors import MissingConfigException, OverrideParseException
 from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf
-from omegaconf.errors import MissingMandatoryValue, OmegaConfBaseException
+from omegaconf.errors import ConfigAttributeError, ConfigKeyError, MissingMandatoryValue, OmegaConfBaseException
 
 from jobs.redaction import SECRET_KEYS, scrub, secret_values
 from pipeline.specs import SpecError
@@ -58,6 +61,7 @@ class Job(Generic[S]):
     def spec(self, cfg: DictConfig) -> S:
         """The typed spec of a composed config; any configuration error is raised as a one-line SpecError."""
         try:
+            _check_keys(cfg, "")
             return self.build(cfg) if self.build else OmegaConf.to_object(cfg)
         except SpecError:
             raise
@@ -119,6 +123,20 @@ def _did_you_mean(word: str, candidates: list[str], what: str) -> str:
     return f" (did you mean {what}{close[0]}?)" if close else ""
 
 
+def _check_keys(node: DictConfig, path: str) -> None:
+    """Every key of a schema's node is one of its fields: a key added with ``+`` where the schema has none is
+    refused, not silently dropped (dict-typed fields, like ``session``, take any key)."""
+    schema = OmegaConf.get_type(node)
+    known = [f.name for f in dataclasses.fields(schema)] if dataclasses.is_dataclass(schema) else None
+    for key in node.keys():
+        where = f"{path}{key}"
+        if known is not None and key not in known:
+            raise SpecError(f"{where}: no such key{_did_you_mean(str(key), known, path)}")
+        child = None if OmegaConf.is_missing(node, key) else node[key]
+        if isinstance(child, DictConfig):
+            _check_keys(child, f"{where}.")
+
+
 def _omegaconf_line(exc: OmegaConfBaseException) -> str:
     """One line for an error OmegaConf found in a composed config: the key, then what is wrong."""
     key = getattr(exc, "full_key", None) or ""
@@ -143,22 +161,50 @@ def config_error(exc: BaseException, config: str) -> str:
             return (f"{group}={option}: no such option in conf/{group}/{_did_you_mean(option, options, f'{group}=')}"
                     f"; options: {', '.join(options)}")
         return f"{first}" if found else f"conf/{config}.yaml: {first}"
+    if first.startswith("Unexpected type"):  # Hydra setting a key under a null value
+        return _under_null(config, _overrides()) or "an override sets a key under a null value"
     cause = exc.__cause__
     override = re.search(r"(?:override|overriding) '?([^'\s]+?)'?\.?$", first)
     if isinstance(cause, OmegaConfBaseException):
         key = getattr(cause, "full_key", None) or (override.group(1) if override else "")
         reason = str(cause).splitlines()[0]
-        if "is not in struct" in str(cause) or "not in" in reason and "Key" in reason:
+        if isinstance(cause, (ConfigAttributeError, ConfigKeyError)):
             parent = getattr(cause, "parent_node", None)
             name = str(getattr(cause, "key", key.rpartition(".")[2]))
             siblings = [str(k) for k in parent.keys()] if isinstance(parent, DictConfig) else []
             where = key.rpartition(".")[0]
-            return f"{key}: no such key{_did_you_mean(name, siblings, where + '.' if where else '')}"
+            hint = _did_you_mean(name, siblings, where + '.' if where else '')
+            if not hint and "." in key:
+                under_null = _under_null(config, [o for o in _overrides() if o.lstrip("+").startswith(f"{key}=")])
+                if under_null:
+                    return under_null
+            return f"{key}: no such key{hint or f' (to add one: +{key}=...)'}"
         if "is not Optional" in reason:
             return f"{key}=null: a value is required (null is not allowed here)"
         what = override.group(1) if override else key
         return f"{what}: {reason}"
     return first
+
+
+def _overrides() -> list[str]:
+    return [a for a in sys.argv[1:] if not a.startswith("-")]
+
+
+def _under_null(config: str, overrides: list[str]) -> str | None:
+    """The line for an override among ``overrides`` that sets a key under a null value (found by composing the
+    config with the command line's group choices only), saying what to do instead; None when there is none."""
+    choices = [o for o in _overrides() if "=" in o and "." not in o.partition("=")[0] and not o.startswith(("+", "~"))]
+    GlobalHydra.instance().clear()
+    with initialize_config_dir(str(CONF_DIR), version_base="1.3"):
+        cfg = compose(config, overrides=choices)
+    for override in overrides:
+        parts = override.partition("=")[0].lstrip("+").split(".")
+        for depth in range(1, len(parts)):
+            parent = ".".join(parts[:depth])
+            if OmegaConf.select(cfg, parent, throw_on_missing=False) is None:
+                return (f"{'.'.join(parts)}: {parent} is null here: give it whole ({parent}={{key: value}}) or choose "
+                        f"the group option that fills it")
+    return None
 
 
 def _command_line_secrets(args: list[str]) -> set[str]:
