@@ -16,7 +16,9 @@ rendered on the device. Every measurement runs in a fresh process (``harness``).
 - ``memory``: peak GPU memory allocated while propagating a short and a long video (growth target);
 - ``flops``: FLOPs of one tracked frame (image encoder + tracking of every object with a full memory, by torch's
   per-op FLOP formulas) times the frames/s of the fastest of ours, against the device's dense bf16 peak (datasheet,
-  by device name: ``device_peak_flops``).
+  by device name: ``device_peak_flops``);
+- ``images``: the image job's loop against a loop of the official image predictor (``benchmarks.images``): images/s
+  at 1024 px, 4 boxes per image, the same masks, and the ratio (target).
 Without a GPU (settings ``gpu.cpu``) the same stages at tiny sizes, without the CUDA-only variants and with the
 session's state bytes for memory: a smoke test of the command, in the test suite.
 """
@@ -35,7 +37,7 @@ import torch
 from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils.flop_counter import flop_registry
 
-from benchmarks import engine, memory
+from benchmarks import engine, images, memory
 from benchmarks.harness import run_isolated
 from benchmarks.report import Figure, figure, format_table
 
@@ -271,8 +273,11 @@ def _run_stage(spec: dict[str, Any], c: dict[str, Any], cuda: bool, device: str,
         return _memory_figures(c, cuda, seed, threads)
     if kind == "flops":
         return _flops_figures(c, speed, cuda, device, threads)
+    if kind == "images":
+        return images.case_figures(SECTION, spec["model"], spec, c["dtype"], c["warmup"], c["runs"], seed, threads,
+                                   spec["folder"])
     if kind != "speed":
-        raise ValueError(f"unknown stage kind {kind!r}: steady, speed, memory or flops")
+        raise ValueError(f"unknown stage kind {kind!r}: steady, speed, memory, flops or images")
     run = engine.EngineRun(spec["model"], c["image_size"], tuple(c["objects"]), c["frames"], device, c["dtype"],
                            tuple(c["variants"]), c["warmup"], c["runs"], seed, threads)
     results = engine.measure(run)

@@ -4,7 +4,8 @@ Per task: loader threads read, decode and (on a CPU worker) resize the images ah
 of encoder batches ahead (``pipeline.actor.image_loading``); the image encoder runs on a batch of images, the decoder
 on all prompts of an image at once (``sam2core.image_predictor``), the logits are upsampled to the image on the
 device and the masks leave it as run boundaries (``pipeline.io.rle``); the loader threads turn those into COCO RLE
-strings while the model goes on. With ``prompts=auto`` the replica's ``AutomaticMaskGenerator`` runs on each image,
+strings while the model goes on. Decoding and post-processing of a batch run on a thread of their own while the
+next batch is encoded (on a CPU worker with a core to spare, that core does them). With ``prompts=auto`` the replica's ``AutomaticMaskGenerator`` runs on each image,
 reusing the batch's features.
 
 One unreadable image, or one whose mask prompt does not fit it, fails alone (named in the part's ``failed``); the
@@ -22,6 +23,7 @@ import time
 from collections import deque
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import replace
+from typing import Callable
 
 import numpy as np
 import ray
@@ -40,7 +42,7 @@ from sam2core.automatic import AutomaticMaskGenerator
 from sam2core.build import build_model
 from sam2core.image_predictor import decode_objects, prepare_image, upsample
 from sam2core.mask_ops import stability_score
-from sam2core.modeling.sam2 import ImageFeatures
+from sam2core.modeling.sam2 import ImageFeatures, SAM2Model
 
 STABILITY_OFFSET = 1.0  # the stability score written: IoU of the masks cut at +1 and -1 (the generator's default)
 
@@ -56,11 +58,11 @@ class ImageWorker:
         self.model = build_model(m.name, m.checkpoint, image_size=m.image_size, device=self.device,
                                  storage_options=m.storage_options, cache_dir=m.cache_dir)
         self.dtype = pick_dtype(m.dtype, self.device)
-        self.generator = AutomaticMaskGenerator(self.model, **spec.generator) if spec.generator is not None else None
-        self.sink = ImageSink(spec.output_uri, spec.output_storage_options, spec.retry_s)
+        generator = AutomaticMaskGenerator(self.model, **spec.generator) if spec.generator is not None else None
         cpus = ray.get_runtime_context().get_assigned_resources().get("CPU", 1.0)
-        self.loader = ThreadPoolExecutor(spec.images.loader_threads or max(1, int(cpus)),
-                                         thread_name_prefix="image-loader")
+        self.segmenter = ImageSegmenter(self.model, self.dtype, spec.images.loader_threads or max(1, int(cpus)),
+                                        spec.images.ahead, spec.input_storage_options, generator)
+        self.sink = ImageSink(spec.output_uri, spec.output_storage_options, spec.retry_s)
         self.identity = WorkerIdentity(ray.get_runtime_context().get_node_id(), os.getpid(), str(self.device),
                                        self.dtype)
         self._lock = threading.Lock()
@@ -106,16 +108,39 @@ class ImageWorker:
         return task.image_batch or self.spec.images.batch
 
     def run_task(self, task: ImageTask) -> dict:
-        """The part of one task: ``images`` and ``annotations`` (COCO records) and ``failed`` images (id → reason).
-        What it raises, ``process`` classifies."""
-        items = task.images()
-        batch = self._batch(task)
+        """The part of one task (``ImageSegmenter.segment``); what it raises, ``process`` classifies."""
+        def progress(images: int) -> None:
+            with self._lock:
+                self._status.frames_done = images
+
+        return self.segmenter.segment(task.images(), self._batch(task), progress)
+
+
+class ImageSegmenter:
+    """The per-task loop of a replica, without Ray: loader threads ahead of the model, batched encoding, every object
+    of an image decoded at once, masks out as run boundaries and COCO strings built on the loader threads."""
+
+    def __init__(self, model: SAM2Model, dtype: str, loader_threads: int, ahead: int,
+                 storage_options: dict | None, generator: AutomaticMaskGenerator | None = None) -> None:
+        self.model = model
+        self.device = model.device
+        self.dtype = dtype
+        self.ahead = ahead
+        self.storage_options = storage_options
+        self.generator = generator
+        self.loader = ThreadPoolExecutor(loader_threads, thread_name_prefix="image-loader")
+        self.decoder = ThreadPoolExecutor(1, thread_name_prefix="image-decoder")
+
+    def segment(self, items: list[ImageItem], batch: int, progress: Callable[[int], None] | None = None) -> dict:
+        """The COCO part of ``items``: ``images`` and ``annotations`` records and ``failed`` images (id → reason).
+        ``progress`` gets the count of images done after each encoder batch. An ``InputUnavailable`` (storage
+        outage) is raised; an ``ImageError`` fails its image only."""
         pending: deque[tuple[ImageItem, Future]] = deque()
         queued = iter(items)
-        ahead = batch * (self.spec.images.ahead + 1)
+        ahead = batch * (self.ahead + 1)
         prepare_here = self.device.type == "cpu"
         size = self.model.image_size
-        so = self.spec.input_storage_options
+        so = self.storage_options
 
         def refill() -> None:
             while len(pending) < ahead:
@@ -126,7 +151,17 @@ class ImageWorker:
 
         images, annotations, failed = [], [], {}
         encoded: list[Future] = []  # RLE strings being built on the loader threads
-        done = 0
+        decoding: deque[Future] = deque()  # encoded batches on the decoder thread, in order
+
+        def collect(segmented: list[tuple]) -> None:
+            for item, image, bounds, iou, stability, obj_ids, cats in segmented:
+                h, w = image.size
+                images.append(image_record(item.image_id, item.file_name, h, w))
+                encoded.append(self.loader.submit(_annotations, item.image_id, obj_ids, cats, bounds, iou,
+                                                  stability))
+            if progress is not None:
+                progress(len(images) + len(failed))
+
         refill()
         while pending:
             loaded: list[tuple[ImageItem, LoadedImage]] = []
@@ -138,34 +173,38 @@ class ImageWorker:
                     failed[item.image_id] = str(exc)
             refill()
             if loaded:
-                for item, image, bounds, iou, stability, obj_ids, cats in self._segment(loaded):
-                    h, w = image.size
-                    images.append(image_record(item.image_id, item.file_name, h, w))
-                    encoded.append(self.loader.submit(_annotations, item.image_id, obj_ids, cats, bounds, iou,
-                                                      stability))
-            done += len(loaded)
-            with self._lock:
-                self._status.frames_done = done + len(failed)
+                decoding.append(self.decoder.submit(self._decode, loaded, self._encode(loaded)))
+            while len(decoding) > 1 or (decoding and not pending):  # one batch decodes while the next encodes
+                collect(decoding.popleft().result())
         for future in encoded:
             annotations += future.result()
         return {"images": images, "annotations": annotations, "failed": failed}
 
+    def _autocast(self) -> contextlib.AbstractContextManager:
+        if self.dtype == "bfloat16":
+            return torch.autocast(self.device.type, dtype=torch.bfloat16)
+        return contextlib.nullcontext()
+
     @torch.inference_mode()
-    def _segment(self, loaded: list[tuple[ImageItem, LoadedImage]]) -> list[tuple]:
-        """Encode a batch of images, then per image: every object's mask (or the generator's masks) as run
-        boundaries on the host, with predicted IoU and stability, object ids and categories."""
+    def _encode(self, loaded: list[tuple[ImageItem, LoadedImage]]) -> ImageFeatures:
+        """Raw image features of a batch (resized here on the device when the loaders did not)."""
         model = self.model
-        autocast = (torch.autocast(self.device.type, dtype=torch.bfloat16) if self.dtype == "bfloat16"
-                    else contextlib.nullcontext())
-        with autocast:
+        with self._autocast():
             if loaded[0][1].model_input is not None:
                 inputs = torch.stack([image.model_input for _, image in loaded]).to(self.device)
             else:
                 inputs = torch.stack([prepare_image(image.pixels.to(self.device, non_blocking=True), model.image_size)
                                       for _, image in loaded])
-            raw = model.encode_image(inputs)
+            return model.encode_image(inputs)
+
+    @torch.inference_mode()
+    def _decode(self, loaded: list[tuple[ImageItem, LoadedImage]], raw: ImageFeatures) -> list[tuple]:
+        """Per image of an encoded batch (on the decoder thread): every object's mask (or the generator's masks) as
+        run boundaries on the host, with predicted IoU and stability, object ids and categories."""
+        model = self.model
+        segmented = []
+        with self._autocast():
             feats = ImageFeatures(model.add_no_memory(raw.feat), raw.pos, raw.high_res)
-            segmented = []
             for i, (item, image) in enumerate(loaded):
                 hw = image.size
                 if self.generator is not None:
@@ -181,7 +220,7 @@ class ImageWorker:
                     cats = [o.category_id for o in item.objects]
                 bounds = full_boundaries(masks) if len(masks) else None
                 segmented.append((item, image, bounds, iou.float().cpu().numpy(),
-                                 torch.nan_to_num(stability.float(), nan=0.0).cpu().numpy(), obj_ids, cats))
+                                  torch.nan_to_num(stability.float(), nan=0.0).cpu().numpy(), obj_ids, cats))
         return segmented
 
 

@@ -26,6 +26,8 @@ TINY = {
                "output.warmup=0", "output.runs=1"],
     "driver": ["driver.videos=200", "driver.rows=2500", "driver.dispatch_tasks=50"],
     "memory": ["memory.frames=[3,6]", "memory.objects=1", "memory.height=64", "memory.width=96"],
+    "images": ["images.cpu.image_size=128", "images.cpu.images=3", "images.cpu.height=60", "images.cpu.width=80",
+               "images.cpu.batch=2", "images.cpu.warmup=0", "images.cpu.runs=1"],
 }
 
 
@@ -61,6 +63,8 @@ def test_section_runs_and_reports(section: str, tmp_path: Path) -> None:
         assert any(name.startswith("ours/official_2t, 1 obj") for name in names), names
         diffs = [f for f in figures if "|dlogit|" in f["name"]]
         assert diffs and all(f["value"] is not None and f["value"] < 1e-3 for f in diffs), diffs
+    if section == "images":  # the same masks as the official loop (random weights, fp32)
+        assert all("min IoU 1.0000" in f["note"] for f in figures if f["name"].startswith("images: ours")), figures
     if section == "output":
         assert all(f["note"] == "identical bytes" for f in figures if f["name"].startswith("output stage")), figures
 
@@ -99,14 +103,15 @@ def test_gpu_preset_runs_as_a_cpu_smoke_test(tmp_path: Path) -> None:
                    "official object-frames/s, 1 obj", "ours object-frames/s, 2 obj", "ours/official, 2 obj",
                    "parity: ours min IoU vs official, 1 obj", "memory growth", "FLOPs per frame", "achieved FLOP/s",
                    "wall time: stage 1 (steady", "wall time: stage 2 (speed", "wall time: stage 3 (memory)",
-                   "wall time: stage 4 (flops)", "wall time: the whole section"):
+                   "wall time: stage 4 (flops)", "images: ours / official", "wall time: stage 5 (images",
+                   "wall time: the whole section"):
         assert any(n.startswith(prefix) for n in names), (prefix, names)
     parity = [f for f in figures if f["name"].startswith("parity")]
     assert all(f["met"] for f in parity), parity
     assert all(f["met"] for f in figures if f["name"].startswith("steady state") and f["target"]), figures
     assert all(f["value"] > 0 for f in figures if f["name"].startswith(("FLOPs", "achieved"))), figures
     tables = proc.stdout.count("status")  # one table per stage as it ends, then the section's
-    assert tables == 5, proc.stdout
+    assert tables == 6, proc.stdout
     assert proc.stdout.index("wall time: stage 1") < proc.stdout.index("wall time: stage 2")
 
     again = tmp_path / "stage4.json"
