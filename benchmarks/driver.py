@@ -1,9 +1,11 @@
 """Driver section: planning an SA-V-scale manifest, and the driver's cost per video when workers cost nothing.
 
-Planning = ``load_manifest`` (read, validate every row, group into tasks) of a synthetic ~51k-video manifest, timed
-with its peak RSS in a fresh process. Dispatch = the propagation job's own dispatch loop (``pipeline.driver.WorkerPool``)
-feeding real planned tasks to Ray actors that honour the worker contract (``ready()``, ``process(task)``) but
-return a "done" record at once, so the wall time per video is what the driver and Ray add to each video.
+Planning = what the propagation job does before any worker starts: ``load_manifest`` (read, validate every row,
+group into tasks) of a synthetic ~51k-video manifest, then every task's digest (``with_digests``, as
+``pipeline.driver.job`` does for its shard), timed with its peak RSS in a fresh process. Dispatch = the
+propagation job's own dispatch loop (``pipeline.driver.pool.WorkerPool``) feeding real planned tasks to Ray actors
+that honour the worker contract (``ready()``, ``status()``, ``process(task)``) but return a done result at once,
+so the wall time per video is what the driver and Ray add to each video.
 """
 
 from __future__ import annotations
@@ -24,7 +26,7 @@ from pipeline.driver.pool import WorkerPool
 from pipeline.driver.scheduling import PoolPolicy
 from pipeline.io.prefix import make_sink
 from pipeline.specs import OutputSpec
-from pipeline.plan.tasks import VideoTask
+from pipeline.plan.tasks import VideoTask, with_digests
 from pipeline.records import Status, WorkerIdentity, WorkerResult, WorkerStatus
 
 GB = 1024 ** 3
@@ -43,17 +45,24 @@ class NullWorker:
         return None
 
     def process(self, task: VideoTask) -> WorkerResult:
-        return WorkerResult(task.video_id, objects=task.num_objects, worker=self.identity)
+        return WorkerResult(task.video_id, objects=task.num_objects, digest=task.digest, worker=self.identity)
+
+
+# what a job's digests cover besides the prompts: the model's identity and engine options (pipeline.driver.job)
+_PRODUCED_BY = {"model": {"name": "sam2.1_hiera_large", "sha256": "0" * 64}, "session": {"image_size": 1024}}
 
 
 def measure_plan(manifest: str, data_root: str) -> dict[str, Any]:
-    """Seconds and peak RSS of ``load_manifest`` (runs in a fresh process)."""
+    """Seconds (wall and CPU) and peak RSS of planning: ``load_manifest``, then every task's digest (runs in a
+    fresh process)."""
     before = current_rss_bytes()
-    start = time.perf_counter()
+    start, cpu = time.perf_counter(), time.process_time()
     plan = load_manifest(manifest, data_root)
-    seconds = time.perf_counter() - start
-    return {"seconds": seconds, "peak_rss": peak_rss_bytes(), "rss_before": before, "tasks": len(plan.tasks),
-            "rows": plan.num_rows, "dropped": len(plan.dropped)}
+    loaded = time.perf_counter()
+    tasks = with_digests(plan.tasks, _PRODUCED_BY)
+    seconds, cpu = time.perf_counter() - start, time.process_time() - cpu
+    return {"seconds": seconds, "load_seconds": loaded - start, "cpu_seconds": cpu, "peak_rss": peak_rss_bytes(),
+            "rss_before": before, "tasks": len(tasks), "rows": plan.num_rows, "dropped": len(plan.dropped)}
 
 
 def measure_dispatch(manifest: str, data_root: str, tasks: int, workers: int, depth: int) -> dict[str, Any]:
@@ -90,7 +99,8 @@ def run_section(cfg: dict[str, Any], seed: int, threads: int, targets: dict[str,
     where = f"{plan['tasks']} videos, {plan['rows']} rows"
     per_video_ms = 1000 * dispatch["seconds"] / dispatch["tasks"]
     return [
-        figure("driver", f"plan manifest ({where})", plan["seconds"], "s", targets["plan_seconds"]),
+        figure("driver", f"plan manifest + digests ({where})", plan["seconds"], "s", targets["plan_seconds"],
+               note=f"load_manifest {plan['load_seconds']:.1f} s; CPU {plan['cpu_seconds']:.1f} s"),
         figure("driver", "plan peak RSS", plan["peak_rss"] / GB, "GiB", targets["plan_peak_gib"],
                note=f"process RSS before planning {plan['rss_before'] / GB:.2f} GiB"),
         figure("driver", f"dispatch overhead ({dispatch['tasks']} videos, {cfg['dispatch_workers']} no-op "

@@ -26,7 +26,7 @@ from pipeline.driver.scheduling import PoolPolicy
 from pipeline.io.prefix import Sink, make_sink
 from pipeline.specs import JobSpec, WorkerSpec
 from pipeline.io.storage import is_absolute_uri
-from pipeline.plan.tasks import VideoTask, shard_of, task_digest
+from pipeline.plan.tasks import VideoTask, shard_of, with_digests
 from pipeline.actor.worker import start_workers
 from pipeline.records import PrefixIdentity, ProvenanceError, Status, WorkerIdentity, WorkerResult, WorkerStartError
 from sam2core.checkpoint import CheckpointError, CheckpointMismatch
@@ -124,8 +124,8 @@ def _plan_shard(spec: JobSpec, plan: ManifestPlan, provenance: dict, sink: Sink
     produced_by = PrefixIdentity.of(provenance).to_json()
     if spec.data.prompts != "manifest":  # discovery options change the masklets too
         produced_by = {**produced_by, "prompts": spec.data.prompts, "auto": asdict(spec.auto)}
-    tasks = [replace(t, digest=task_digest(t, produced_by)) for t in plan.tasks
-             if shard_of(t.video_id, spec.num_shards) == spec.shard_id]
+    tasks = with_digests([t for t in plan.tasks if shard_of(t.video_id, spec.num_shards) == spec.shard_id],
+                         produced_by)
     done = sink.done_records()
     todo = []
     for t in tasks:

@@ -201,9 +201,13 @@ def coco_rles(b: Boundaries) -> list[dict]:
 # --- validation of manifest strings (no bitmap decode) -------------------------------------------------------
 
 
-def rle_run_totals(counts: pa.Array) -> tuple[np.ndarray, np.ndarray]:
+def rle_run_totals(counts: pa.Array | pa.ChunkedArray) -> tuple[np.ndarray, np.ndarray]:
     """For each string of ``counts``: (well_formed, sum of run lengths). Null and empty strings are malformed, and
     so is one with a number beyond 32 bits (a run or difference no valid mask has)."""
+    if isinstance(counts, pa.ChunkedArray):
+        parts = [rle_run_totals(chunk) for chunk in counts.chunks]
+        return (np.concatenate([p[0] for p in parts]) if parts else np.zeros(0, dtype=bool),
+                np.concatenate([p[1] for p in parts]) if parts else np.zeros(0, dtype=np.int64))
     n = len(counts)
     ok = np.zeros(n, dtype=bool)
     totals = np.zeros(n, dtype=np.int64)

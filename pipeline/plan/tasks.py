@@ -2,6 +2,11 @@
 
 A ``VideoTask`` carries every prompt of one video (from validated manifest rows) and a ``cost`` that orders the
 work largest first (objects × file size, when the sizes can be listed cheaply).
+
+At SA-V scale (~51k videos, ~650k prompt rows, half of them COCO RLE masks) the driver must not hold a Python object
+per prompt: the rows stay in the manifest's Arrow columns (``PromptTable``), each task holds its row numbers
+(``PromptRows``, a sequence of ``Prompt`` built when read), and ``with_digests`` hashes every task's prompts from
+the columns at once.
 """
 
 from __future__ import annotations
@@ -10,8 +15,9 @@ import hashlib
 import json
 import os
 from collections import defaultdict
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, replace
-from typing import Iterable
+from typing import Any, overload
 
 import numpy as np
 import pyarrow as pa
@@ -20,6 +26,8 @@ import pyarrow.compute as pc
 from pipeline.io.storage import is_absolute_uri, join_uri, list_sizes
 
 _MAX_LISTED_FOLDERS = 64  # above this many distinct video folders, file sizes are not looked up
+_DIGEST_BATCH_ROWS = 1 << 14  # prompt rows turned into JSON at once by ``with_digests`` (bounds its memory)
+_PROMPT_FIELDS = ("points", "point_labels", "box", "mask")
 
 
 @dataclass(frozen=True)
@@ -35,13 +43,107 @@ class Prompt:
     row: int
 
 
+class PromptTable:
+    """Validated prompt rows of a manifest as Arrow columns (``__row``: manifest row number, ``obj_id``,
+    ``frame_idx`` and whichever of points, point_labels, box, mask it has), shared by the tasks planned from it."""
+
+    def __init__(self, table: pa.Table) -> None:
+        table = table.select([c for c in ("__row", "obj_id", "frame_idx", *_PROMPT_FIELDS) if c in table.column_names])
+        # kept as the table's record batches: Arrow's take on a chunked string column concatenates every chunk first
+        self.batches = table.to_batches()
+        self.starts = np.cumsum([0] + [b.num_rows for b in self.batches])
+
+    def _take(self, rows: np.ndarray) -> pa.Table:
+        """Table rows ``rows`` (in that order)."""
+        batch = np.searchsorted(self.starts, rows, side="right") - 1
+        if batch.size and batch.min() == batch.max():
+            return pa.Table.from_batches([self.batches[batch[0]].take(pa.array(rows - self.starts[batch[0]]))])
+        by_batch = np.argsort(batch, kind="stable")
+        bounds = np.searchsorted(batch[by_batch], np.arange(len(self.batches) + 1))
+        parts = [self.batches[i].take(pa.array(rows[by_batch[a:b]] - self.starts[i]))
+                 for i, (a, b) in enumerate(zip(bounds[:-1], bounds[1:])) if b > a]
+        gathered = pa.Table.from_batches(parts, schema=self.batches[0].schema).combine_chunks()
+        return gathered.take(pa.array(np.argsort(by_batch)))
+
+    def prompts(self, rows: np.ndarray) -> tuple[Prompt, ...]:
+        """``Prompt`` objects of table rows ``rows``, in that order."""
+        sub = self._take(rows)
+        cols = {c: sub[c].to_pylist() if c in sub.column_names else [None] * len(rows) for c in _PROMPT_FIELDS}
+        if "mask" in sub.column_names:
+            cols["mask"] = _mask_dicts(sub["mask"])
+        return tuple(Prompt(*fields) for fields in zip(sub["obj_id"].to_pylist(), sub["frame_idx"].to_pylist(),
+                                                       cols["points"], cols["point_labels"], cols["box"],
+                                                       cols["mask"], sub["__row"].to_pylist()))
+
+    def prompt_json(self, rows: np.ndarray) -> pa.Array:
+        """Each row of ``rows`` as ``,`` followed by the JSON ``task_digest`` writes for its prompt:
+        ``[obj_id,frame_idx,points,point_labels,box,mask]`` (``json.dumps`` with separators "," and ":", mask keys
+        sorted), built column by column; the mask strings are copied twice (escaped, joined), never into Python."""
+        sub = self._take(rows)
+        n = sub.num_rows
+        parts: list[Any] = [",[", _json_numbers(sub["obj_id"].combine_chunks()), ",",
+                            _json_numbers(sub["frame_idx"].combine_chunks())]
+        for c in ("points", "point_labels", "box"):
+            parts += [",", _json_lists(sub[c].combine_chunks()).fill_null("null") if c in sub.column_names
+                      else pa.array(["null"] * n)]
+        if "mask" in sub.column_names:
+            mask = sub["mask"].combine_chunks()
+            present = mask.is_valid()
+            # validated counts hold only '0'..'o'; of those only the backslash needs escaping
+            counts = pc.replace_substring(pc.struct_field(mask, "counts").cast(pa.string()), "\\", "\\\\")
+            none = pa.scalar(None, pa.string())
+            parts += [",", pc.if_else(present, '{"counts":"', "null"), counts, pc.if_else(present, '","size":', none),
+                      _json_lists(pc.struct_field(mask, "size")), pc.if_else(present, "}", none)]
+        else:
+            parts += [",null"]
+        return pc.binary_join_element_wise(*parts, "]", "", null_handling="skip")  # null: a mask's absent parts
+
+
+class PromptRows(Sequence[Prompt]):
+    """The prompts of one video: rows of a ``PromptTable``, built as ``Prompt`` objects when read. Pickled (as it is
+    sent to a worker) it becomes the plain tuple of prompts."""
+
+    __slots__ = ("source", "rows")
+
+    def __init__(self, source: PromptTable, rows: np.ndarray) -> None:
+        self.source = source
+        self.rows = rows
+
+    def __len__(self) -> int:
+        return len(self.rows)
+
+    @overload
+    def __getitem__(self, i: int) -> Prompt: ...
+
+    @overload
+    def __getitem__(self, i: slice) -> tuple[Prompt, ...]: ...
+
+    def __getitem__(self, i: int | slice) -> Prompt | tuple[Prompt, ...]:
+        return self.source.prompts(self.rows)[i]
+
+    def __iter__(self) -> Iterator[Prompt]:
+        return iter(self.source.prompts(self.rows))
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, Sequence) and tuple(self) == tuple(other)
+
+    def __hash__(self) -> int:
+        return hash(tuple(self))
+
+    def __repr__(self) -> str:
+        return f"PromptRows({len(self)} rows)"
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return tuple, (self.source.prompts(self.rows),)
+
+
 @dataclass(frozen=True)
 class VideoTask:
     """All prompts of one video; ``cost`` orders scheduling (objects × file size when known)."""
 
     video_id: str
     video_uri: str
-    prompts: tuple[Prompt, ...]
+    prompts: Sequence[Prompt]  # a tuple, or PromptRows in the driver (a tuple again once sent to a worker)
     num_objects: int
     cost: float
     digest: str = ""  # of what produces the video's masklets (see ``task_digest``); kept in its done record
@@ -63,6 +165,64 @@ def task_digest(task: VideoTask, produced_by: dict) -> str:
     blob = json.dumps({"video_uri": task.video_uri, "prompts": prompts, "produced_by": produced_by},
                       sort_keys=True, separators=(",", ":"), default=str)
     return hashlib.sha256(blob.encode()).hexdigest()
+
+
+def with_digests(tasks: Sequence[VideoTask], produced_by: dict) -> list[VideoTask]:
+    """``tasks`` with their ``task_digest`` set. For prompts still in a ``PromptTable`` the bytes ``task_digest``
+    hashes are streamed from its JSON columns (``PromptTable.prompt_json``), a batch of rows at a time in manifest
+    order, without a Python object per prompt; tasks whose prompts are a plain tuple go through ``task_digest``."""
+    head = ('{"produced_by":' + json.dumps(produced_by, sort_keys=True, separators=(",", ":"), default=str)
+            + ',"prompts":[').encode()
+    digests: dict[int, str] = {}
+    by_source: dict[int, list[int]] = defaultdict(list)
+    for i, t in enumerate(tasks):
+        if isinstance(t.prompts, PromptRows):
+            by_source[id(t.prompts.source)].append(i)
+        else:
+            digests[i] = task_digest(t, produced_by)
+    for members in by_source.values():
+        members.sort(key=lambda i: tasks[i].prompts.rows[0])  # batches of nearby rows: cheap to gather
+        source = tasks[members[0]].prompts.source
+        ends = np.cumsum([len(tasks[i].prompts) for i in members])
+        start = 0
+        while start < len(members):
+            stop = max(int(np.searchsorted(ends, ends[start] - len(tasks[members[start]].prompts)
+                                           + _DIGEST_BATCH_ROWS)), start + 1)
+            batch = members[start:stop]
+            fragments = source.prompt_json(np.concatenate([tasks[i].prompts.rows for i in batch]))
+            text = memoryview(fragments.buffers()[2])
+            offsets = np.frombuffer(fragments.buffers()[1], dtype=np.int32)[fragments.offset:]
+            row = 0
+            for i in batch:
+                t = tasks[i]
+                h = hashlib.sha256(head)
+                h.update(text[offsets[row] + 1:offsets[row + len(t.prompts)]])  # without the first ","
+                h.update(f'],"video_uri":{json.dumps(t.video_uri)}}}'.encode())
+                digests[i] = h.hexdigest()
+                row += len(t.prompts)
+            start = stop
+    return [replace(t, digest=digests[i]) for i, t in enumerate(tasks)]
+
+
+def _json_numbers(values: pa.Array) -> pa.Array:
+    """Numbers (or booleans) as ``json.dumps`` writes them: floats through Python's repr, as json does."""
+    if pa.types.is_floating(values.type):
+        return pa.array(list(map(float.__repr__, values.cast(pa.float64()).to_pylist())), pa.string())
+    if pa.types.is_boolean(values.type):
+        return pc.if_else(values, "true", "false")
+    return values.cast(pa.string())
+
+
+def _json_lists(col: pa.Array) -> pa.Array:
+    """A (nested) list column of numbers as JSON arrays (null where missing)."""
+    if not pa.types.is_list(col.type) and not pa.types.is_large_list(col.type) \
+            and not pa.types.is_fixed_size_list(col.type):
+        return _json_numbers(col)
+    lengths = np.asarray(pc.list_value_length(col).fill_null(0).to_numpy(zero_copy_only=False), dtype=np.int32)
+    offsets = np.zeros(len(col) + 1, dtype=np.int32)
+    np.cumsum(lengths, out=offsets[1:])
+    joined = pc.binary_join(pa.ListArray.from_arrays(pa.array(offsets), _json_lists(pc.list_flatten(col))), ",")
+    return pc.if_else(col.is_valid(), pc.binary_join_element_wise("[", joined, "]", ""), pa.scalar(None, pa.string()))
 
 
 def shard_of(video_id: str, num_shards: int) -> int:
@@ -101,63 +261,57 @@ def _file_sizes(uris: Iterable[str], storage_options: dict | None) -> dict[str, 
     return sizes
 
 
-def _mask_dicts(table: pa.Table) -> list[dict | None]:
+def _mask_dicts(col: pa.ChunkedArray) -> list[dict | None]:
     """Mask prompts as COCO RLE dicts (built from the two child columns: much faster than struct to_pylist)."""
-    if "mask" not in table.column_names:
-        return [None] * table.num_rows
-    col = table["mask"].combine_chunks()
+    col = col.combine_chunks()
     present = col.is_valid().to_pylist()
     sizes = pc.struct_field(col, "size").to_pylist()
     counts = pc.struct_field(col, "counts").to_pylist()
     return [{"size": s, "counts": c} if p else None for p, s, c in zip(present, sizes, counts)]
 
 
+def _ints(col: pa.ChunkedArray, fill: int) -> np.ndarray:
+    return np.asarray(col.fill_null(fill).to_numpy(), dtype=np.int64)
+
+
 def build_tasks(table: pa.Table, data_root: str | None, storage_options: dict | None,
                 mode: str = "manifest") -> list[VideoTask]:
     """One task per video from validated manifest rows (``__row`` holds each row's number), largest cost first.
     ``mode`` "auto": tasks without prompts (one per distinct video); "manifest+auto": prompts plus discovery, where
-    a video listed only by video-only rows (null obj_id: see pipeline.plan.manifest) gets a task without prompts."""
+    a video listed only by video-only rows (null obj_id: see pipeline.plan.manifest) gets a task without prompts.
+    A video's prompts are ordered by (frame, object); its cost is objects × file size, and a video without prompts
+    counts as one object (its objects are not known yet)."""
+    ids = pc.unique(table["video_id"])  # in order of first appearance
+    video = _ints(pc.index_in(table["video_id"], value_set=ids), -1)
+    _, first_row = np.unique(video, return_index=True)
+    uris = table["video_uri"].take(pa.array(first_row)).to_pylist()
     if mode == "auto" or "obj_id" not in table.column_names:
-        prompted = table.slice(0, 0)
+        rows = np.zeros(0, dtype=np.int64)
     else:
-        prompted = table.filter(pc.is_valid(table["obj_id"]))
-    return _video_tasks(table, data_root, storage_options, _prompts_by_video(prompted), auto=mode != "manifest")
-
-
-def _prompts_by_video(table: pa.Table) -> dict[str, list[Prompt]]:
-    """The prompt rows of ``table`` per video, each video's ordered by (frame, object)."""
-    if table.num_rows == 0:
-        return {}
-    cols = {c: table[c].to_pylist() if c in table.column_names else [None] * table.num_rows
-            for c in ("points", "point_labels", "box")}
-    cols["mask"] = _mask_dicts(table)
-    rows = table["__row"].to_pylist()
-    obj = table["obj_id"].to_pylist()
-    frame = table["frame_idx"].to_pylist()
-    by_video: dict[str, list[Prompt]] = defaultdict(list)
-    for i, v in enumerate(table["video_id"].to_pylist()):
-        by_video[v].append(Prompt(obj[i], frame[i], cols["points"][i], cols["point_labels"][i], cols["box"][i],
-                                  cols["mask"][i], rows[i]))
-    for prompts in by_video.values():
-        prompts.sort(key=lambda p: (p.frame_idx, p.obj_id))
-    return by_video
-
-
-def _video_tasks(table: pa.Table, data_root: str | None, storage_options: dict | None,
-                 prompts_of: dict[str, list[Prompt]], auto: bool) -> list[VideoTask]:
-    """One task per distinct video of ``table`` with its ``prompts_of`` (none for a video without prompt rows),
-    largest cost first. Cost = objects × file size; a video without prompts counts as one object (its objects are
-    not known yet)."""
-    uri_of: dict[str, str] = {}
-    for v, u in zip(table["video_id"].to_pylist(), table["video_uri"].to_pylist()):
-        if v not in uri_of:
-            uri_of[v] = _resolve_uri(u, data_root)
-    sizes = _file_sizes(uri_of.values(), storage_options)
+        rows = np.flatnonzero(_np_valid(table["obj_id"]))
+    obj, frame = (_ints(table[c], -1)[rows] for c in ("obj_id", "frame_idx")) if rows.size else (rows, rows)
+    order = rows[np.lexsort((obj, frame, video[rows]))]
+    offsets = np.zeros(len(ids) + 1, dtype=np.int64)
+    np.cumsum(np.bincount(video[order], minlength=len(ids)), out=offsets[1:])
+    by_object = np.lexsort((obj, video[rows]))
+    v_sorted, o_sorted = video[rows][by_object], obj[by_object]
+    new_object = np.ones(rows.size, dtype=bool)
+    new_object[1:] = (v_sorted[1:] != v_sorted[:-1]) | (o_sorted[1:] != o_sorted[:-1])
+    objects = np.bincount(v_sorted[new_object], minlength=len(ids))
+    source = PromptTable(table) if rows.size else None
+    resolved = [_resolve_uri(u, data_root) for u in uris]
+    sizes = _file_sizes(resolved, storage_options)
     fallback = float(np.median(list(sizes.values()))) if sizes else 1.0
     tasks = []
-    for v, u in uri_of.items():
-        prompts = tuple(prompts_of.get(v, ()))
-        n_obj = len({p.obj_id for p in prompts})
-        tasks.append(VideoTask(v, u, prompts, n_obj, max(n_obj, 1) * float(sizes.get(u, fallback)), auto=auto))
+    for v, (video_id, uri) in enumerate(zip(ids.to_pylist(), resolved)):
+        a, b = int(offsets[v]), int(offsets[v + 1])
+        prompts: Sequence[Prompt] = PromptRows(source, order[a:b]) if b > a else ()
+        n_obj = int(objects[v])
+        tasks.append(VideoTask(video_id, uri, prompts, n_obj, max(n_obj, 1) * float(sizes.get(uri, fallback)),
+                               auto=mode != "manifest"))
     tasks.sort(key=lambda t: (-t.cost, t.video_id))
     return tasks
+
+
+def _np_valid(col: pa.ChunkedArray) -> np.ndarray:
+    return np.asarray(col.is_valid().to_numpy(), dtype=bool)

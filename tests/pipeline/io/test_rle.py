@@ -161,8 +161,10 @@ def test_rle_check_matches_a_char_by_char_reader(chunk_chars: int, monkeypatch: 
             s = None if rng.random() < 0.5 else ""
         strings.append(s)
     expected = [None if s is None else _runs_one_by_one(s) for s in strings]
-    for offset in (0, 5):
-        ok, totals = rle_run_totals(pa.array(strings, pa.string()).slice(offset))
+    column = pa.array(strings, pa.string())
+    for offset, counts in ((0, column), (5, column.slice(5)), (0, pa.chunked_array([column[:1234], column[1234:]]))):
+        ok, totals = rle_run_totals(counts)
+        assert len(ok) == len(totals) == len(strings) - offset
         for got_ok, total, runs in zip(ok, totals, expected[offset:]):
             want_ok = bool(runs) and min(runs) >= 0
             assert got_ok == want_ok, (runs, got_ok)

@@ -328,3 +328,19 @@ def test_twenty_thousand_row_manifest_plans(tmp_path):
     assert sum(len(t.prompts) for t in plan.tasks) == n
     assert len(plan.tasks) == len(set(vid.tolist()))
     assert all(t.num_objects == len(t.prompts) for t in plan.tasks)
+
+
+def test_each_repeated_prompt_names_the_first_row_of_its_key(tmp_path):
+    """(video, object, frame) repeated: every later row is an error naming the first; a missing id is a key of its
+    own (reported missing as well); the same object and frame in another video is no repeat."""
+    box = {"box": [0, 0, 1, 1]}
+    rows = [_row(**box), _row(obj_id=1, **box), _row(**box), _row(video_id="v2", video_uri="v2.mp4", **box),
+            _row(obj_id=None, frame_idx=4, **box), _row(**box), _row(obj_id=None, frame_idx=4, **box)]
+    with pytest.raises(ManifestError) as info:
+        load_manifest(_write(tmp_path / "m.parquet", rows), data_root=str(tmp_path))
+    assert [(e.row, e.column, e.reason) for e in info.value.errors] == [
+        (2, "frame_idx", "second prompt for video 'v1' object 0 frame 0 (first in row 0)"),
+        (4, "obj_id", "missing"),
+        (5, "frame_idx", "second prompt for video 'v1' object 0 frame 0 (first in row 0)"),
+        (6, "obj_id", "missing"),
+        (6, "frame_idx", "second prompt for video 'v1' object None frame 4 (first in row 4)")]
