@@ -195,3 +195,28 @@ def test_s3_sharded_job_with_credentials(tmp_path, ray_cluster, s3_server, s3_bu
         written += [img["id"] for img in doc["images"]]
         assert so["secret"].encode() not in read_bytes(f"{out}/config-{shard}-of-2.yaml", so)
     assert sorted(written) == ["a", "b", "c", "d", "e"]
+
+
+def test_auto_prompts_write_the_generators_masks(tmp_path, ray_cluster):
+    """prompts=auto: a manifest of images only; each image gets what AutomaticMaskGenerator finds on it."""
+    from sam2core.automatic import AutomaticMaskGenerator
+
+    root, out = tmp_path / "images", tmp_path / "out"
+    rows = _dataset(root)
+    images = sorted({(r["image_id"], r["image_uri"]) for r in rows})
+    manifest = tmp_path / "images.parquet"
+    pq.write_table(pa.table({"image_id": [i for i, _ in images], "image_uri": [u for _, u in images]}), manifest)
+    options = {"points_per_side": 4, "pred_iou_thresh": 0.0, "stability_score_thresh": 0.0}
+    proc = _run(tmp_path, ray_cluster.address, "prompts=auto", f"data.manifest={manifest}", f"data.root={root}",
+                f"output.uri={out}", *[f"auto.generator.{k}={v}" for k, v in options.items()])
+    assert proc.returncode == 0, proc.log[-3000:]
+    doc = json.loads((out / "annotations.json").read_text())
+    torch.manual_seed(0)
+    generator = AutomaticMaskGenerator(build_model(MODEL, None, image_size=SIZE), **options)
+    for image_id, uri in images:
+        found = generator.generate_masks(decode_image((root / uri).read_bytes(), uri))
+        anns = sorted((a for a in doc["annotations"] if a["image_id"] == image_id), key=lambda a: a["obj_id"])
+        assert len(anns) == len(found) > 0
+        for ann, mask, iou, stability in zip(anns, found.masks, found.predicted_iou, found.stability_score):
+            assert _iou(decode_rle(ann["segmentation"]), mask.numpy()) >= 0.99
+            assert abs(ann["score"] - float(iou)) <= 1e-3 and abs(ann["stability_score"] - float(stability)) <= 1e-3
