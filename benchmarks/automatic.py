@@ -121,17 +121,21 @@ def measure_video(arch: str, image_size: int, frames: int, every: int, points_pe
     generator = AutomaticMaskGenerator(model, points_per_side=points_per_side, pred_iou_thresh=pred_iou_thresh,
                                        stability_score_thresh=stability_score_thresh)
     options = DiscoveryOptions(every=every, max_objects=max_objects, min_area=1)
-    inner = generator.generate_masks
-    spent = [0.0]
+    spent = {"generator": 0.0, "decoder": 0.0, "keyframes": 0.0}
 
-    def generate_masks(image: Any, features: Any) -> Any:  # the generator's share of the walk
-        start = time.perf_counter()
-        out = inner(image, features)
-        sync(device)
-        spent[0] += time.perf_counter() - start
-        return out
+    def timed(name: str, inner: Any) -> Any:
+        def call(*args: Any) -> Any:
+            start = time.perf_counter()
+            out = inner(*args)
+            sync(device)
+            spent[name] += time.perf_counter() - start
+            spent["keyframes"] += name == "generator"
+            return out
+        return call
 
-    generator.generate_masks = generate_masks
+    # the generator's share of the walk, and its mask decoder's share of that (the official per-click arithmetic)
+    generator.generate_masks = timed("generator", generator.generate_masks)
+    generator._decode = timed("decoder", generator._decode)
 
     def final_pass() -> int:
         session.reset()
@@ -146,8 +150,8 @@ def measure_video(arch: str, image_size: int, frames: int, every: int, points_pe
     walk_s = time.perf_counter() - start
     final_s, yielded = best_seconds(final_pass, 0, 1, device=device)
     assert yielded == frames
-    return {"walk": walk_s, "generator": spent[0], "final": final_s, "objects": len(found),
-            "keyframes": len(range(0, frames, every))}
+    return {"walk": walk_s, "generator": spent["generator"], "decoder": spent["decoder"], "final": final_s,
+            "objects": len(found), "generated": int(spent["keyframes"]), "keyframes": len(range(0, frames, every))}
 
 
 def matching_scene(height: int, width: int, known: int, new: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
@@ -205,12 +209,15 @@ def _video_figures(arch: str, case: dict[str, Any], dtype: str, device: str, thr
              f"{case['points_per_side']}x{case['points_per_side']} clicks, {r['objects']} objects, {device} {dtype}, "
              f"{threads} thread(s)")
     auto = r["walk"] + r["final"]
-    note = (f"walk {r['walk']:.2f} s, of which generator {r['generator']:.2f} s on {r['keyframes']} keyframes; "
-            f"final pass {r['final']:.2f} s")
+    floor = (r["walk"] - r["generator"] + r["decoder"] + r["final"]) / r["final"]
+    note = (f"walk {r['walk']:.2f} s, of which generator {r['generator']:.2f} s on {r['generated']} of "
+            f"{r['keyframes']} keyframes (its mask decoder {r['decoder']:.2f} s); final pass {r['final']:.2f} s; "
+            f"with the generator's post-processing free: {floor:.2f}x")
     return [
         figure("automatic", f"prompts=auto, whole video ({where})", auto, "s"),
         figure("automatic", f"same objects prompted, whole video ({where})", r["final"], "s"),
-        figure("automatic", f"overhead of discovery, auto / prompted ({where})", auto / r["final"], "x", note=note),
+        figure("automatic", f"overhead of discovery, auto / prompted ({where})", auto / r["final"], "x",
+               target="<= 1.5", note=note),
     ]
 
 
