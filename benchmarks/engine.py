@@ -14,14 +14,14 @@ frames decoded back from it) and the same prompts (one box per object on frame 0
 
 Timing: each variant is timed over a forward propagation, best of ``runs`` after ``warmup`` untimed ones, the
 variants taking turns in every round (a drift in the machine's load then hits all of them alike); resetting and
-prompting are outside the timing. The official ``init_state`` (which decodes and normalises the whole
-video up front) is outside it too and reported apart as that variant's init; our streaming decode is inside ours, and
-our init is the session's creation (compiling for the prompts included, with ``compile``). Each variant of a (model,
-image size) lives in a fresh process of its own with ``threads`` torch/OpenMP threads (``harness.Isolated``; one
-process runs at a time), the baseline's first: a compiled variant cannot change how another one compiles, records CUDA graphs or
-holds memory (ours marks CUDA-graph steps, which changes how the official compiled predictor's graph trees reset),
-and a process that times an official variant never imports our package (its rows say so; checked). The baseline's
-process leaves the weights, the pixels and its masks in a temporary folder for the others.
+prompting are outside the timing. The official ``init_state`` (which decodes and normalises the whole video up front)
+is outside it too and reported apart as that variant's init; our streaming decode is inside ours, and our init is the
+session's creation (compiling for the prompts included, with ``compile``). Each variant of a (model, image size)
+lives in a fresh process of its own with ``threads`` torch/OpenMP threads (``harness.Isolated``; one process runs at a
+time), the baseline's first: a compiled variant cannot change how another one compiles, records CUDA graphs or holds
+memory (ours marks CUDA-graph steps, which changes how the official compiled predictor's graph trees reset), and a
+process that times an official variant never imports our package (its rows say so; checked). The baseline's process
+leaves the weights, the pixels and its masks in a temporary folder for the others.
 
 Variants (``--variants``; the first official one is the baseline):
   official       the official predictor with the process's threads

@@ -334,7 +334,10 @@ class Tracker:
                       num_frames: int) -> set[Pattern]:
         """Every pattern ``frame_pattern`` can give on a pass over ``order`` of objects conditioned on
         ``cond_frames``: on each frame the masked one of the objects tracked there, and the unmasked one where
-        these share their conditioning counts and the frame's memory and pointer windows lie inside the video."""
+        these share their conditioning counts and the frame's memory and pointer windows lie inside the video.
+        Empty without static shapes (nothing to warm up)."""
+        if not self.static:
+            return set()
         p = self.params
         num_cond = self.pass_cond(cond_frames)
         groups = Counter(frozenset(frames) for frames in cond_frames)

@@ -347,7 +347,8 @@ def test_compiled_modules_give_the_same_masks() -> None:
     masks = []
     for compiled in (False, True):
         session = VideoSession(model, ArrayFrameSource(frames),
-                               SessionOptions(compile=compiled, max_objects_per_batch=2))
+                               SessionOptions(compile=compiled, max_objects_per_batch=2),
+                               prompt_frames={k: [0] for k in range(3)})
         for k in range(3):
             session.add_points(0, k, [list(shape_center(0, k, 64, 64))], [1])
         masks.append(_run(session))
