@@ -264,7 +264,7 @@ def test_prompt_plan_bounds_padding_and_compiles_before_the_video(monkeypatch) -
     log = CallLog(model, options, monkeypatch)
     video = synthetic_video(8, 64, 64)
     layouts: set[tuple] = set()
-    for n, cond in ((3, (0,)), (9, (0,)), (9, (0, 5)), (3, (0, 2, 5))):
+    for n, cond in ((3, (0,)), (9, (0,)), (9, (0, 5)), (3, (0, 2, 5)), (4, (3,))):  # the last: both ways
         plan = {k: cond for k in range(n)}
         graphs, before = counters["stats"]["unique_graphs"], len(log.frames)
         session = VideoSession(model, ArrayFrameSource(video), options, prompt_frames=plan)
