@@ -147,7 +147,8 @@ def upsample(logits: torch.Tensor, image_hw: tuple[int, int]) -> torch.Tensor:
 
 def _prompt_tensors(prompts: Sequence[ImagePrompt], image_hw: tuple[int, int], size: int,
                     device: torch.device) -> tuple[torch.Tensor | None, torch.Tensor | None]:
-    """Box corners then points of prompts with the same token count, in model-input pixels: ``[B, N, 2]``, ``[B, N]``."""
+    """Box corners then points of prompts with the same token count, in model-input pixels: ``[B, N, 2]`` and
+    ``[B, N]``."""
     if prompts[0].num_points == 0 and prompts[0].box is None:
         return None, None
     coords, labels = [], []

@@ -5,8 +5,8 @@ of encoder batches ahead (``pipeline.actor.image_loading``); the image encoder r
 on all prompts of an image at once (``sam2core.image_predictor``), the logits are upsampled to the image on the
 device and the masks leave it as run boundaries (``pipeline.io.rle``); the loader threads turn those into COCO RLE
 strings while the model goes on. Decoding and post-processing of a batch run on a thread of their own while the
-next batch is encoded (on a CPU worker with a core to spare, that core does them). With ``prompts=auto`` the replica's ``AutomaticMaskGenerator`` runs on each image,
-reusing the batch's features.
+next batch is encoded (on a CPU worker with a core to spare, that core does them). With ``prompts=auto`` the
+replica's ``AutomaticMaskGenerator`` runs on each image, reusing the batch's features.
 
 One unreadable image, or one whose mask prompt does not fit it, fails alone (named in the part's ``failed``); the
 task still completes. A storage outage fails the task (retried by the pool), as do out-of-memory (retried with half

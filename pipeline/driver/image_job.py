@@ -1,5 +1,5 @@
-"""The image job, end to end: image manifest → tasks of many images → pool → image workers → parts, then the COCO
-file and the summary.
+"""The image job, end to end: image manifest → tasks of many images → pool → image workers → parts, then the
+COCO file and the summary.
 
 The edges are the propagation job's (``pipeline.driver.job``): inputs checked before Ray starts and refused in one
 line (exit 2, nothing written), resume by digest (a task whose done marker carries the same digest is skipped, one

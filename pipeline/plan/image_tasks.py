@@ -126,6 +126,8 @@ def plan_image_tasks(table: pa.Table, data_root: str | None, images_per_task: in
     table = table.set_column(table.column_names.index("image_uri"), "image_uri",
                              pa.array([resolved[u] for u in table["image_uri"].to_pylist()], pa.string()))
     ids = table["image_id"].to_pylist()
+    if not ids:
+        return []
     starts = [0] + [i for i in range(1, len(ids)) if ids[i] != ids[i - 1]]
     bounds = starts[::images_per_task] + [len(ids)]
     tasks = []

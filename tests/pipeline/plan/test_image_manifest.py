@@ -92,3 +92,7 @@ def test_auto_mode_needs_only_images(tmp_path):
     assert [i.image_id for i in images] == ["a", "b"] and images[0].objects == () and plan.num_objects == 0
     with pytest.raises(ManifestError, match="obj_id"):
         load_image_manifest(str(path))
+
+
+def test_an_empty_manifest_plans_no_task(tmp_path):
+    assert load_image_manifest(_write(tmp_path, [])).tasks == []
