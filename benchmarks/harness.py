@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import multiprocessing
 import os
-import resource
 import time
 from collections.abc import Callable
 from concurrent.futures import ProcessPoolExecutor
@@ -102,8 +101,10 @@ def best_seconds(step: Callable[[], Any], warmup: int, runs: int, prepare: Calla
 
 
 def peak_rss_bytes() -> int:
-    """This process's resident-set high-water mark (Linux reports KiB)."""
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+    """This process's resident-set high-water mark: ``VmHWM`` of /proc/self/status (KiB). Not ``ru_maxrss``: Linux
+    carries that over an exec, so a spawned measuring process would report its parent's size at the fork."""
+    with open("/proc/self/status") as f:
+        return next(int(line.split()[1]) for line in f if line.startswith("VmHWM:")) * 1024
 
 
 def current_rss_bytes() -> int:

@@ -279,8 +279,7 @@ def build_tasks(table: pa.Table, data_root: str | None, storage_options: dict | 
     """One task per video from validated manifest rows (``__row`` holds each row's number), largest cost first.
     ``mode`` "auto": tasks without prompts (one per distinct video); "manifest+auto": prompts plus discovery, where
     a video listed only by video-only rows (null obj_id: see pipeline.plan.manifest) gets a task without prompts.
-    A video's prompts are ordered by (frame, object); its cost is objects × file size, and a video without prompts
-    counts as one object (its objects are not known yet)."""
+    A video's prompts are ordered by (frame, object); its cost is ``video_cost``."""
     ids = pc.unique(table["video_id"])  # in order of first appearance
     video = _ints(pc.index_in(table["video_id"], value_set=ids), -1)
     _, first_row = np.unique(video, return_index=True)
@@ -307,10 +306,20 @@ def build_tasks(table: pa.Table, data_root: str | None, storage_options: dict | 
         a, b = int(offsets[v]), int(offsets[v + 1])
         prompts: Sequence[Prompt] = PromptRows(source, order[a:b]) if b > a else ()
         n_obj = int(objects[v])
-        tasks.append(VideoTask(video_id, uri, prompts, n_obj, max(n_obj, 1) * float(sizes.get(uri, fallback)),
+        tasks.append(VideoTask(video_id, uri, prompts, n_obj, video_cost(n_obj, float(sizes.get(uri, fallback))),
                                auto=mode != "manifest"))
-    tasks.sort(key=lambda t: (-t.cost, t.video_id))
-    return tasks
+    return plan_order(tasks)
+
+
+def video_cost(num_objects: int, file_size: float) -> float:
+    """A task's scheduling cost: objects × file size; a video without prompts counts as one object (its objects
+    are not known yet)."""
+    return max(num_objects, 1) * file_size
+
+
+def plan_order(tasks: Iterable[VideoTask]) -> list[VideoTask]:
+    """Largest cost first, ties by video_id: the order the driver queues tasks in."""
+    return sorted(tasks, key=lambda t: (-t.cost, t.video_id))
 
 
 def _np_valid(col: pa.ChunkedArray) -> np.ndarray:

@@ -26,6 +26,7 @@ TINY = {
                "output.warmup=0", "output.runs=1"],
     "driver": ["driver.videos=200", "driver.rows=2500", "driver.dispatch_tasks=50"],
     "memory": ["memory.frames=[3,6]", "memory.objects=1", "memory.height=64", "memory.width=96"],
+    "scheduling": ["scheduling.workers=[4,8]", "scheduling.workload.videos=300", "scheduling.workload.masklets=3000"],
     "images": ["images.cpu.image_size=128", "images.cpu.images=3", "images.cpu.height=60", "images.cpu.width=80",
                "images.cpu.batch=2", "images.cpu.warmup=0", "images.cpu.runs=1"],
 }

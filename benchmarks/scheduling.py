@@ -1,0 +1,340 @@
+"""Scheduling section: the propagation job's own scheduling policy (``pipeline.driver.scheduling.Scheduler``) run
+on a simulated clock over an SA-V-sized workload, on 64, 256 and 1,024 workers, with worker deaths and stragglers.
+
+What it reports, per worker count: the makespan (first worker up to last final result) against the
+longest-processing-time lower bound ``max(total work / workers, longest video)`` (work = what each video costs on a
+worker of normal speed), and how many deaths, Ray restarts and retries the run saw. It also plans an SA-V-sized
+synthetic manifest as the driver section does (``benchmarks.driver.measure_plan``: seconds and peak RSS).
+
+The workload (assumed; SA-V's published figures where there are some):
+
+* ``videos`` videos (SA-V: 50.9k) with ``masklets`` objects in all (SA-V: 642.6k, 12.6 per video). Durations are
+  log-normal (SA-V averages ~14 s; ``duration_sigma`` 0.55 puts the 99th percentile near 45 s), clipped to
+  [``min_s``, ``max_s``], at ``fps`` 24. Objects per video are 1 + negative binomial (``objects_dispersion`` 1.5:
+  most videos have a few, a long tail has dozens), scaled so the total is exactly ``masklets``.
+* A video costs ``per_video_s`` (open, reset, write) + frames × (``per_frame_s`` for the image encoder +
+  ``per_object_frame_s`` × objects), times a log-normal content factor (``jitter_sigma``): ~23 s for an average
+  video on one H100-class replica. Its file size is duration × a log-normal bitrate (``bitrate_sigma``), so the
+  driver's order (``video_cost`` = objects × file size, largest first: ``plan_order``) is an estimate, as it is for
+  a real job.
+
+Faults (per run, drawn from the seed): each replica dies at random (``deaths_per_worker_hour``); Ray restarts it
+after ``restart_s`` (model rebuilt) and re-runs its queued videos once (``ClusterSpec.max_task_retries``), past
+that a video comes back to the pool as a death; a replica that dies more than ``max_restarts`` times is gone, and
+``lost_fraction`` of the replicas are lost for good at a random time (a node gone). ``slow_worker_fraction`` of the
+replicas are ``slow_worker_factor`` times slower for the whole run, and ``slow_task_fraction`` of the videos take
+``slow_task_factor`` times longer wherever they run (slow storage, a hard video). The pool's policy is the job's
+default (``ClusterSpec``: ``tasks_per_worker`` 2, 3 attempts, backoff 2 s, time budgets).
+
+The simulated driver reacts at once (the real loop waits at most 1 s for results; dispatch costs ~1 ms, see the
+driver section); time budgets are checked when a video would pass its budget (the real loop polls every 2 s).
+"""
+
+from __future__ import annotations
+
+import heapq
+import itertools
+import random
+import tempfile
+from collections import deque
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from benchmarks.driver import measure_plan
+from benchmarks.harness import run_isolated
+from benchmarks.report import Figure, figure
+from benchmarks.sav_manifest import ManifestShape, write_manifest
+from pipeline.driver.scheduling import ActorKey, Phase, PoolPolicy, Restart, Scheduler
+from pipeline.plan.tasks import VideoTask, plan_order, video_cost
+from pipeline.records import Fault, Status, WorkerIdentity, WorkerResult, WorkerStatus
+from pipeline.specs import ClusterSpec
+
+GB = 1024 ** 3
+POLL_S = 2.0  # how often the pool asks busy workers for their status (pipeline.driver.pool)
+
+
+@dataclass(frozen=True)
+class Workload:
+    """The videos and what they cost (see the module)."""
+
+    videos: int
+    masklets: int
+    fps: float = 24.0
+    mean_s: float = 14.0
+    duration_sigma: float = 0.55
+    min_s: float = 3.0
+    max_s: float = 180.0
+    objects_dispersion: float = 1.5
+    per_video_s: float = 2.0
+    per_frame_s: float = 0.025
+    per_object_frame_s: float = 0.003
+    jitter_sigma: float = 0.1
+    bitrate_sigma: float = 0.3
+
+
+@dataclass(frozen=True)
+class Faults:
+    """What goes wrong (see the module); rates per replica."""
+
+    start_s: float = 30.0  # replicas come up between start_s and twice that (model built)
+    deaths_per_worker_hour: float = 0.02
+    restart_s: float = 60.0
+    lost_fraction: float = 0.01
+    slow_worker_fraction: float = 0.02
+    slow_worker_factor: float = 3.0
+    slow_task_fraction: float = 0.01
+    slow_task_factor: float = 4.0
+
+
+@dataclass
+class Outcome:
+    """One simulated run."""
+
+    workers: int
+    makespan: float  # seconds from the first replica up to the last final result
+    bound: float  # max(total work / workers, longest video)
+    total_work: float
+    longest: float
+    results: list[WorkerResult]  # the final result of every video, in the order they ended
+    deaths: int = 0
+    restarts: int = 0
+    lost: int = 0
+    attempts: int = 0  # over all videos
+
+
+def sav_workload(w: Workload, seed: int) -> tuple[list[VideoTask], dict[str, float]]:
+    """The videos as tasks in the driver's order, and what each costs (seconds on a replica of normal speed)."""
+    rng = np.random.default_rng(seed)
+    mu = np.log(w.mean_s) - w.duration_sigma ** 2 / 2
+    seconds = np.clip(rng.lognormal(mu, w.duration_sigma, w.videos), w.min_s, w.max_s)
+    frames = np.maximum(1, np.round(seconds * w.fps)).astype(np.int64)
+    extra = w.masklets / w.videos - 1
+    drawn = rng.negative_binomial(w.objects_dispersion, w.objects_dispersion / (w.objects_dispersion + extra),
+                                  w.videos).astype(np.float64)
+    objects = 1 + np.floor(drawn * (w.masklets - w.videos) / max(drawn.sum(), 1)).astype(np.int64)
+    short = w.masklets - int(objects.sum())  # the rounding: one more object for that many videos
+    objects[rng.choice(w.videos, size=short, replace=False)] += 1
+    work = (w.per_video_s + frames * (w.per_frame_s + w.per_object_frame_s * objects)) \
+        * rng.lognormal(0.0, w.jitter_sigma, w.videos)
+    size = seconds * rng.lognormal(0.0, w.bitrate_sigma, w.videos)
+    ids = [f"sav_{i:06d}" for i in range(w.videos)]
+    tasks = [VideoTask(v, f"s3://sa-v/{v}.mp4", (), int(o), video_cost(int(o), float(s)))
+             for v, o, s in zip(ids, objects, size)]
+    return plan_order(tasks), dict(zip(ids, work.tolist()))
+
+
+@dataclass
+class _Replica:
+    """A simulated worker replica: Ray's mailbox (tasks it runs one after the other) and its process's life."""
+
+    key: ActorKey
+    speed: float  # seconds of work per second of a normal replica (> 1: a straggler)
+    mailbox: deque = field(default_factory=deque)  # (task, Ray re-runs left)
+    running: tuple | None = None  # (task, started, ends)
+    life: int = 0  # process generation: events of an earlier one are stale
+    alive: bool = False
+    deaths: int = 0
+    lost_at: float = float("inf")
+
+
+class _Simulation:
+    """The event loop: replicas, Ray's restarts and task re-runs, and the scheduler fed its events."""
+
+    def __init__(self, tasks: list[VideoTask], work: dict[str, float], workers: int, cluster: ClusterSpec,
+                 faults: Faults, seed: int) -> None:
+        self.work, self.cluster, self.faults = work, cluster, faults
+        self.rng = random.Random(seed)
+        policy = PoolPolicy(cluster.tasks_per_worker, cluster.max_attempts, cluster.retry_backoff_s,
+                            cluster.video_timeout_s, cluster.timeout_s_per_object_frame, cluster.start_timeout_s)
+        self.s = Scheduler(policy, tasks, range(workers), 0.0, random.Random(seed + 1))
+        self.slow_tasks = {t.video_id for t in tasks if self.rng.random() < faults.slow_task_fraction}
+        self.events: list[tuple[float, int, str, ActorKey, int]] = []  # (time, seq, kind, replica, life)
+        self.seq = itertools.count()
+        self.results: list[WorkerResult] = []
+        self.first_up: float | None = None
+        self.restarts = 0
+        self.lost = 0
+        self.replicas = []
+        for key in range(workers):
+            slow = self.rng.random() < faults.slow_worker_fraction
+            r = _Replica(key, faults.slow_worker_factor if slow else 1.0)
+            if self.rng.random() < faults.lost_fraction:
+                r.lost_at = self.rng.uniform(0.0, sum(work.values()) / workers)
+                self._at(r.lost_at, "lost", r)
+            self.replicas.append(r)
+            self._at(self.rng.uniform(faults.start_s, 2 * faults.start_s), "up", r)
+
+    def _at(self, when: float, kind: str, r: _Replica) -> None:
+        heapq.heappush(self.events, (when, next(self.seq), kind, r.key, r.life))
+
+    def _identity(self, r: _Replica) -> WorkerIdentity:
+        return WorkerIdentity(f"node{r.key}", 1000 * r.life + r.key, "cuda:0", "bfloat16")
+
+    def run(self) -> float:
+        """Runs every video to its final result; returns the time of the last one."""
+        now = 0.0
+        wake = None
+        while not self.s.finished:
+            if not self.events:
+                raise RuntimeError("simulation stalled: no event pending and videos left")
+            now, _, kind, key, life = heapq.heappop(self.events)
+            r = self.replicas[key]
+            if kind == "wake":
+                wake = None
+            elif life == r.life or kind == "lost":  # a node is lost whatever its process went through
+                getattr(self, f"_{kind}")(r, now)
+            for dropped in self.s.start_expired(now):
+                self.replicas[dropped].life += 1  # it will not come up any more
+            if self.s.in_flight == 0 and self.s.starting == 0 and self.s.up == 0:
+                self.results += self.s.abandon("all workers died")
+                break
+            for actor, task in self.s.assign(now):
+                self._send(self.replicas[actor], task, now)
+            due = self.s.next_wakeup(now)
+            if due is not None and (wake is None or due < wake):
+                wake = due
+                heapq.heappush(self.events, (due, next(self.seq), "wake", 0, 0))
+        return now
+
+    # -- a replica's life
+
+    def _up(self, r: _Replica, now: float) -> None:
+        """Its process is up (model built): Ray runs what waits in its mailbox; the pool's probe answers."""
+        r.alive = True
+        self.first_up = now if self.first_up is None else self.first_up
+        if self.s.actors[r.key].phase is Phase.STARTING:
+            self.s.on_actor_up(r.key, now)
+        self._next_death(r, now)
+        self._start_next(r, now)
+
+    def _next_death(self, r: _Replica, now: float) -> None:
+        rate = self.faults.deaths_per_worker_hour / 3600.0
+        if rate > 0:
+            self._at(now + self.rng.expovariate(rate), "death", r)
+
+    def _send(self, r: _Replica, task: VideoTask, now: float) -> None:
+        r.mailbox.append((task, self.cluster.max_task_retries))
+        if r.alive and r.running is None:
+            self._start_next(r, now)
+
+    def _start_next(self, r: _Replica, now: float) -> None:
+        if not r.mailbox or r.running is not None:
+            return
+        task, _ = r.mailbox[0]
+        slow = self.faults.slow_task_factor if task.video_id in self.slow_tasks else 1.0
+        ends = now + self.work[task.video_id] * r.speed * slow
+        r.running = (task, now, ends)
+        self._at(ends, "done", r)
+        status = self._status(task, now)
+        over = now + self.s.budget(status)
+        if ends > over:  # the pool's status poll sees it past its budget
+            self._at(over + POLL_S, "timeout", r)
+
+    def _status(self, task: VideoTask, started: float) -> WorkerStatus:
+        frames = max(1, round(self.work[task.video_id] / 0.05))  # what a worker reports: about the video's frames
+        return WorkerStatus(task.video_id, started, max(task.num_objects, 1), frames)
+
+    def _done(self, r: _Replica, now: float) -> None:
+        task, started, _ = r.running
+        r.running = None
+        r.mailbox.popleft()
+        result = WorkerResult(task.video_id, None, None, 0, task.num_objects, now - started, task.digest,
+                              worker=self._identity(r))
+        self._result(r, task, result, now)
+        self._start_next(r, now)
+
+    def _result(self, r: _Replica, task: VideoTask, result: WorkerResult, now: float) -> None:
+        verdict = self.s.on_result(r.key, task, result, now)
+        if verdict.final:
+            self.results.append(verdict.result)
+        if verdict.restart is Restart.REPLACE:
+            self._kill(r, now, restart=True)
+
+    def _timeout(self, r: _Replica, now: float) -> None:
+        task, started, _ = r.running
+        for actor, _reason in self.s.expired(now, {r.key: self._status(task, started)}):
+            self._kill(self.replicas[actor], now, restart=True)
+
+    def _death(self, r: _Replica, now: float) -> None:
+        self._kill(r, now, restart=r.deaths < self.cluster.max_restarts)
+
+    def _lost(self, r: _Replica, now: float) -> None:
+        if self.s.actors[r.key].phase is Phase.GONE:
+            return
+        self.lost += 1
+        self._kill(r, now, restart=False)
+
+    def _kill(self, r: _Replica, now: float, restart: bool) -> None:
+        """The process dies. Ray re-runs each queued video ``max_task_retries`` times on the restarted process;
+        the others (and all of them when it is not restarted) fail to the pool as deaths."""
+        r.life += 1
+        r.alive = False
+        r.running = None
+        r.deaths += 1
+        keep = deque((t, left - 1) for t, left in r.mailbox if restart and left > 0)
+        failed = [t for t, left in r.mailbox if not (restart and left > 0)]
+        r.mailbox = keep
+        for task in failed:
+            self._result(r, task, WorkerResult(task.video_id, Fault.DIED, "worker died", objects=task.num_objects),
+                         now)
+        if restart:
+            self.restarts += 1
+            self._at(now + self.faults.restart_s, "up", r)
+        elif self.s.actors[r.key].phase is not Phase.GONE:
+            self.s.on_actor_gone(r.key, now)  # its probe fails: Ray gave it up
+
+
+def simulate(tasks: list[VideoTask], work: dict[str, float], workers: int, faults: Faults, seed: int,
+             cluster: ClusterSpec | None = None) -> Outcome:
+    """One run of the pool's policy on ``workers`` simulated replicas (``cluster``: the job's defaults)."""
+    sim = _Simulation(tasks, work, workers, cluster or ClusterSpec(), faults, seed)
+    end = sim.run()
+    total = sum(work.values())
+    longest = max(work.values())
+    deaths = sum(r.deaths for r in sim.replicas)
+    return Outcome(workers, end - (sim.first_up or 0.0), max(total / workers, longest), total, longest, sim.results,
+                   deaths, sim.restarts, sim.lost, sum(r.attempts for r in sim.results))
+
+
+def run_section(cfg: dict[str, Any], seed: int, threads: int, target: str) -> list[Figure]:
+    """Makespan against the bound for each worker count, with the faults and without any (the policy alone), then
+    planning the same number of videos and masklets."""
+    workload = Workload(**cfg["workload"])
+    faults = Faults(**cfg["faults"])
+    calm = replace(faults, deaths_per_worker_hour=0.0, lost_fraction=0.0, slow_worker_fraction=0.0,
+                   slow_task_fraction=0.0)
+    tasks, work = sav_workload(workload, seed)
+    figures = []
+    for workers in cfg["workers"]:
+        out = simulate(tasks, work, workers, faults, seed)
+        done = sum(r.status is Status.DONE for r in out.results)
+        figures.append(figure(
+            "scheduling", f"makespan over LPT bound, {workers} workers", _excess(out), "%", target,
+            note=f"{out.makespan:.0f} s vs {out.bound:.0f} s (longest video {out.longest:.0f} s); {done}/"
+                 f"{len(tasks)} done; {out.deaths} deaths, {out.restarts} restarts, {out.lost} lost, "
+                 f"{out.attempts - len(tasks)} retries"))
+        alone = simulate(tasks, work, workers, calm, seed)
+        figures.append(figure("scheduling", "  the same without faults or stragglers", _excess(alone), "%",
+                              note=f"{alone.makespan:.0f} s"))
+    plan = cfg["plan"]
+    shape = ManifestShape(workload.videos, workload.masklets, plan["mask_fraction"], plan["height"], plan["width"],
+                          seed)
+    with tempfile.TemporaryDirectory(prefix="bench-scheduling-") as tmp:
+        manifest = str(write_manifest(Path(tmp) / "manifest.parquet", shape))
+        measured = run_isolated(measure_plan, threads, manifest=manifest, data_root=str(Path(tmp) / "videos"))
+    where = f"{measured['tasks']} videos, {measured['rows']} rows"
+    figures += [
+        figure("scheduling", f"driver planning ({where})", measured["seconds"], "s", plan["targets"]["seconds"],
+               note=f"load_manifest {measured['load_seconds']:.1f} s + digests; CPU {measured['cpu_seconds']:.1f} s"),
+        figure("scheduling", "driver peak RSS while planning", measured["peak_rss"] / GB, "GiB",
+               plan["targets"]["peak_gib"], note=f"before planning {measured['rss_before'] / GB:.2f} GiB"),
+    ]
+    return figures
+
+
+def _excess(out: Outcome) -> float:
+    """Percent by which the makespan exceeds the bound."""
+    return 100.0 * (out.makespan / out.bound - 1.0)
