@@ -96,3 +96,11 @@ def test_auto_mode_needs_only_images(tmp_path):
 
 def test_an_empty_manifest_plans_no_task(tmp_path):
     assert load_image_manifest(_write(tmp_path, [])).tasks == []
+
+
+def test_out_of_memory_halves_the_encoder_batch(tmp_path):
+    rows = [_row(f"img{i}", 0, box=[0.0, 0.0, 5.0, 5.0]) for i in range(6)]
+    task = load_image_manifest(_write(tmp_path, rows), images_per_task=6).tasks[0]
+    assert task.video_id == task.key and task.cost == 12.0
+    assert task.with_smaller_batches(8).image_batch == 4 and task.with_smaller_batches().image_batch == 3
+    assert task.with_smaller_batches(1).image_batch == 1
