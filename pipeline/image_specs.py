@@ -4,7 +4,8 @@
 model/, data/, output/, cluster/ (their specs are ``pipeline.specs``'), prompts/ (``data.prompts``: manifest or
 auto; auto adds ``auto.generator``), and ``images.*``, the options of this job. ``ImageJobSpec`` holds the validated
 specs and ``ImageWorkerSpec`` what a worker replica needs. The video-only keys of the shared groups (data.decoder,
-data.on_invalid, data.videos, output.format, output.queue_frames, the auto.* keys but generator) are not read here.
+output.format, output.encode_threads, output.queue_frames, the auto.* keys but generator) are not read here;
+data.videos and data.on_invalid=drop_video are refused.
 """
 
 from __future__ import annotations
@@ -74,6 +75,9 @@ class ImageJobSpec:
             raise SpecError(f"prompts={self.data.prompts}: images take prompts=manifest or prompts=auto")
         if self.data.videos is not None:
             raise SpecError(f"data.videos={self.data.videos}: the image job reads images from data.manifest")
+        if self.data.on_invalid != "fail":
+            raise SpecError(f"data.on_invalid={self.data.on_invalid}: the image job refuses a manifest with bad rows "
+                            f"(every one is named); fix them or drop their rows")
         if self.data.prompts == "auto" and self.auto is None:
             raise SpecError("data.prompts=auto: needs the auto.* keys (select prompts=auto)")
 

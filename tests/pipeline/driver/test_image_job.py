@@ -172,6 +172,9 @@ def test_refusals_are_one_line_and_write_nothing(tmp_path, ray_cluster):
     assert proc.returncode == 2 and "images take prompts=manifest or prompts=auto" in proc.log
     proc = _run(tmp_path, ray_cluster.address, f"output.uri={out}", "images.batch=0")
     assert proc.returncode == 2 and "images.batch=0" in proc.log
+    proc = _run(tmp_path, ray_cluster.address, f"output.uri={out}", "data.on_invalid=drop_video")
+    assert proc.returncode == 2 and "data.on_invalid=drop_video: the image job refuses" in proc.log
+    assert not out.exists()
 
 
 def test_s3_sharded_job_with_credentials(tmp_path, ray_cluster, s3_server, s3_bucket):
