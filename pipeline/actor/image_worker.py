@@ -9,7 +9,7 @@ next batch is encoded (on a CPU worker with a core to spare, that core does them
 replica's ``AutomaticMaskGenerator`` runs on each image, reusing the batch's features.
 
 One unreadable image, or one whose mask prompt does not fit it, fails alone (named in the part's ``failed``); the
-task still completes. A storage outage fails the task (retried by the pool), as do out-of-memory (retried with half
+task still completes, but without a done marker, so that a re-run retries it (the image may be there by then). A storage outage fails the task (retried by the pool), as do out-of-memory (retried with half
 the images per encoder batch) and GPU faults (the pool replaces the process). ``status`` reports the images done,
 for progress and the task's time budget (``cluster.video_timeout_s`` + ``timeout_s_per_object_frame`` per image).
 """
@@ -90,7 +90,8 @@ class ImageWorker:
                                   seconds=round(time.perf_counter() - start, 3), digest=task.digest,
                                   worker=self.identity)
             self.sink.write_part(task.key, part)
-            self.sink.mark_done(result)
+            if not part["failed"]:  # a task with failed images stays to do: a re-run retries it
+                self.sink.mark_done(result)
         except InputUnavailable as exc:
             result = WorkerResult(task.key, Fault.INPUT_UNAVAILABLE, f"{type(exc).__name__}: {exc}",
                                   worker=self.identity)

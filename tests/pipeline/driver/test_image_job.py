@@ -223,3 +223,59 @@ def test_auto_prompts_write_the_generators_masks(tmp_path, ray_cluster):
         for ann, mask, iou, stability in zip(anns, found.masks, found.predicted_iou, found.stability_score):
             assert _iou(decode_rle(ann["segmentation"]), mask.numpy()) >= 0.99
             assert abs(ann["score"] - float(iou)) <= 1e-3 and abs(ann["stability_score"] - float(stability)) <= 1e-3
+
+
+def test_ctrl_c_exits_130_in_one_line_and_a_rerun_finishes(tmp_path, ray_cluster):
+    """An image whose reader blocks (a FIFO no one writes) keeps its task in flight; Ctrl-C once the worker is up
+    stops the job with exit 130 and one line, and a re-run with the image in place finishes."""
+    import signal
+
+    root, out = tmp_path / "images", tmp_path / "out"
+    rows = [r for r in _dataset(root) if r["image_id"] in ("b", "e")]
+    blocked = root / "e.png"
+    pixels = blocked.read_bytes()
+    blocked.unlink()
+    os.mkfifo(blocked)
+    manifest = _write_manifest(rows, str(tmp_path / "images.parquet"))
+    args = [f"data.manifest={manifest}", f"data.root={root}", f"output.uri={out}"]
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "HYDRA_FULL_ERROR": "1"}
+    cmd = [sys.executable, "-m", "jobs.segment_images", f"model={MODEL}", "model.checkpoint=random",
+           f"model.image_size={SIZE}", "model.device=cpu", f"cluster.address={ray_cluster.address}",
+           "cluster.num_workers=1", *args, f"hydra.run.dir={tmp_path / 'hydra'}"]
+    job = subprocess.Popen(cmd, cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    seen = []
+    for line in job.stdout:  # the worker is up: its task is sent, and its reader waits on the FIFO
+        seen.append(line)
+        if "worker up" in line:
+            break
+    assert "worker up" in seen[-1], "".join(seen)
+    job.send_signal(signal.SIGINT)
+    text = "".join(seen) + job.communicate(timeout=120)[0]
+    assert job.returncode == 130, text
+    assert "interrupted; re-run the same command" in text and "Traceback" not in text
+    assert not (out / "annotations.json").exists()
+    blocked.unlink()
+    blocked.write_bytes(pixels)
+    proc = _run(tmp_path, ray_cluster.address, *args)
+    assert proc.returncode == 0, proc.log[-3000:]
+    assert len(json.loads((out / "annotations.json").read_text())["images"]) == 2
+
+
+def test_a_task_with_failed_images_is_retried_by_a_rerun(tmp_path, ray_cluster):
+    """An image missing on the first run fails alone; its task is not marked done, so a re-run with the image in
+    place recomputes that task (and only it) and finishes with exit 0."""
+    root, out = tmp_path / "images", tmp_path / "out"
+    rows = _dataset(root)
+    late = (root / "d.png").read_bytes()
+    (root / "d.png").unlink()
+    manifest = _write_manifest(rows, str(tmp_path / "images.parquet"))
+    base = [f"data.manifest={manifest}", f"data.root={root}", f"output.uri={out}"]
+    proc = _run(tmp_path, ray_cluster.address, *base)
+    assert proc.returncode == 1 and "d.png: not found" in proc.log
+    assert sorted(p.name for p in (out / "_state" / "done").iterdir()) == ["images-000000.json",
+                                                                           "images-000002.json"]
+    (root / "d.png").write_bytes(late)
+    proc = _run(tmp_path, ray_cluster.address, *base)
+    assert proc.returncode == 0, proc.log[-3000:]
+    assert "3 tasks (5 images) in shard 0/1: 2 already done, 1 to run" in proc.log
+    assert len(json.loads((out / "annotations.json").read_text())["images"]) == 5
