@@ -24,7 +24,8 @@ def _iou_and_coverage(new: np.ndarray, known: np.ndarray) -> tuple[np.ndarray, n
 def reference_admit(candidates: np.ndarray, known: Sequence[np.ndarray], min_area: int, match_iou: float,
                     match_coverage: float, room: int) -> list[int]:
     """Indices of ``candidates`` [N, H, W] admitted as new objects, largest first, at most ``room``: smaller than
-    ``min_area`` pixels, or IoU ≥ ``match_iou`` / covered ≥ ``match_coverage`` by a known or admitted mask: dropped."""
+    ``min_area`` pixels, or IoU ≥ ``match_iou`` / covered ≥ ``match_coverage`` by a known or admitted mask:
+    dropped."""
     if room <= 0 or len(candidates) == 0:
         return []
     flat = candidates.reshape(len(candidates), -1)

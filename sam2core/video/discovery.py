@@ -96,8 +96,8 @@ def keyframes(num_frames: int, every: int) -> list[int]:
 def _matches(inter: torch.Tensor, area_new: torch.Tensor, area_other: torch.Tensor,
              options: DiscoveryOptions) -> torch.Tensor:
     """[N, K] bool: new mask i is object j (IoU ≥ ``match_iou`` or covered ≥ ``match_coverage``), from the
-    intersection counts ``inter`` [N, K] and the areas; float64, so that counts up to 2^53 divide exactly as
-    rounded. Monotone in ``inter``: an upper bound that does not match rules the pair out."""
+    intersection counts ``inter`` [N, K] and the areas, divided in float64 as the former host rule did (the same
+    decisions at the thresholds). Monotone in ``inter``: an upper bound that does not match rules the pair out."""
     inter = inter.double()
     a_new = area_new.double()[:, None]
     union = a_new + area_other.double()[None, :] - inter
