@@ -20,20 +20,22 @@ The workload (assumed; SA-V's published figures where there are some):
 
 Faults (per run, drawn from the seed): each replica dies at random (``deaths_per_worker_hour``); Ray restarts it
 after ``restart_s`` (model rebuilt) and re-runs its queued videos once (``ClusterSpec.max_task_retries``), past
-that a video comes back to the pool as a death; a replica that dies more than ``max_restarts`` times is gone, and
-``lost_fraction`` of the replicas are lost for good at a random time (a node gone). ``slow_worker_fraction`` of the
+that a video comes back to the pool as a death (as when the pool kills a replica for a video past its time
+budget); a replica that dies more than ``max_restarts`` times is gone, and ``lost_fraction`` of the replicas are
+lost for good at a random time (a node gone). ``slow_worker_fraction`` of the
 replicas are ``slow_worker_factor`` times slower for the whole run, and ``slow_task_fraction`` of the videos take
 ``slow_task_factor`` times longer wherever they run (slow storage, a hard video). The pool's policy is the job's
 default (``ClusterSpec``: ``tasks_per_worker`` 2, 3 attempts, backoff 2 s, time budgets).
 
 The simulated driver reacts at once (the real loop waits at most 1 s for results; dispatch costs ~1 ms, see the
-driver section); time budgets are checked when a video would pass its budget (the real loop polls every 2 s).
+driver section); a video past its time budget is seen by the next status poll (``POLL_S``).
 """
 
 from __future__ import annotations
 
 import heapq
 import itertools
+import math
 import random
 import tempfile
 from collections import deque
@@ -93,20 +95,19 @@ class Faults:
 class Outcome:
     """One simulated run."""
 
-    workers: int
     makespan: float  # seconds from the first replica up to the last final result
     bound: float  # max(total work / workers, longest video)
-    total_work: float
     longest: float
     results: list[WorkerResult]  # the final result of every video, in the order they ended
-    deaths: int = 0
-    restarts: int = 0
-    lost: int = 0
-    attempts: int = 0  # over all videos
+    deaths: int
+    restarts: int
+    lost: int
+    attempts: int  # over all videos
 
 
-def sav_workload(w: Workload, seed: int) -> tuple[list[VideoTask], dict[str, float]]:
-    """The videos as tasks in the driver's order, and what each costs (seconds on a replica of normal speed)."""
+def sav_workload(w: Workload, seed: int) -> tuple[list[VideoTask], dict[str, float], dict[str, int]]:
+    """The videos as tasks in the driver's order, what each costs (seconds on a replica of normal speed) and its
+    frames."""
     rng = np.random.default_rng(seed)
     mu = np.log(w.mean_s) - w.duration_sigma ** 2 / 2
     seconds = np.clip(rng.lognormal(mu, w.duration_sigma, w.videos), w.min_s, w.max_s)
@@ -123,7 +124,7 @@ def sav_workload(w: Workload, seed: int) -> tuple[list[VideoTask], dict[str, flo
     ids = [f"sav_{i:06d}" for i in range(w.videos)]
     tasks = [VideoTask(v, f"s3://sa-v/{v}.mp4", (), int(o), video_cost(int(o), float(s)))
              for v, o, s in zip(ids, objects, size)]
-    return plan_order(tasks), dict(zip(ids, work.tolist()))
+    return plan_order(tasks), dict(zip(ids, work.tolist())), dict(zip(ids, frames.tolist()))
 
 
 @dataclass
@@ -137,15 +138,14 @@ class _Replica:
     life: int = 0  # process generation: events of an earlier one are stale
     alive: bool = False
     deaths: int = 0
-    lost_at: float = float("inf")
 
 
 class _Simulation:
     """The event loop: replicas, Ray's restarts and task re-runs, and the scheduler fed its events."""
 
-    def __init__(self, tasks: list[VideoTask], work: dict[str, float], workers: int, cluster: ClusterSpec,
-                 faults: Faults, seed: int) -> None:
-        self.work, self.cluster, self.faults = work, cluster, faults
+    def __init__(self, tasks: list[VideoTask], work: dict[str, float], frames: dict[str, int], workers: int,
+                 cluster: ClusterSpec, faults: Faults, seed: int) -> None:
+        self.work, self.frames, self.cluster, self.faults = work, frames, cluster, faults
         self.rng = random.Random(seed)
         policy = PoolPolicy(cluster.tasks_per_worker, cluster.max_attempts, cluster.retry_backoff_s,
                             cluster.video_timeout_s, cluster.timeout_s_per_object_frame, cluster.start_timeout_s)
@@ -157,13 +157,13 @@ class _Simulation:
         self.first_up: float | None = None
         self.restarts = 0
         self.lost = 0
-        self.replicas = []
+        self.replicas: list[_Replica] = []
+        span = sum(work.values()) / workers
         for key in range(workers):
             slow = self.rng.random() < faults.slow_worker_fraction
             r = _Replica(key, faults.slow_worker_factor if slow else 1.0)
-            if self.rng.random() < faults.lost_fraction:
-                r.lost_at = self.rng.uniform(0.0, sum(work.values()) / workers)
-                self._at(r.lost_at, "lost", r)
+            if self.rng.random() < faults.lost_fraction:  # some time during the run
+                self._at(self.rng.uniform(0.0, span), "lost", r)
             self.replicas.append(r)
             self._at(self.rng.uniform(faults.start_s, 2 * faults.start_s), "up", r)
 
@@ -186,8 +186,8 @@ class _Simulation:
                 wake = None
             elif life == r.life or kind == "lost":  # a node is lost whatever its process went through
                 getattr(self, f"_{kind}")(r, now)
-            for dropped in self.s.start_expired(now):
-                self.replicas[dropped].life += 1  # it will not come up any more
+            for dropped in self.s.start_expired(now):  # not up in time: the pool kills it for good
+                self._kill(self.replicas[dropped], now, restart=False)
             if self.s.in_flight == 0 and self.s.starting == 0 and self.s.up == 0:
                 self.results += self.s.abandon("all workers died")
                 break
@@ -195,8 +195,8 @@ class _Simulation:
                 self._send(self.replicas[actor], task, now)
             due = self.s.next_wakeup(now)
             if due is not None and (wake is None or due < wake):
-                wake = due
-                heapq.heappush(self.events, (due, next(self.seq), "wake", 0, 0))
+                wake = math.nextafter(max(due, now), math.inf)  # a start deadline has passed only after it
+                heapq.heappush(self.events, (wake, next(self.seq), "wake", 0, 0))
         return now
 
     # -- a replica's life
@@ -234,8 +234,8 @@ class _Simulation:
             self._at(over + POLL_S, "timeout", r)
 
     def _status(self, task: VideoTask, started: float) -> WorkerStatus:
-        frames = max(1, round(self.work[task.video_id] / 0.05))  # what a worker reports: about the video's frames
-        return WorkerStatus(task.video_id, started, max(task.num_objects, 1), frames)
+        """What the worker reports while on ``task`` (the pool's budgets are read from it)."""
+        return WorkerStatus(task.video_id, started, max(task.num_objects, 1), self.frames[task.video_id])
 
     def _done(self, r: _Replica, now: float) -> None:
         task, started, _ = r.running
@@ -287,16 +287,15 @@ class _Simulation:
             self.s.on_actor_gone(r.key, now)  # its probe fails: Ray gave it up
 
 
-def simulate(tasks: list[VideoTask], work: dict[str, float], workers: int, faults: Faults, seed: int,
-             cluster: ClusterSpec | None = None) -> Outcome:
-    """One run of the pool's policy on ``workers`` simulated replicas (``cluster``: the job's defaults)."""
-    sim = _Simulation(tasks, work, workers, cluster or ClusterSpec(), faults, seed)
+def simulate(tasks: list[VideoTask], work: dict[str, float], frames: dict[str, int], workers: int, faults: Faults,
+             seed: int, cluster: ClusterSpec | None = None) -> Outcome:
+    """One run of the pool's policy on ``workers`` simulated replicas (``cluster``: the job's defaults); ``work`` and
+    ``frames`` per video as ``sav_workload`` gives them."""
+    sim = _Simulation(tasks, work, frames, workers, cluster or ClusterSpec(), faults, seed)
     end = sim.run()
-    total = sum(work.values())
     longest = max(work.values())
-    deaths = sum(r.deaths for r in sim.replicas)
-    return Outcome(workers, end - (sim.first_up or 0.0), max(total / workers, longest), total, longest, sim.results,
-                   deaths, sim.restarts, sim.lost, sum(r.attempts for r in sim.results))
+    return Outcome(end - (sim.first_up or 0.0), max(sum(work.values()) / workers, longest), longest, sim.results,
+                   sum(r.deaths for r in sim.replicas), sim.restarts, sim.lost, sum(r.attempts for r in sim.results))
 
 
 def run_section(cfg: dict[str, Any], seed: int, threads: int, target: str) -> list[Figure]:
@@ -306,17 +305,17 @@ def run_section(cfg: dict[str, Any], seed: int, threads: int, target: str) -> li
     faults = Faults(**cfg["faults"])
     calm = replace(faults, deaths_per_worker_hour=0.0, lost_fraction=0.0, slow_worker_fraction=0.0,
                    slow_task_fraction=0.0)
-    tasks, work = sav_workload(workload, seed)
+    tasks, work, frames = sav_workload(workload, seed)
     figures = []
     for workers in cfg["workers"]:
-        out = simulate(tasks, work, workers, faults, seed)
+        out = simulate(tasks, work, frames, workers, faults, seed)
         done = sum(r.status is Status.DONE for r in out.results)
         figures.append(figure(
             "scheduling", f"makespan over LPT bound, {workers} workers", _excess(out), "%", target,
             note=f"{out.makespan:.0f} s vs {out.bound:.0f} s (longest video {out.longest:.0f} s); {done}/"
                  f"{len(tasks)} done; {out.deaths} deaths, {out.restarts} restarts, {out.lost} lost, "
                  f"{out.attempts - len(tasks)} retries"))
-        alone = simulate(tasks, work, workers, calm, seed)
+        alone = simulate(tasks, work, frames, workers, calm, seed)
         figures.append(figure("scheduling", "  the same without faults or stragglers", _excess(alone), "%",
                               note=f"{alone.makespan:.0f} s"))
     plan = cfg["plan"]

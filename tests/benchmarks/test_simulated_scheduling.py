@@ -15,8 +15,8 @@ CALM = Faults(deaths_per_worker_hour=0.0, lost_fraction=0.0, slow_worker_fractio
 
 
 def test_workload_has_the_asked_size_largest_first() -> None:
-    tasks, work = sav_workload(SMALL, seed=3)
-    assert len(tasks) == len(work) == 2000 and sum(t.num_objects for t in tasks) == 25_200
+    tasks, work, frames = sav_workload(SMALL, seed=3)
+    assert len(tasks) == len(work) == len(frames) == 2000 and sum(t.num_objects for t in tasks) == 25_200
     assert min(t.num_objects for t in tasks) >= 1 and max(t.num_objects for t in tasks) > 40  # a long tail
     assert [t.cost for t in tasks] == sorted((t.cost for t in tasks), reverse=True)
     assert 15 < sum(work.values()) / len(work) < 35  # seconds per video on one replica, as assumed
@@ -24,9 +24,9 @@ def test_workload_has_the_asked_size_largest_first() -> None:
 
 @pytest.mark.parametrize("seed", [0, 1])
 def test_every_video_ends_once_through_deaths_lost_replicas_and_stragglers(seed: int) -> None:
-    tasks, work = sav_workload(SMALL, seed)
+    tasks, work, frames = sav_workload(SMALL, seed)
     faults = Faults(deaths_per_worker_hour=1.0, lost_fraction=0.2, slow_worker_fraction=0.2, slow_task_fraction=0.05)
-    out = simulate(tasks, work, 16, faults, seed)
+    out = simulate(tasks, work, frames, 16, faults, seed)
     assert Counter(r.video_id for r in out.results) == Counter(t.video_id for t in tasks)
     assert out.deaths > 0 and out.lost > 0 and out.restarts > 0
     assert any(r.attempts > 1 for r in out.results)  # videos of dead replicas were retried ...
@@ -37,8 +37,8 @@ def test_every_video_ends_once_through_deaths_lost_replicas_and_stragglers(seed:
 
 
 def test_without_faults_every_video_is_done_once_near_the_bound() -> None:
-    tasks, work = sav_workload(SMALL, seed=0)
-    out = simulate(tasks, work, 16, CALM, 0)
+    tasks, work, frames = sav_workload(SMALL, seed=0)
+    out = simulate(tasks, work, frames, 16, CALM, 0)
     assert Counter(r.video_id for r in out.results) == Counter(t.video_id for t in tasks)
     assert all(r.status is Status.DONE and r.attempts == 1 for r in out.results)
     assert out.deaths == out.restarts == out.lost == 0
@@ -47,9 +47,9 @@ def test_without_faults_every_video_is_done_once_near_the_bound() -> None:
 
 def test_videos_past_their_time_budget_fail_as_timeouts_the_others_are_done() -> None:
     """One video per replica at a time: a replica killed for time holds no other video."""
-    tasks, work = sav_workload(SMALL, seed=0)
+    tasks, work, frames = sav_workload(SMALL, seed=0)
     cluster = ClusterSpec(video_timeout_s=40.0, timeout_s_per_object_frame=0.0, tasks_per_worker=1)
-    out = simulate(tasks, work, 16, CALM, 0, cluster)
+    out = simulate(tasks, work, frames, 16, CALM, 0, cluster)
     ended = {r.video_id: r for r in out.results}
     assert len(ended) == len(out.results) == len(tasks)
     over = {v for v, s in work.items() if s > 40.0 + POLL_S}  # seen past its budget by a status poll
@@ -58,9 +58,17 @@ def test_videos_past_their_time_budget_fail_as_timeouts_the_others_are_done() ->
 
 
 def test_when_every_replica_is_lost_the_rest_fail_as_no_workers() -> None:
-    tasks, work = sav_workload(SMALL, seed=0)
-    out = simulate(tasks, work, 8, Faults(deaths_per_worker_hour=0.0, lost_fraction=1.0), 0)
+    tasks, work, frames = sav_workload(SMALL, seed=0)
+    out = simulate(tasks, work, frames, 8, Faults(deaths_per_worker_hour=0.0, lost_fraction=1.0), 0)
     assert Counter(r.video_id for r in out.results) == Counter(t.video_id for t in tasks)
     assert out.lost == 8
     assert any(r.fault is Fault.NO_WORKERS for r in out.results)
     assert any(r.status is Status.DONE for r in out.results)
+
+
+def test_replicas_that_restart_too_slowly_are_dropped_and_their_videos_run_elsewhere() -> None:
+    tasks, work, frames = sav_workload(SMALL, seed=0)
+    faults = Faults(deaths_per_worker_hour=2.0, restart_s=120.0, lost_fraction=0.0)
+    out = simulate(tasks, work, frames, 16, faults, 0, ClusterSpec(start_timeout_s=60.0))
+    assert Counter(r.video_id for r in out.results) == Counter(t.video_id for t in tasks)
+    assert out.deaths > 0 and any(r.attempts > 1 for r in out.results)
