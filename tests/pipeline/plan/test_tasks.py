@@ -11,7 +11,7 @@ import pyarrow.parquet as pq
 
 from pipeline.io.rle import encode_rle
 from pipeline.plan.manifest import MANIFEST_SCHEMA, load_manifest
-from pipeline.plan.tasks import Prompt, PromptRows, VideoTask, task_digest, with_digests
+from pipeline.plan.tasks import Prompt, PromptRows, PromptTable, VideoTask, task_digest, with_digests
 
 PRODUCED_BY = {"model": {"name": "sam2.1_hiera_tiny", "sha256": "ab\\cd"}, "options": {"b": [1.5, None], "a": "é"}}
 
@@ -87,3 +87,17 @@ def test_prompts_stay_in_columns_until_a_task_is_sent(tmp_path):
     assert type(sent.prompts) is tuple and sent.prompts == task.prompts and sent == task
     assert sent.prompts[0].mask == {"size": [1080, 1920], "counts": rle["counts"]}
     assert len(pickle.dumps(task)) < 3 * len(rle["counts"])  # one video's mask, not the 40 of the manifest
+
+
+def test_rows_spread_over_record_batches_come_back_in_the_order_asked(tmp_path):
+    """A large manifest is read in record batches; a task's rows (or a digest batch's) may span several."""
+    plan = load_manifest(_float_manifest(tmp_path / "f.parquet"), str(tmp_path))
+    one = next(t for t in plan.tasks if isinstance(t.prompts, PromptRows)).prompts.source
+    table = pa.Table.from_batches(one.batches)
+    split = PromptTable(pa.Table.from_batches([table.slice(0, 2).to_batches()[0], table.slice(2, 1).to_batches()[0],
+                                               table.slice(3).to_batches()[0]]))
+    assert len(split.batches) == 3
+    rows = np.array([4, 0, 3, 1, 2])
+    assert split.prompts(rows) == one.prompts(rows) and [p.row for p in split.prompts(rows)] == rows.tolist()
+    assert split.prompt_json(rows).equals(one.prompt_json(rows))
+    assert split.prompts(np.array([3, 4])) == one.prompts(np.array([3, 4]))  # within one batch
