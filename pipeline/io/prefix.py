@@ -23,11 +23,15 @@ import time
 
 from pipeline.io.keys import VIDEO_ID_RULE, usable_video_id
 from pipeline.io.masklets import Masklets, masklets_from_bytes, masklets_to_bytes
-from pipeline.io.storage import exists, filesystem, join_uri, list_names, read_bytes, retrying, write_bytes
+from pipeline.io.storage import (exists, filesystem, join_uri, list_names, list_sizes, read_bytes, retrying,
+                                 write_bytes)
 from pipeline.records import DoneMarker, FailedMarker, PrefixIdentity, ProvenanceError, WorkerResult
 
 FORMATS = {"sav_json": ".json", "parquet": ".parquet"}
 _END_OF_JOB_FILE = re.compile(r"^(summary(-\d+-of-\d+)?\.json|_SUCCESS(-\d+-of-\d+)?|config(-\d+-of-\d+)?\.yaml)$")
+# What the tools derive from the masklets under the prefix by default (jobs.report, jobs.render, jobs.export,
+# jobs.evaluate): an overwrite removes them with the masklets, so no report or export of the old model survives.
+DERIVED = re.compile(r"^(report|render|export_[a-z_]+|eval_objects\.csv|eval_videos\.csv)$")
 
 
 def _json(data: dict) -> bytes:
@@ -192,15 +196,15 @@ class Sink:
         self._put(record_uri, _json(prov))
 
     def _clear(self) -> None:
-        """Delete masklets, state and end-of-job files of this prefix (used by an explicit overwrite)."""
-        for part in ("masklets", "_state"):
-            fs, path = filesystem(self._path(part), self.storage_options)
-            if fs.exists(path):
-                fs.rm(path, recursive=True)
-        for name in list_names(self.uri, self.storage_options):
-            if _END_OF_JOB_FILE.match(name):
+        """Delete masklets, state, end-of-job files and what the tools derived from them (``DERIVED``) under this
+        prefix (an explicit overwrite); anything else there is left alone."""
+        for name, size in list_sizes(self.uri, self.storage_options).items():
+            if name in ("masklets", "_state") or _END_OF_JOB_FILE.match(name) or DERIVED.match(name):
                 fs, path = filesystem(self._path(name), self.storage_options)
-                fs.rm_file(path)
+                if size is None:
+                    fs.rm(path, recursive=True)
+                else:
+                    fs.rm_file(path)
 
 
 def make_sink(output_uri: str, fmt: str, storage_options: dict | None, retry_s: float) -> Sink:
