@@ -136,6 +136,18 @@ def write_bytes(uri: str, data: bytes, storage_options: dict | None = None) -> N
     if not is_local(uri):
         fs.pipe_file(path, data)
         return
+    tmp = _complete_temporary(path, data)
+    try:
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            os.remove(tmp)
+        raise
+
+
+def _complete_temporary(path: str, data: bytes) -> str:
+    """A local temporary file beside ``path`` (parent folders created) holding ``data``, flushed to disk: what an
+    atomic local write renames or links to its final name."""
     folder = os.path.dirname(path)
     os.makedirs(folder, exist_ok=True)
     tmp = os.path.join(folder, f".{os.path.basename(path)}.{uuid.uuid4().hex[:12]}.tmp")
@@ -144,11 +156,11 @@ def write_bytes(uri: str, data: bytes, storage_options: dict | None = None) -> N
             f.write(data)
             f.flush()
             os.fsync(f.fileno())
-        os.replace(tmp, path)
     except BaseException:
         with contextlib.suppress(FileNotFoundError):
             os.remove(tmp)
         raise
+    return tmp
 
 
 def create_bytes(uri: str, data: bytes, storage_options: dict | None = None) -> bool:
@@ -169,14 +181,8 @@ def create_bytes(uri: str, data: bytes, storage_options: dict | None = None) -> 
                 return False
             raise
         return True
-    folder = os.path.dirname(path)
-    os.makedirs(folder, exist_ok=True)
-    tmp = os.path.join(folder, f".{os.path.basename(path)}.{uuid.uuid4().hex[:12]}.tmp")
+    tmp = _complete_temporary(path, data)
     try:
-        with open(tmp, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
         os.link(tmp, path)
         return True
     except FileExistsError:
