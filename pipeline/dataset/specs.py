@@ -55,18 +55,17 @@ def _check_alpha(alpha: float) -> None:
 
 
 @dataclass
-class RenderSpec:
-    """``jobs.render``: masklets drawn over their videos, ``{out}/{video_id}.mp4`` and ``{video_id}_sheet.png``."""
+class DrawnVideosSpec:
+    """What render and report share: a run's masklets drawn over their videos (where the videos are, how they are
+    decoded, the contact sheets)."""
 
     prefix: str  # output prefix of a jobs.propagate run (masklets/...), or a folder of PNG mask folders
-    videos: list[str] | None = None  # video ids to render; null: all under prefix
+    videos: list[str] | None = None  # video ids to draw; null: all under prefix
     manifest: str | None = None  # manifest giving each video's video_uri; null: the job's (its recorded config)
     data_root: str | None = None  # base for relative video URIs; null: the job's data.root
     video_uri: str = "{video_id}.mp4"  # pattern of a video's file or frame folder when there is no manifest
     decoder: str = "pyav"  # pyav | decord
-    out: str | None = None  # null: {prefix}/render
-    mp4: bool = True  # false: the contact sheets only (decodes only their frames)
-    fps: float | None = None  # null: the video's frame rate (24 for frame folders)
+    out: str | None = None  # null: {prefix}/render or {prefix}/report
     alpha: float = SheetOptions.alpha  # mask opacity
     sheet: SheetSpec = field(default_factory=SheetSpec)
     storage_options: Any = None  # fsspec/s3fs options (AWS_* environment variables also apply)
@@ -76,30 +75,27 @@ class RenderSpec:
         if self.decoder not in DECODERS:
             raise SpecError(f"decoder={self.decoder}: expected one of {', '.join(DECODERS)}")
         _check_alpha(self.alpha)
+
+
+@dataclass
+class RenderSpec(DrawnVideosSpec):
+    """``jobs.render``: masklets drawn over their videos, ``{out}/{video_id}.mp4`` and ``{video_id}_sheet.png``."""
+
+    mp4: bool = True  # false: the contact sheets only (decodes only their frames)
+    fps: float | None = None  # null: the video's frame rate (24 for frame folders)
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
         if self.fps is not None and self.fps <= 0:
             raise SpecError(f"fps={self.fps}: must be > 0 (or null: the video's rate)")
 
 
 @dataclass
-class ReportSpec:
-    """``jobs.report``: the HTML report of a propagation run, ``{out}/index.html`` and a page per video."""
+class ReportSpec(DrawnVideosSpec):
+    """``jobs.report``: the HTML report of a propagation run, ``{out}/index.html`` and a page per video (failed
+    videos are always listed)."""
 
-    prefix: str  # output prefix of a jobs.propagate run
-    videos: list[str] | None = None  # video ids to report; null: all under prefix (failed ones are always listed)
-    manifest: str | None = None  # null: the job's manifest (its recorded config)
-    data_root: str | None = None  # null: the job's data.root
-    video_uri: str = "{video_id}.mp4"  # pattern of a video's file or frame folder when there is no manifest
-    decoder: str = "pyav"  # pyav | decord
-    out: str | None = None  # null: {prefix}/report
-    alpha: float = SheetOptions.alpha  # mask opacity on the contact sheets
     sheet: SheetSpec = field(default_factory=lambda: SheetSpec(width=240))
-    storage_options: Any = None  # fsspec/s3fs options (AWS_* environment variables also apply)
-
-    def __post_init__(self) -> None:
-        check_options("storage_options", self.storage_options)
-        if self.decoder not in DECODERS:
-            raise SpecError(f"decoder={self.decoder}: expected one of {', '.join(DECODERS)}")
-        _check_alpha(self.alpha)
 
 
 @dataclass
