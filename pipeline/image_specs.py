@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from omegaconf import MISSING
 
 from pipeline.specs import (AutoSpec, ClusterSpec, DataSpec, ModelSpec, OutputSpec, ShardingSpec, SpecError,
-                            _at_least)
+                            _at_least, check_run)
 
 IMAGE_PROMPT_MODES = ("manifest", "auto")
 
@@ -67,10 +67,7 @@ class ImageJobSpec:
     config_yaml: str = ""  # the same as YAML, written beside the summary
 
     def __post_init__(self) -> None:
-        _at_least("sharding.num_shards", self.num_shards, 1)
-        if not 0 <= self.shard_id < self.num_shards:
-            raise SpecError(f"sharding.shard_id={self.shard_id}: must be in 0..{self.num_shards - 1}")
-        _at_least("log_every_s", self.log_every_s, 0, strict=True)
+        check_run(self.num_shards, self.shard_id, self.log_every_s)
         if self.data.prompts not in IMAGE_PROMPT_MODES:
             raise SpecError(f"prompts={self.data.prompts}: images take prompts=manifest or prompts=auto")
         if self.data.videos is not None:

@@ -50,6 +50,14 @@ def check_options(key: str, value: object) -> None:
         raise SpecError(f"{key}: a dict of fsspec options (or null), got {value!r}")
 
 
+def check_run(num_shards: int, shard_id: int, log_every_s: float) -> None:
+    """The checks every Ray job's spec makes of its shard and progress period (SpecError names the key)."""
+    _at_least("sharding.num_shards", num_shards, 1)
+    if not 0 <= shard_id < num_shards:
+        raise SpecError(f"sharding.shard_id={shard_id}: must be in 0..{num_shards - 1}")
+    _at_least("log_every_s", log_every_s, 0, strict=True)
+
+
 def _at_least(key: str, value: object, low: float, strict: bool = False) -> None:
     if not isinstance(value, (int, float)) or isinstance(value, bool) or value < low or (strict and value == low):
         raise SpecError(f"{key}={value}: must be a number {'>' if strict else '>='} {low:g}")
@@ -253,10 +261,7 @@ class JobSpec:
     config_yaml: str = ""  # the same as YAML, written beside the summary
 
     def __post_init__(self) -> None:
-        _at_least("sharding.num_shards", self.num_shards, 1)
-        if not 0 <= self.shard_id < self.num_shards:
-            raise SpecError(f"sharding.shard_id={self.shard_id}: must be in 0..{self.num_shards - 1}")
-        _at_least("log_every_s", self.log_every_s, 0, strict=True)
+        check_run(self.num_shards, self.shard_id, self.log_every_s)
         if self.data.prompts != "manifest" and self.auto is None:
             raise SpecError(f"data.prompts={self.data.prompts}: needs the auto.* keys (select "
                             f"prompts={self.data.prompts})")
