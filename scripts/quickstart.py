@@ -5,7 +5,9 @@ CPU build on a machine without an NVIDIA GPU, the CUDA build where ``nvidia-smi`
 
 * ``demo [override ...]``: runs the main job (``jobs.propagate``) on the bundled sample and writes its HTML report.
   It uses the official ``sam2.1_hiera_tiny`` checkpoint when that can be fetched (or is cached, or given with
-  ``model.checkpoint=...``) and seeded random weights otherwise, and says which in its first line.
+  ``model.checkpoint=...``) and seeded random weights otherwise, and says which in its first line. The prefix it
+  wrote (``outputs/sample/sam2.1_hiera_tiny``, or ``..._random`` with random weights) is linked as
+  ``outputs/sample/demo``, the name the README's follow-up examples use.
 * ``test [pytest argument ...]``: also installs the test extras and the official ``sam2==1.1.0`` package (the
   parity oracle), then runs ``python -m pytest`` with the arguments given.
 
@@ -38,6 +40,7 @@ ORACLE_DEPS = ["iopath", "pillow", "tqdm"]
 TINY_URL = "https://dl.fbaipublicfiles.com/segment_anything_2/092824/sam2.1_hiera_tiny.pt"
 CACHE_DIR = Path("~/.cache/sam2_propagate/checkpoints").expanduser()   # pipeline/specs.py: ModelSpec.cache_dir
 PROBE_TIMEOUT_S = 10.0
+DEMO_LINK = Path("outputs/sample/demo")   # the README's follow-up examples read the demo's prefix through this name
 
 
 def say(line: str) -> None:
@@ -220,6 +223,25 @@ def prefix_of(overrides: list[str]) -> str:
     return given[-1] if given else "outputs/sample/sam2.1_hiera_tiny"
 
 
+def link_demo_prefix(prefix: str, repo: Path = REPO) -> Path | None:
+    """Point ``DEMO_LINK`` at the local prefix the demo wrote (replacing an older link, atomically), so that the
+    README's follow-up commands run verbatim whichever weights the demo had. None, and said, where it cannot: a
+    remote prefix, or a real folder already at that name (left alone)."""
+    link = repo / DEMO_LINK
+    if "://" in prefix:
+        say(f"{DEMO_LINK} not linked: the prefix {prefix} is not a local folder")
+        return None
+    if link.exists() and not link.is_symlink():
+        say(f"{DEMO_LINK} not linked: a folder of that name is already there")
+        return None
+    target = os.path.relpath((repo / prefix).resolve(), link.parent.resolve())
+    temporary = link.with_name(f".{link.name}.{os.getpid()}")
+    temporary.unlink(missing_ok=True)
+    temporary.symlink_to(target, target_is_directory=True)
+    os.replace(temporary, link)
+    return link
+
+
 def venv_env() -> dict[str, str]:
     """The environment with the virtual environment activated (its bin first on PATH, VIRTUAL_ENV set), so that
     whatever the command starts as ``python`` is the environment's."""
@@ -235,6 +257,8 @@ def demo(overrides: list[str]) -> int:
     proc = subprocess.run([venv_python(), "-m", "jobs.propagate", *args], cwd=REPO, env=venv_env())
     prefix = Path(prefix_of(args))
     if proc.returncode in (0, 1):
+        if link_demo_prefix(str(prefix)) is not None:
+            say(f"{DEMO_LINK} -> {prefix} (the README's follow-up examples use {DEMO_LINK})")
         report = subprocess.run([venv_python(), "-m", "jobs.report", f"prefix={prefix}"], cwd=REPO, env=venv_env())
         if report.returncode == 0:
             say(f"report: {(REPO / prefix / 'report' / 'index.html').resolve()} (open it in a browser)")

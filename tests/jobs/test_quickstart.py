@@ -4,6 +4,7 @@ torch it picks, and the stamps that let a second run skip the installs."""
 from __future__ import annotations
 
 import importlib.util
+import re
 from pathlib import Path
 from types import ModuleType
 
@@ -78,3 +79,24 @@ def test_stamps_and_torch_choice(quickstart: ModuleType, monkeypatch) -> None:
     monkeypatch.setenv("SKIP_TORCH", "1")
     quickstart.ensure_torch()
     assert len(calls) == 2                                          # SKIP_TORCH: never installs
+
+
+def test_the_demo_links_its_prefix_for_the_readme_examples(quickstart: ModuleType, tmp_path: Path) -> None:
+    """Whichever weights the demo had, ``outputs/sample/demo`` leads to the prefix it wrote (an older link is
+    replaced), and the README's follow-up commands read the demo's output through that name only."""
+    for name in ("sam2.1_hiera_tiny_random", "sam2.1_hiera_tiny"):
+        prefix = tmp_path / "outputs" / "sample" / name
+        (prefix / "masklets").mkdir(parents=True)
+        (prefix / "masklets" / f"{name}.json").write_text("{}")
+        link = quickstart.link_demo_prefix(f"outputs/sample/{name}", repo=tmp_path)
+        assert link == tmp_path / "outputs" / "sample" / "demo" and link.is_symlink()
+        assert (link / "masklets" / f"{name}.json").is_file()
+    assert quickstart.link_demo_prefix("s3://bucket/run", repo=tmp_path) is None
+    (tmp_path / "outputs" / "sample" / "demo").unlink()
+    (tmp_path / "outputs" / "sample" / "demo").mkdir()
+    assert quickstart.link_demo_prefix("outputs/sample/sam2.1_hiera_tiny", repo=tmp_path) is None
+
+    readme = (REPO / "README.md").read_text()
+    named = {m.rstrip("/") for m in re.findall(r"(?:prefix|pred)=(outputs/sample/[\w./-]*)", readme)}
+    named |= set(re.findall(r'read_masklets\("(outputs/sample/[\w.-]*)', readme))
+    assert named == {"outputs/sample/demo"}
