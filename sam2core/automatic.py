@@ -33,7 +33,7 @@ import torch.nn.functional as F
 
 from sam2core.mask_ops import (batched_nms, box_area, coco_rle, crop_boxes, layer_point_grids, mask_boxes,
                                small_components, stability_score, uncompressed_rle)
-from sam2core.image_predictor import encode_images, prepare_image, stable_or_best
+from sam2core.image_predictor import decode, encode_images, prepare_image
 from sam2core.modeling.sam2 import ImageFeatures, SAM2Model
 
 OUTPUT_MODES = ("binary_mask", "uncompressed_rle", "coco_rle")
@@ -295,21 +295,10 @@ class AutomaticMaskGenerator:
                 multimask: bool) -> tuple[torch.Tensor, torch.Tensor]:
         """Raw decoder logits ``[B, M, 4h, 4w]`` (fp32) and predicted IoU ``[B, M]`` of one foreground click per
         row (``coords [B, 1, 2]``), optionally with a mask prompt ``[B, 4h, 4w]``; M = 3 when ``multimask``."""
-        model = self.model
-        prompt = model.sam_prompt_encoder
-        b, dtype = coords.shape[0], feats.feat.dtype
-        labels = torch.ones(b, 1, dtype=torch.int32, device=coords.device)
-        sparse = prompt.embed_points(coords, labels).to(dtype)
-        dense = prompt.no_mask_dense(b) if mask_prompt is None else prompt.embed_mask(mask_prompt[:, None].to(dtype))
-        high_res = (feats.high_res[0].expand(b, -1, -1, -1), feats.high_res[1].expand(b, -1, -1, -1))
-        out = model.sam_mask_decoder(feats.feat.expand(b, -1, -1, -1), prompt.dense_pe().to(dtype), sparse,
-                                     dense.to(dtype), high_res)
-        masks, iou = out.masks.float(), out.iou.float()
-        if multimask:
-            return masks[:, 1:], iou[:, 1:]
-        if not self.options.dynamic_multimask_via_stability:
-            return masks[:, :1], iou[:, :1]
-        return stable_or_best(masks, iou)
+        labels = torch.ones(coords.shape[0], 1, dtype=torch.int32, device=coords.device)
+        mask_input = None if mask_prompt is None else mask_prompt[:, None]
+        return decode(self.model, feats, coords, labels, mask_input, multimask,
+                      stable=self.options.dynamic_multimask_via_stability)
 
     def _upsample(self, low: torch.Tensor, crop_hw: tuple[int, int]) -> torch.Tensor:
         """``[n, 4h, 4w]`` logits -> ``[n, crop_h, crop_w]``; with ``min_mask_region_area`` small background holes

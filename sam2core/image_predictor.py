@@ -104,10 +104,11 @@ def decode_objects(model: SAM2Model, feats: ImageFeatures, image_hw: tuple[int, 
 
 
 def decode(model: SAM2Model, feats: ImageFeatures, coords: torch.Tensor | None, labels: torch.Tensor | None,
-           mask_input: torch.Tensor | None, multimask: bool) -> tuple[torch.Tensor, torch.Tensor]:
+           mask_input: torch.Tensor | None, multimask: bool, stable: bool = True) -> tuple[torch.Tensor, torch.Tensor]:
     """Decoder logits ``[B, M, 4h, 4w]`` (fp32) and predicted IoU ``[B, M]`` for B prompts on one image's features
     (``coords [B, N, 2]`` model-input pixels, ``labels [B, N]``; ``mask_input [B, 1, 4h, 4w]`` logits); M = 3 with
-    ``multimask``, else 1 (the stable single mask or the best candidate)."""
+    ``multimask``, else 1: the single-mask output, replaced by the best candidate where it is unstable when
+    ``stable`` (the predictor's rule; the automatic generator makes it an option)."""
     prompt = model.sam_prompt_encoder
     dtype = feats.feat.dtype
     b = coords.shape[0] if coords is not None else mask_input.shape[0]
@@ -122,6 +123,8 @@ def decode(model: SAM2Model, feats: ImageFeatures, coords: torch.Tensor | None, 
     masks, iou = out.masks.float(), out.iou.float()
     if multimask:
         return masks[:, 1:], iou[:, 1:]
+    if not stable:
+        return masks[:, :1], iou[:, :1]
     return stable_or_best(masks, iou)
 
 
