@@ -28,8 +28,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from sam2core.modeling.sam2 import (IMAGENET_MEAN, IMAGENET_STD, STABILITY_DELTA, STABILITY_THRESH, ImageFeatures,
-                                   SAM2Model)
+from sam2core.modeling.sam2 import IMAGENET_MEAN, IMAGENET_STD, ImageFeatures, SAM2Model, stable_or_best
 
 LOW_RES_CLAMP = 32.0  # low-resolution logits handed back by predict() are clamped to +-32 (as a next mask input)
 
@@ -126,19 +125,6 @@ def decode(model: SAM2Model, feats: ImageFeatures, coords: torch.Tensor | None, 
     if not stable:
         return masks[:, :1], iou[:, :1]
     return stable_or_best(masks, iou)
-
-
-def stable_or_best(masks: torch.Tensor, iou: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """From all four decoder outputs ``[B, 4, ...]``: the single mask where it is stable (area above +0.05 over area
-    above -0.05 is at least 0.98), else the multimask candidate with the best predicted IoU; ``[B, 1, ...]``."""
-    single, single_iou = masks[:, :1], iou[:, :1]
-    inner = (single > STABILITY_DELTA).flatten(1).sum(dim=1).float()
-    outer = (single > -STABILITY_DELTA).flatten(1).sum(dim=1).float()
-    stable = torch.where(outer > 0, inner / outer, torch.ones_like(outer)) >= STABILITY_THRESH
-    best = iou[:, 1:].argmax(dim=1, keepdim=True) + 1
-    best_masks = masks.gather(1, best[..., None, None].expand(-1, -1, *masks.shape[-2:]))
-    return (torch.where(stable[:, None, None, None], single, best_masks),
-            torch.where(stable[:, None], single_iou, iou.gather(1, best)))
 
 
 def upsample(logits: torch.Tensor, image_hw: tuple[int, int]) -> torch.Tensor:

@@ -169,7 +169,7 @@ class SAM2Model(nn.Module):
         if multimask:
             candidates, candidate_iou, tokens = out.masks[:, 1:], out.iou[:, 1:], out.mask_tokens[:, 1:]
         elif stability_fallback:
-            candidates, candidate_iou = _stable_or_best(out.masks, out.iou)
+            candidates, candidate_iou = stable_or_best(out.masks, out.iou)
             tokens = out.mask_tokens[:, :1]
         else:
             candidates, candidate_iou, tokens = out.masks[:, :1], out.iou[:, :1], out.mask_tokens[:, :1]
@@ -382,7 +382,7 @@ class SAM2Model(nn.Module):
         return torch.cat(tokens, dim=1), torch.cat(positions, dim=1), num_ptr_tokens
 
 
-def _stable_or_best(masks: torch.Tensor, iou: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+def stable_or_best(masks: torch.Tensor, iou: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """Single-mask output where it is stable (area at +delta / area at -delta >= thresh), else the multimask
     candidate with the best predicted IoU; returns ``[B, 1, ...]`` mask and ``[B, 1]`` IoU."""
     single, single_iou = masks[:, :1], iou[:, :1]
