@@ -15,6 +15,11 @@ import os
 
 # One BLAS/OpenMP thread per process: the suite runs on 2 cores next to Ray workers and an S3 server.
 os.environ.setdefault("OMP_NUM_THREADS", "1")
+# Every Ray the tests start (the cluster fixture, ``address=local`` jobs, drivers joining by address in this process
+# or in job subprocesses, which inherit this environment) stays on the loopback interface. On Linux, Ray turns a
+# "127.0.0.1" or "localhost" node or bootstrap address into the machine's interface address; this switch (Ray's
+# "no multi-machine cluster" mode, read when ray is imported) makes it keep 127.0.0.1.
+os.environ["RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"] = "0"
 
 from typing import Iterator
 

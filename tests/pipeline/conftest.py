@@ -21,11 +21,14 @@ REPO = Path(__file__).resolve().parents[2]
 
 @pytest.fixture(scope="session")
 def ray_cluster() -> Iterator:
-    """A one-node Ray cluster (2 CPUs) shared by the session; tests may add nodes and must remove them."""
+    """A one-node Ray cluster (2 CPUs) shared by the session; tests may add nodes and must remove them.
+
+    It binds and advertises 127.0.0.1 only (with tests/conftest.py's Ray setting), so ``address`` is
+    ``127.0.0.1:<port>``."""
     from ray.cluster_utils import Cluster
 
     cluster = Cluster(initialize_head=True, connect=False,
-                      head_node_args={"num_cpus": 2, "include_dashboard": False})
+                      head_node_args={"num_cpus": 2, "include_dashboard": False, "node_ip_address": "127.0.0.1"})
     yield cluster
     cluster.shutdown()
 
