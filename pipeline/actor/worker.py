@@ -38,8 +38,9 @@ from pipeline.actor.discovery import discover, prune
 from pipeline.io.masklets import MaskletBuilder, Masklets
 from pipeline.io.rle import decode_rle
 from pipeline.actor.output_stage import OutputStage
+from pipeline.actor.sampling import SampledSource
 from pipeline.io.prefix import make_sink
-from pipeline.records import Fault, WorkerIdentity, WorkerResult, WorkerStartError, WorkerStatus
+from pipeline.records import ClaimLost, Fault, WorkerIdentity, WorkerResult, WorkerStartError, WorkerStatus
 from pipeline.actor.decoding import InputUnavailable, VideoError, VideoSource, open_video
 from pipeline.specs import WorkerSpec
 from pipeline.plan.tasks import Prompt, VideoTask
@@ -123,7 +124,10 @@ def pick_dtype(requested: str, device: torch.device) -> str:
 
 
 def fault_of(exc: BaseException) -> Fault:
-    """The fault of an unexpected exception: out of memory, a GPU fault that poisons the process, else ERROR."""
+    """The fault of an unexpected exception: out of memory, a GPU fault that poisons the process, the output prefix
+    taken over by another job, else ERROR."""
+    if isinstance(exc, ClaimLost):
+        return Fault.CLAIM_LOST
     if isinstance(exc, torch.OutOfMemoryError):
         return Fault.OUT_OF_MEMORY
     accelerator_error = getattr(torch, "AcceleratorError", None)
@@ -179,7 +183,8 @@ class PropagationWorker:
         self.model = build_model(m.name, m.checkpoint, image_size=m.image_size, device=self.device,
                                  storage_options=m.storage_options, cache_dir=m.cache_dir)
         self.options = SessionOptions(dtype=pick_dtype(m.dtype, self.device), compile=m.compile, **spec.session)
-        self.sink = make_sink(spec.output_uri, spec.output_format, spec.output_storage_options, spec.retry_s)
+        self.sink = make_sink(spec.output_uri, spec.output_format, spec.output_storage_options, spec.retry_s,
+                              spec.claim)
         self.session: VideoSession | None = None
         self._objects_held = 0  # objects the session held when the last video ended or failed
         self.generator = AutomaticMaskGenerator(self.model, **spec.auto.generator) if spec.auto else None
@@ -246,11 +251,20 @@ class PropagationWorker:
 
     def run_video(self, task: VideoTask) -> Masklets:
         """One video's masklets: decode, (discover,) prompt, propagate both ways through the output stage. What it
-        raises, ``process`` classifies; the fault-injection hook of the tests (``cluster.worker_class``)."""
-        source = open_video(task.video_uri, self.spec.input_storage_options, decoder=self.spec.decoder)
+        raises, ``process`` classifies; the fault-injection hook of the tests (``cluster.worker_class``).
+
+        The engine sees the frames the task's grid keeps as frames 0..n-1 (``SampledSource``; every frame without a
+        step or a clip); prompts are moved into that numbering and masklets back to the video's."""
+        video = open_video(task.video_uri, self.spec.input_storage_options, decoder=self.spec.decoder)
+        try:
+            source = SampledSource(video, task.grid)
+        except BaseException:
+            video.close()
+            raise
         try:
             session = self._session_for(source, task.object_batch)
-            prompts = [check_geometry(p, source.height, source.width) for p in task.prompts]
+            prompts = [on_tracked_frame(check_geometry(p, source.height, source.width), source, video.num_frames)
+                       for p in task.prompts]
             session.warm_up(prompt_frames(prompts))  # model.compile: every shape of this video's passes, now ...
             with self._lock:  # ... so the video's time budget starts after the compiling
                 self._status.started = time.time()
@@ -261,13 +275,13 @@ class PropagationWorker:
                 session.add_mask(d.frame_idx, d.obj_id, d.mask)
             with self._lock:
                 self._status.frames, self._status.objects = source.num_frames, len(session.obj_ids)
-            builder = MaskletBuilder(task.video_id, source.num_frames, source.height, source.width,
+            builder = MaskletBuilder(task.video_id, video.num_frames, source.height, source.width,
                                      session.obj_ids, provenance=self.spec.provenance)
             stage = OutputStage(builder, self.device, self.low_res_size, self.options.non_overlap_masks,
                                 self.encode_threads, self.spec.queue_frames)
             try:
                 for result in session.propagate(direction="both") if session.obj_ids else ():
-                    stage.put(result.frame_idx, result.low_res_logits, result.object_scores)
+                    stage.put(source.frame(result.frame_idx), result.low_res_logits, result.object_scores)
                     self._status.frames_done += 1
                     self._frames_metric.inc()
                     self._object_frames_metric.inc(len(result.obj_ids))
@@ -275,11 +289,12 @@ class PropagationWorker:
                 stage.abort()
                 raise
             stage.close()
-            if not session.obj_ids:  # nothing found: every frame, no masklet
-                for f in range(source.num_frames):
+            if not session.obj_ids:  # nothing found: every tracked frame, no masklet
+                for f in source.frames:
                     builder.add_rles(f, [], [], [])
             if not task.auto:
                 return builder.build()
+            found = [replace(d, frame_idx=source.frame(d.frame_idx)) for d in found]
             return self._auto_masklets(builder.build(), found, {p.obj_id for p in prompts})
         finally:
             if self.session is not None:
@@ -327,6 +342,16 @@ class PropagationWorker:
 
 def _sigmoid(x: float) -> float:
     return float(1.0 / (1.0 + math.exp(-min(max(x, -80.0), 80.0))))
+
+
+def on_tracked_frame(prompt: Prompt, source: SampledSource, video_frames: int) -> Prompt:
+    """``prompt`` on the engine's numbering of ``source``. The driver refused prompts off the task's grid, so a frame
+    not tracked here is past the video's end: PromptError names the manifest row."""
+    position = source.position(prompt.frame_idx)
+    if position is None:
+        raise PromptError(f"manifest row {prompt.row} (object {prompt.obj_id}, frame {prompt.frame_idx}): outside the "
+                          f"video (frames 0..{video_frames - 1})")
+    return replace(prompt, frame_idx=position)
 
 
 def prompt_frames(prompts: list[Prompt]) -> dict[int, set[int]]:

@@ -21,11 +21,14 @@ import pyarrow.parquet as pq
 from pipeline.io.keys import MAX_VIDEO_ID_CHARS, VIDEO_ID_PATTERN, VIDEO_ID_RULE, usable_video_id
 from pipeline.io.rle import rle_run_totals
 from pipeline.io.storage import filesystem, is_transient, retrying, uri_protocols
+from pipeline.plan.sampling import FrameGrid
 from pipeline.plan.tasks import VideoTask, build_tasks
 
 REQUIRED = ("video_id", "video_uri", "obj_id", "frame_idx")
 # all null (or absent) in a video-only row: it lists its video for discovery (prompts=manifest+auto), no prompt
 PROMPT_COLUMNS = ("obj_id", "frame_idx", "points", "point_labels", "box", "mask")
+# a video's clip (nullable; the same on every row of a video): its first and last tracked frame, both inclusive
+CLIP_COLUMNS = ("start_frame", "end_frame")
 MODES = ("manifest", "auto", "manifest+auto")
 _VIDEO_ONLY = "no prompt (obj_id/frame_idx missing); video-only rows need prompts=manifest+auto or prompts=auto"
 # local files and the object stores fsspec/s3fs serve, and tar members of those (SA-V's shards); http(s) only when
@@ -42,6 +45,8 @@ MANIFEST_SCHEMA = pa.schema([
     ("point_labels", pa.list_(pa.int32())),
     ("box", pa.list_(pa.float64())),
     ("mask", pa.struct([("size", pa.list_(pa.int32())), ("counts", pa.string())])),
+    ("start_frame", pa.int64()),
+    ("end_frame", pa.int64()),
 ])
 _MAX_MESSAGE_ERRORS = 200
 
@@ -87,7 +92,7 @@ def read_manifest_table(uri: str, storage_options: dict | None = None, retry_s: 
     """The manifest as one Arrow table (a Parquet file or a folder of Parquet files, any fsspec URI); transient
     storage errors are retried for ``retry_s`` seconds.
 
-    Optional prompt columns of Arrow type null (all values missing, as pandas writes them) are dropped.
+    Optional prompt and clip columns of Arrow type null (all values missing, as pandas writes them) are dropped.
     """
     fs, path = filesystem(uri, storage_options)
     try:
@@ -99,7 +104,7 @@ def read_manifest_table(uri: str, storage_options: dict | None = None, retry_s: 
     except Exception as e:  # noqa: BLE001 - storage errors of any fsspec backend
         what = "unreachable" if is_transient(e) else "not readable"
         raise ManifestReadError(f"manifest {uri} is {what}: {type(e).__name__}: {e}") from e
-    empty = [c for c in ("points", "point_labels", "box", "mask")
+    empty = [c for c in ("points", "point_labels", "box", "mask", *CLIP_COLUMNS)
              if c in table.column_names and pa.types.is_null(table.schema.field(c).type)]
     return table.drop_columns(empty) if empty else table
 
@@ -354,13 +359,96 @@ def _check_duplicates(table: pa.Table, ok_vid: np.ndarray, errors: _Errors) -> N
         errors.add(r, "frame_idx", f"second prompt for video {v!r} object {o} frame {f} (first in row {r0})")
 
 
-def validate(table: pa.Table, mode: str = "manifest") -> tuple[list[RowError], np.ndarray]:
+def clip_bounds(table: pa.Table) -> tuple[np.ndarray, np.ndarray]:
+    """Per row: start_frame and end_frame as int64, -1 where null, absent, negative or not an integer column."""
+    out = []
+    for col in CLIP_COLUMNS:
+        arr = table[col] if col in table.column_names else None
+        if arr is None or not pa.types.is_integer(arr.type):
+            out.append(np.full(table.num_rows, -1, dtype=np.int64))
+            continue
+        vals = _np(pc.cast(arr, pa.int64(), safe=False), -1).astype(np.int64)
+        out.append(np.where(vals < 0, -1, vals))
+    return out[0], out[1]
+
+
+def _clip_text(start: int, end: int) -> str:
+    return f"start_frame {start if start >= 0 else 'null'}, end_frame {end if end >= 0 else 'null'}"
+
+
+def _check_clips(table: pa.Table, ok_vid: np.ndarray, frame_step: int, errors: _Errors) -> np.ndarray:
+    """start_frame / end_frame: integers >= 0 or null, start <= end, holding a frame of the ``frame_step`` grid,
+    the same on every row of a video. Returns the rows whose clip is usable."""
+    n = table.num_rows
+    usable = np.ones(n, dtype=bool)
+    for col in CLIP_COLUMNS:
+        if col not in table.column_names or pa.types.is_null(table[col].type):
+            continue
+        arr = table[col]
+        if not pa.types.is_integer(arr.type):
+            errors.add(-1, col, f"must be an integer column (or null), got {arr.type}")
+            return np.zeros(n, dtype=bool)
+        neg = _np(pc.less(pc.cast(arr, pa.int64(), safe=False), 0), False)
+        errors.add_mask(neg, col, lambda r, a=arr, c=col: f"{c} {a[r].as_py()} must be >= 0")
+        usable &= ~neg
+    start, end = clip_bounds(table)
+    both = (start >= 0) & (end >= 0)
+    reversed_ = both & (start > end)
+    errors.add_mask(reversed_, "end_frame", lambda r: f"end_frame {end[r]} is before start_frame {start[r]} (the clip "
+                                                      f"is start_frame..end_frame, both inclusive)")
+    first = -(-np.maximum(start, 0) // frame_step) * frame_step
+    empty = usable & ~reversed_ & (end >= 0) & (first > end)
+    errors.add_mask(empty, "end_frame", lambda r: f"the clip {start[r] if start[r] >= 0 else 0}–{end[r]} (end_frame "
+                                                  f"inclusive) holds no frame of the data.frame_step={frame_step} grid "
+                                                  f"(frames 0, {frame_step}, {2 * frame_step}, …): nothing to track")
+    usable &= ~reversed_ & ~empty
+    rows = np.flatnonzero(ok_vid)
+    if rows.size:
+        video = _np(pc.index_in(table["video_id"], value_set=pc.unique(table["video_id"])), -1)[rows]
+        videos, first_pos = np.unique(video, return_index=True)
+        lead = rows[first_pos[np.searchsorted(videos, video)]]  # the first row of each row's video
+        differ = (start[rows] != start[lead]) | (end[rows] != end[lead])
+        vid = table["video_id"]
+        for r, r0 in zip(rows[differ], lead[differ]):
+            errors.add(int(r), "start_frame", f"video {vid[int(r)].as_py()!r} has {_clip_text(start[r], end[r])} here "
+                                              f"but {_clip_text(start[r0], end[r0])} in row {r0} (a video's rows must "
+                                              f"agree on its clip)")
+            usable[r] = False
+    return usable
+
+
+def _check_on_grid(table: pa.Table, rows: np.ndarray, frame_step: int, errors: _Errors) -> None:
+    """A prompt (the ``rows``) must be on a tracked frame: on the ``frame_step`` grid and inside its row's clip; the
+    refusal names the nearest tracked frames."""
+    if "frame_idx" not in table.column_names or not pa.types.is_integer(table["frame_idx"].type):
+        return
+    frame = table["frame_idx"]
+    rows = rows & _np(frame.is_valid(), False) & _np(pc.greater_equal(frame, 0), False)
+    frames = _np(pc.cast(frame, pa.int64(), safe=False), 0).astype(np.int64)
+    start, end = clip_bounds(table)
+    first = -(-np.maximum(start, 0) // frame_step) * frame_step
+    off = rows & ((frames % frame_step != 0) | (frames < first) | ((end >= 0) & (frames > end)))
+
+    def reason(r: int) -> str:
+        grid = FrameGrid(frame_step, int(start[r]) if start[r] >= 0 else None, int(end[r]) if end[r] >= 0 else None)
+        near = ", ".join(str(f) for f in grid.nearest(int(frames[r])))
+        where = "outside the clip" if frames[r] < first[r] or (end[r] >= 0 and frames[r] > end[r]) else "not sampled"
+        return f"frame {frames[r]} is {where} ({grid.describe()}); nearest sampled frames: {near}"
+
+    errors.add_mask(off, "frame_idx", reason)
+
+
+def validate(table: pa.Table, mode: str = "manifest", frame_step: int = 1) -> tuple[list[RowError], np.ndarray]:
     """Every problem of every row, and the per-row usable-video_id flags. ``mode`` (``data.prompts``): "manifest":
     every row is a prompt; "auto": only the video columns are required and checked, prompt columns are ignored;
     "manifest+auto": a video-only row (``video_only_rows``) lists its video for discovery, every other row is a
-    prompt checked as in "manifest", and obj_id/frame_idx are not required columns."""
+    prompt checked as in "manifest", and obj_id/frame_idx are not required columns. In every mode a video's clip
+    (``CLIP_COLUMNS``) is checked, and prompts must lie on the frames tracked with ``frame_step`` (``data.frame_step``)
+    inside their clip."""
     if mode not in MODES:
         raise ValueError(f"mode must be one of {', '.join(MODES)}, got {mode!r}")
+    if frame_step < 1:
+        raise ValueError(f"frame_step must be >= 1, got {frame_step}")
     errors = _Errors()
     required = REQUIRED if mode == "manifest" else REQUIRED[:2]
     missing = [c for c in required if c not in table.column_names]
@@ -375,6 +463,7 @@ def validate(table: pa.Table, mode: str = "manifest") -> tuple[list[RowError], n
     ok_vid = _check_ids(table, errors)
     if pa.types.is_string(table["video_uri"].type) or pa.types.is_large_string(table["video_uri"].type):
         _check_uri_consistency(table, ok_vid, errors)
+    clip_ok = _check_clips(table, ok_vid, frame_step, errors)
     if mode != "auto":
         listed = video_only_rows(table)
         if mode == "manifest":
@@ -386,6 +475,7 @@ def validate(table: pa.Table, mode: str = "manifest") -> tuple[list[RowError], n
         has_mask = _check_mask(table, prompt_errors)
         _check_kinds(table, has_points, has_box, has_mask, prompt_errors)
         _check_duplicates(table, ok_vid & ~listed, prompt_errors)
+        _check_on_grid(table, clip_ok & ~listed, frame_step, prompt_errors)
         errors.items += prompt_errors.items
     errors.items.sort(key=lambda e: e.row)
     return errors.items, ok_vid
@@ -414,19 +504,20 @@ def _check_protocols(table: pa.Table, data_root: str | None, protocols: Sequence
 
 def load_manifest(uri: str, data_root: str | None = None, storage_options: dict | None = None,
                   on_invalid: str = "fail", protocols: Sequence[str] = DEFAULT_PROTOCOLS,
-                  retry_s: float = 30.0, mode: str = "manifest") -> ManifestPlan:
+                  retry_s: float = 30.0, mode: str = "manifest", frame_step: int = 1) -> ManifestPlan:
     """Read, validate and plan a manifest. ``mode`` (``data.prompts``): "manifest" needs prompt rows; "auto" only
     video_id/video_uri (any prompt columns are ignored; objects are discovered); "manifest+auto" both, and a video
     listed only by video-only rows (every prompt column null) is planned as in "auto".
     ``on_invalid``: "fail" raises ManifestError listing every bad row;
     "drop_video" drops the videos with bad rows (see ``plan.dropped``) and plans the rest. ``protocols``: the
-    fsspec protocols video URIs may use. ManifestReadError when it cannot be read at all."""
+    fsspec protocols video URIs may use. ``frame_step`` (``data.frame_step``): every k-th frame is tracked, so
+    prompts must lie on that grid (and in their video's clip). ManifestReadError when it cannot be read at all."""
     if on_invalid not in ("fail", "drop_video"):
         raise ValueError(f"on_invalid must be 'fail' or 'drop_video', got {on_invalid!r}")
     table = read_manifest_table(uri, storage_options, retry_s)
     pool = pa.default_memory_pool()
     pool.release_unused()  # decoding's scratch memory: numpy's arrays below cannot reuse Arrow's free pages
-    errors, ok_vid = validate(table, mode)
+    errors, ok_vid = validate(table, mode, frame_step)
     pool.release_unused()
     if "video_uri" in table.column_names:
         extra = _Errors()
@@ -448,19 +539,20 @@ def load_manifest(uri: str, data_root: str | None = None, storage_options: dict 
     table = table.append_column("__row", pa.array(np.arange(table.num_rows)))
     if not keep.all():
         table = table.filter(pa.array(keep))
-    return ManifestPlan(tasks=build_tasks(table, data_root, storage_options, mode), dropped=dropped,
+    return ManifestPlan(tasks=build_tasks(table, data_root, storage_options, mode, frame_step), dropped=dropped,
                         num_rows=int(keep.size))
 
 
 _GLOB_CHARS = "*?["
 
 
-def list_videos(pattern: str, storage_options: dict | None = None, protocols: Sequence[str] = DEFAULT_PROTOCOLS
-                ) -> ManifestPlan:
+def list_videos(pattern: str, storage_options: dict | None = None, protocols: Sequence[str] = DEFAULT_PROTOCOLS,
+                frame_step: int = 1) -> ManifestPlan:
     """``data.videos`` (``prompts=auto`` without a manifest): one prompt-less task per video file matching a glob
     (``s3://bucket/clips/*.mp4``) or under a prefix (``s3://bucket/clips/``: every file there). A video's id is its
     file name without the extension; two files with the same id are refused (ManifestError), as is a protocol
-    outside ``protocols``. ManifestReadError when nothing can be listed or nothing matches."""
+    outside ``protocols``. Every ``frame_step``-th frame is tracked. ManifestReadError when nothing can be listed or
+    nothing matches."""
     glob = pattern if any(c in pattern for c in _GLOB_CHARS) else pattern.rstrip("/") + "/*"
     try:
         fs, path = filesystem(glob, storage_options)
@@ -484,4 +576,4 @@ def list_videos(pattern: str, storage_options: dict | None = None, protocols: Se
     if errors.items:
         raise ManifestError(pattern, errors.items)
     table = table.append_column("__row", pa.array(np.arange(table.num_rows)))
-    return ManifestPlan(tasks=build_tasks(table, None, storage_options, "auto"), num_rows=table.num_rows)
+    return ManifestPlan(tasks=build_tasks(table, None, storage_options, "auto", frame_step), num_rows=table.num_rows)

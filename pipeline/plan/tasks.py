@@ -24,6 +24,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from pipeline.io.storage import is_absolute_uri, join_uri, list_sizes
+from pipeline.plan.sampling import FrameGrid
 
 _MAX_LISTED_FOLDERS = 64  # above this many distinct video folders, file sizes are not looked up
 _DIGEST_BATCH_ROWS = 1 << 14  # prompt rows turned into JSON at once by ``with_digests`` (bounds its memory)
@@ -149,6 +150,7 @@ class VideoTask:
     digest: str = ""  # of what produces the video's masklets (see ``task_digest``); kept in its done record
     object_batch: int | None = None  # most objects per batched step; set after the video ran out of memory
     auto: bool = False  # discover the video's (other) objects automatically (prompts=auto / manifest+auto)
+    grid: FrameGrid = FrameGrid()  # the frames tracked: data.frame_step and the video's clip (start/end_frame)
 
     def with_smaller_batches(self, used: int | None = None) -> "VideoTask":
         """The same task with half the objects per batched step after an out-of-memory failure: half of ``used``
@@ -160,18 +162,29 @@ class VideoTask:
 
 def task_digest(task: VideoTask, produced_by: dict) -> str:
     """sha256 of everything that determines a video's masklets: its URI, its prompt rows (manifest row numbers
-    excluded: reordering a manifest changes nothing) and ``produced_by`` (model identity and engine options)."""
+    excluded: reordering a manifest changes nothing), ``produced_by`` (model identity and engine options) and the
+    frames tracked (``grid``; recorded only when not every frame, so the digests of a job without a step or a clip
+    are those earlier releases wrote)."""
     prompts = [[p.obj_id, p.frame_idx, p.points, p.point_labels, p.box, p.mask] for p in task.prompts]
-    blob = json.dumps({"video_uri": task.video_uri, "prompts": prompts, "produced_by": produced_by},
-                      sort_keys=True, separators=(",", ":"), default=str)
+    content = {"video_uri": task.video_uri, "prompts": prompts, "produced_by": produced_by}
+    if not task.grid.every_frame:
+        content["frames"] = task.grid.to_json()
+    blob = json.dumps(content, sort_keys=True, separators=(",", ":"), default=str)
     return hashlib.sha256(blob.encode()).hexdigest()
+
+
+def _grid_json(grid: FrameGrid) -> bytes:
+    """How ``task_digest``'s JSON starts for ``grid``: its ``"frames"`` entry, nothing for every frame."""
+    if grid.every_frame:
+        return b"{"
+    return ('{"frames":' + json.dumps(grid.to_json(), sort_keys=True, separators=(",", ":")) + ",").encode()
 
 
 def with_digests(tasks: Sequence[VideoTask], produced_by: dict) -> list[VideoTask]:
     """``tasks`` with their ``task_digest`` set. For prompts still in a ``PromptTable`` the bytes ``task_digest``
     hashes are streamed from its JSON columns (``PromptTable.prompt_json``), a batch of rows at a time in manifest
     order, without a Python object per prompt; tasks whose prompts are a plain tuple go through ``task_digest``."""
-    head = ('{"produced_by":' + json.dumps(produced_by, sort_keys=True, separators=(",", ":"), default=str)
+    head = ('"produced_by":' + json.dumps(produced_by, sort_keys=True, separators=(",", ":"), default=str)
             + ',"prompts":[').encode()
     digests: dict[int, str] = {}
     by_source: dict[int, list[int]] = defaultdict(list)
@@ -195,7 +208,7 @@ def with_digests(tasks: Sequence[VideoTask], produced_by: dict) -> list[VideoTas
             row = 0
             for i in batch:
                 t = tasks[i]
-                h = hashlib.sha256(head)
+                h = hashlib.sha256(_grid_json(t.grid) + head)
                 h.update(text[offsets[row] + 1:offsets[row + len(t.prompts)]])  # without the first ","
                 h.update(f'],"video_uri":{json.dumps(t.video_uri)}}}'.encode())
                 digests[i] = h.hexdigest()
@@ -275,15 +288,17 @@ def _ints(col: pa.ChunkedArray, fill: int) -> np.ndarray:
 
 
 def build_tasks(table: pa.Table, data_root: str | None, storage_options: dict | None,
-                mode: str = "manifest") -> list[VideoTask]:
+                mode: str = "manifest", frame_step: int = 1) -> list[VideoTask]:
     """One task per video from validated manifest rows (``__row`` holds each row's number), largest cost first.
     ``mode`` "auto": tasks without prompts (one per distinct video); "manifest+auto": prompts plus discovery, where
     a video listed only by video-only rows (null obj_id: see pipeline.plan.manifest) gets a task without prompts.
-    A video's prompts are ordered by (frame, object); its cost is ``video_cost``."""
+    A video's prompts are ordered by (frame, object); its cost is ``video_cost``; its grid is ``frame_step`` and its
+    clip (start_frame/end_frame of its first row, which its other rows agree with)."""
     ids = pc.unique(table["video_id"])  # in order of first appearance
     video = _ints(pc.index_in(table["video_id"], value_set=ids), -1)
     _, first_row = np.unique(video, return_index=True)
     uris = table["video_uri"].take(pa.array(first_row)).to_pylist()
+    starts, ends = (_clip_column(table, c)[first_row] for c in ("start_frame", "end_frame"))
     if mode == "auto" or "obj_id" not in table.column_names:
         rows = np.zeros(0, dtype=np.int64)
     else:
@@ -306,8 +321,9 @@ def build_tasks(table: pa.Table, data_root: str | None, storage_options: dict | 
         a, b = int(offsets[v]), int(offsets[v + 1])
         prompts: Sequence[Prompt] = PromptRows(source, order[a:b]) if b > a else ()
         n_obj = int(objects[v])
+        grid = FrameGrid(frame_step, None if starts[v] < 0 else int(starts[v]), None if ends[v] < 0 else int(ends[v]))
         tasks.append(VideoTask(video_id, uri, prompts, n_obj, video_cost(n_obj, float(sizes.get(uri, fallback))),
-                               auto=mode != "manifest"))
+                               auto=mode != "manifest", grid=grid))
     return plan_order(tasks)
 
 
@@ -320,6 +336,13 @@ def video_cost(num_objects: int, file_size: float) -> float:
 def plan_order(tasks: Iterable[VideoTask]) -> list[VideoTask]:
     """Largest cost first, ties by video_id: the order the driver queues tasks in."""
     return sorted(tasks, key=lambda t: (-t.cost, t.video_id))
+
+
+def _clip_column(table: pa.Table, name: str) -> np.ndarray:
+    """A validated clip column as int64, -1 where null (or when the column is absent)."""
+    if name not in table.column_names or not pa.types.is_integer(table[name].type):
+        return np.full(table.num_rows, -1, dtype=np.int64)
+    return _ints(table[name], -1)
 
 
 def _np_valid(col: pa.ChunkedArray) -> np.ndarray:
