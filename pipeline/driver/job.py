@@ -85,10 +85,10 @@ def _prepare(spec: JobSpec) -> tuple[ManifestPlan, dict, Sink]:
     d = spec.data
     try:
         if d.videos is not None:
-            plan = list_videos(d.videos, d.storage_options, d.protocols)
+            plan = list_videos(d.videos, d.storage_options, d.protocols, d.frame_step)
         else:
             plan = load_manifest(d.manifest, d.root, d.storage_options, on_invalid=d.on_invalid,
-                                 protocols=d.protocols, retry_s=d.retry_s, mode=d.prompts)
+                                 protocols=d.protocols, retry_s=d.retry_s, mode=d.prompts, frame_step=d.frame_step)
     except ManifestReadError as exc:
         raise Refused(f"{exc}; nothing was written") from exc
     except ManifestError as exc:
