@@ -48,7 +48,6 @@ import contextlib
 import os
 import sys
 import tempfile
-import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -253,14 +252,7 @@ def prepare_objects(objects: int) -> None:
 def timed_round(keep: bool) -> float:
     """In the variant's process: seconds of one timed propagation (prepared outside the timing); with ``keep`` its
     masks are kept for ``finish_objects``."""
-    timed, device = _TIMED["timed"], _TIMED["run"].device
-    if timed.prepare is not None:
-        timed.prepare()
-    sync(device)
-    start = time.perf_counter()
-    masks = timed.step()
-    sync(device)
-    seconds = time.perf_counter() - start
+    seconds, masks = _TIMED["timed"].once(_TIMED["run"].device)
     if keep:
         _TIMED["masks"] = _on_grid(masks)
     return seconds

@@ -62,6 +62,17 @@ class Timed(NamedTuple):
     step: Callable[[], Any]
     prepare: Callable[[], Any] | None = None
 
+    def once(self, device: str) -> tuple[float, Any]:
+        """Seconds of one call of ``step`` (prepared outside the timing, the device synchronised around it) and what
+        it returned."""
+        if self.prepare is not None:
+            self.prepare()
+        sync(device)
+        start = time.perf_counter()
+        result = self.step()
+        sync(device)
+        return time.perf_counter() - start, result
+
 
 def interleaved_best(steps: dict[str, Timed], warmup: int, runs: int, device: str = "cpu",
                      on_last: Callable[[str, Any], None] | None = None) -> dict[str, float]:
@@ -74,14 +85,9 @@ def interleaved_best(steps: dict[str, Timed], warmup: int, runs: int, device: st
     best = dict.fromkeys(steps, float("inf"))
     for i in range(warmup + runs):
         for name, timed in steps.items():
-            if timed.prepare is not None:
-                timed.prepare()
-            sync(device)
-            start = time.perf_counter()
-            result = timed.step()
-            sync(device)
+            seconds, result = timed.once(device)
             if i >= warmup:
-                best[name] = min(best[name], time.perf_counter() - start)
+                best[name] = min(best[name], seconds)
             if i == warmup + runs - 1 and on_last is not None:
                 on_last(name, result)
             del result

@@ -17,7 +17,7 @@ import torch
 
 from benchmarks.harness import current_rss_bytes, peak_rss_bytes, run_isolated
 from benchmarks.report import Figure, figure
-from benchmarks.video import SyntheticSource, object_boxes
+from benchmarks.video import SyntheticSource, VideoCase, object_boxes
 from sam2core.build import build_model
 from sam2core.video import SessionOptions, VideoSession
 
@@ -25,15 +25,9 @@ MIB = 1024 ** 2
 
 
 @dataclass(frozen=True)
-class MemoryRun:
+class MemoryRun(VideoCase):
     """One propagation of ``frames`` frames with ``objects`` objects."""
 
-    model: str
-    image_size: int
-    objects: int
-    frames: int
-    height: int
-    width: int
     seed: int
 
 

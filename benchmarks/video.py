@@ -10,12 +10,26 @@ from __future__ import annotations
 
 import math
 from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 
 import av
 import numpy as np
 import torch
 from PIL import Image
+
+
+@dataclass(frozen=True)
+class VideoCase:
+    """A synthetic video (``frames`` frames at ``height`` × ``width``, one square per object) through a model at an
+    image size: what the memory and worker sections measure, each adding its own settings."""
+
+    model: str
+    image_size: int
+    objects: int
+    frames: int
+    height: int
+    width: int
 
 
 def _grid(num_objects: int) -> int:

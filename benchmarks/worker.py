@@ -19,7 +19,7 @@ import torch
 
 from benchmarks.harness import best_seconds, run_isolated
 from benchmarks.report import Figure, figure
-from benchmarks.video import object_boxes, synthetic_video, write_mp4
+from benchmarks.video import VideoCase, object_boxes, synthetic_video, write_mp4
 from pipeline.actor.decoding import open_video
 from pipeline.specs import ModelSpec, OutputSpec, WorkerSpec
 from pipeline.io.storage import write_bytes
@@ -32,15 +32,9 @@ from testkit.seaweedfs import local_s3
 
 
 @dataclass(frozen=True)
-class WorkerRun:
+class WorkerRun(VideoCase):
     """One video (frames × objects at height × width) through a model at an image size."""
 
-    model: str
-    image_size: int
-    objects: int
-    frames: int
-    height: int
-    width: int
     decoder: str
     output_format: str
     warmup: int
