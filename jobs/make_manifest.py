@@ -24,12 +24,12 @@ def make_manifest(spec: MakeManifestSpec) -> int:
         return _from_coco(spec)
     if spec.shard is not None:
         try:
-            rows, failed = manifest_from_shard(spec.shard, spec.prompts, spec.kinds, spec.frame_step, so)
+            rows, failed = manifest_from_shard(spec.shard, spec.prompts, spec.kinds, spec.annotation_step, so)
         except ValueError as e:
             raise SpecError(f"shard: {e}") from e
     else:
         rows, failed = manifest_from_annotations(spec.annotations, spec.prompts, spec.video_uri, spec.kinds,
-                                                 spec.frame_step, so)
+                                                 spec.annotation_step, so)
     for video_id, reason in failed.items():
         log.error("skipped video %s: %s", video_id, reason)
     if not rows:

@@ -24,7 +24,7 @@ from pipeline.io.masklets import Masklets
 from pipeline.io.rle import encode_rles, rle_areas
 from pipeline.io.storage import join_uri, list_sizes, read_bytes
 
-SAV_FRAME_STEP = 4
+SAV_ANNOTATION_STEP = 4
 SAV_KINDS = ("manual", "auto")
 _SAV_KEYS = ("video_id", "video_frame_count", "video_height", "video_width", "masklet", "masklet_id")
 
@@ -46,10 +46,10 @@ def _first_appeared(rles: list[list[dict]], n_obj: int) -> list[int]:
     return first
 
 
-def masklets_from_sav(d: object, source: str, frame_step: int = SAV_FRAME_STEP) -> Masklets:
+def masklets_from_sav(d: object, source: str, annotation_step: int = SAV_ANNOTATION_STEP) -> Masklets:
     """Masklets of an SA-V annotation dict; ``source`` names it in errors and provenance.
 
-    Frame indices: the file's ``frame_indices`` if present, else ``frame_step`` × annotated position.
+    Frame indices: the file's ``frame_indices`` if present, else ``annotation_step`` × annotated position.
     """
     if not isinstance(d, dict):
         raise AnnotationError(f"{source}: not an SA-V annotation (top level is {type(d).__name__}, not an object)")
@@ -73,7 +73,7 @@ def masklets_from_sav(d: object, source: str, frame_step: int = SAV_FRAME_STEP) 
                 raise AnnotationError(f"{source}: masklet frame {pos} object {obj_ids[j]}: not a COCO RLE of size "
                                       f"[{height}, {width}]")
     frames = d.get("frame_indices")
-    frame_indices = [int(f) for f in frames] if frames is not None else [frame_step * i for i in range(len(rles))]
+    frame_indices = [int(f) for f in frames] if frames is not None else [annotation_step * i for i in range(len(rles))]
     if len(frame_indices) != len(rles):
         raise AnnotationError(f"{source}: {len(frame_indices)} frame_indices for {len(rles)} masklet frames")
     return Masklets(
@@ -83,13 +83,14 @@ def masklets_from_sav(d: object, source: str, frame_step: int = SAV_FRAME_STEP) 
     )
 
 
-def read_sav_json(uri: str, storage_options: dict | None = None, frame_step: int = SAV_FRAME_STEP) -> Masklets:
+def read_sav_json(uri: str, storage_options: dict | None = None,
+                  annotation_step: int = SAV_ANNOTATION_STEP) -> Masklets:
     """Masklets of one SA-V annotation JSON file."""
     try:
         d = json.loads(read_bytes(uri, storage_options))
     except (json.JSONDecodeError, UnicodeDecodeError) as e:
         raise AnnotationError(f"{uri}: not JSON ({e})") from e
-    return masklets_from_sav(d, uri, frame_step)
+    return masklets_from_sav(d, uri, annotation_step)
 
 
 def merge_masklets(parts: Sequence[Masklets]) -> Masklets:
@@ -245,11 +246,11 @@ def find_annotations(root: str, storage_options: dict | None = None,
 
 
 def read_annotation(uris: Sequence[str], video_id: str, storage_options: dict | None = None,
-                    frame_step: int = SAV_FRAME_STEP) -> Masklets:
+                    annotation_step: int = SAV_ANNOTATION_STEP) -> Masklets:
     """Masklets of one video from ``find_annotations``' URIs (JSON files merged, or one PNG folder)."""
     if len(uris) == 1 and not uris[0].endswith(".json"):
         return read_png_video(uris[0], storage_options, video_id)
-    parts = [read_sav_json(u, storage_options, frame_step) for u in uris]
+    parts = [read_sav_json(u, storage_options, annotation_step) for u in uris]
     for u, p in zip(uris, parts):
         if p.video_id != video_id:
             raise AnnotationError(f"{u}: video_id {p.video_id!r} does not match its file name ({video_id!r})")

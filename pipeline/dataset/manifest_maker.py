@@ -3,6 +3,11 @@
 Conventions: a box is ``[x0, y0, x1, y1]`` on pixel edges (the mask's columns ``x0 .. x1-1``, rows ``y0 .. y1-1``);
 a point is a pixel centre ``[col + 0.5, row + 0.5]``, positive (label 1). Points are drawn without replacement by
 a generator seeded from (seed, video_id, obj_id, frame_idx), so a row never depends on which other rows are made.
+
+Frame numbers: an SA-V JSON's annotated position ``i`` is written as frame ``annotation_step · i`` (4: the 24 fps
+video's numbering, the frames a ``data.frame_step=4`` run tracks; 1: a folder holding only the 6-fps frames); PNG
+folders are numbered by their file names. ``prompts.frame_step`` (the run's ``data.frame_step``) keeps only
+annotated frames that run samples (multiples of it), so no prompt lands on a frame it skips.
 """
 
 from __future__ import annotations
@@ -10,6 +15,7 @@ from __future__ import annotations
 import hashlib
 import io
 import json
+import logging
 import tarfile
 from dataclasses import dataclass
 
@@ -29,6 +35,7 @@ FRAME_MODES = ("first", "all")
 PROMPT_KINDS = ("mask", "box", "points")
 VIDEO_EXTENSIONS = (".mp4", ".mov", ".avi", ".mkv", ".webm")
 
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -39,6 +46,7 @@ class PromptSpec:
     kind: str = "mask"  # mask (the annotation's RLE) | box (pixel-edge box of it) | points (sampled in it)
     num_points: int = 1  # points: positive points per prompt (pixel centres, fewer if the mask is smaller)
     seed: int = 0  # points: sampling seed (per video/object/frame, order-independent)
+    frame_step: int = 1  # the run's data.frame_step: prompts only on the frames it samples (multiples of it)
 
     def __post_init__(self) -> None:
         if self.frames not in FRAME_MODES:
@@ -47,6 +55,8 @@ class PromptSpec:
             raise SpecError(f"prompts.kind={self.kind}: expected one of {', '.join(PROMPT_KINDS)}")
         if self.num_points < 1:
             raise SpecError(f"prompts.num_points={self.num_points}: must be >= 1")
+        if self.frame_step < 1:
+            raise SpecError(f"prompts.frame_step={self.frame_step}: must be >= 1")
 
 
 def mask_box(mask: np.ndarray) -> list[float]:
@@ -70,10 +80,14 @@ def sample_points(mask: np.ndarray, n: int, rng: np.random.Generator) -> list[li
 
 
 def prompt_rows(m: Masklets, video_uri: str, spec: PromptSpec) -> list[dict]:
-    """Manifest rows of one video: per object, its first non-empty annotated frame or every non-empty one."""
+    """Manifest rows of one video: per object, its first non-empty annotated frame or every non-empty one, among
+    the frames a run with ``data.frame_step=spec.frame_step`` samples (an object never seen there is logged)."""
     rows = []
     for j, obj in enumerate(m.obj_ids):
+        made = len(rows)
         for pos, frame_idx in enumerate(m.frame_indices):
+            if frame_idx % spec.frame_step:
+                continue
             rle = m.rles[pos][j]
             mask = decode_rle(rle)
             if not mask.any():
@@ -91,6 +105,9 @@ def prompt_rows(m: Masklets, video_uri: str, spec: PromptSpec) -> list[dict]:
             rows.append(row)
             if spec.frames == "first":
                 break
+        if len(rows) == made and spec.frame_step > 1:
+            log.warning("video %s object %d: no prompt, empty on every annotated frame that prompts.frame_step=%d "
+                        "samples", m.video_id, obj, spec.frame_step)
     return sorted(rows, key=lambda r: (r["frame_idx"], r["obj_id"]))
 
 
@@ -106,7 +123,7 @@ def manifest_bytes(rows: list[dict]) -> bytes:
     return buf.getvalue()
 
 
-def manifest_from_annotations(root: str, spec: PromptSpec, video_uri: str, kinds: list[str], frame_step: int,
+def manifest_from_annotations(root: str, spec: PromptSpec, video_uri: str, kinds: list[str], annotation_step: int,
                               storage_options: dict | None = None) -> tuple[list[dict], dict[str, str]]:
     """Rows for every video annotated under ``root`` and the videos that could not be read (id → reason).
 
@@ -118,7 +135,7 @@ def manifest_from_annotations(root: str, spec: PromptSpec, video_uri: str, kinds
     failed: dict[str, str] = {}
     for video_id, uris in find_annotations(root, storage_options, kinds).items():
         try:
-            m = read_annotation(uris, video_id, storage_options, frame_step)
+            m = read_annotation(uris, video_id, storage_options, annotation_step)
         except (AnnotationError, FileNotFoundError) as e:
             failed[video_id] = str(e)
             continue
@@ -174,7 +191,7 @@ def shard_videos(names: list[str], kinds: list[str]) -> tuple[dict[str, tuple[st
     return found, skipped
 
 
-def manifest_from_shard(shard: str, spec: PromptSpec, kinds: list[str], frame_step: int,
+def manifest_from_shard(shard: str, spec: PromptSpec, kinds: list[str], annotation_step: int,
                         storage_options: dict | None = None) -> tuple[list[dict], dict[str, str]]:
     """Rows for every annotated video of a tar shard as SA-V ships them, each ``video_uri`` the member's chained
     URI (``tar://{member}::{shard}``), and the videos left out (id → reason)."""
@@ -191,7 +208,7 @@ def manifest_from_shard(shard: str, spec: PromptSpec, kinds: list[str], frame_st
                     d = json.loads(fs.cat_file(member))
                 except (json.JSONDecodeError, UnicodeDecodeError) as e:
                     raise AnnotationError(f"{source}: not JSON ({e})") from e
-                m = masklets_from_sav(d, source, frame_step)
+                m = masklets_from_sav(d, source, annotation_step)
                 if m.video_id != video_id:
                     raise AnnotationError(f"{source}: video_id {m.video_id!r} does not match its name ({video_id!r})")
                 parts.append(m)

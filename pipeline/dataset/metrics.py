@@ -1,11 +1,15 @@
 """Region (J) and boundary (F) scores of predicted masklets against ground truth, by the SA-V evaluator's rules.
 
-Rules (those of the SA-V evaluator; DESIGN.md "Evaluation"): per object, the ground-truth frame list loses its first and last frame by
-default; scoring of an object starts on the first of those frames where it is non-empty in the ground truth or
-the prediction; from then on empty-vs-empty scores 1 for both J and F. J is intersection over union; F is the
+Rules (those of the SA-V evaluator; DESIGN.md "Evaluation"): per object, the ground-truth frame list loses its first and
+last frame by default; scoring of an object starts on the first of those frames where it is non-empty in the ground
+truth or the prediction; from then on empty-vs-empty scores 1 for both J and F. J is intersection over union; F is the
 F-measure of boundary pixels (one-pixel boundaries offset towards the origin) matched within a disk of radius
-``ceil(0.008 * image diagonal)``. An object is reported only if it is non-empty in some scored ground-truth frame;
-its J and F are means over scored frames ×100. Pure numpy: the disk dilation is a union of row-wise dilations.
+``ceil(0.008 * image diagonal)``. An object is reported only if it is non-empty in some scored ground-truth frame; its J
+and F are means over scored frames ×100. Pure numpy: the disk dilation is a union of row-wise dilations.
+
+A prediction that tracked only some frames (every k-th frame, a clip window) is scored at the frames both sides have:
+the ground-truth frames it holds, by original frame number, less the first and last of those. Nothing is invented
+for the frames it did not track; ``common_frames`` says how many were scored.
 """
 
 from __future__ import annotations
@@ -159,20 +163,35 @@ def scored_frames(gt_frames: list[int], skip_first_last: bool) -> list[int]:
     return frames[1:-1] if skip_first_last else frames
 
 
+def _span(frames: list[int]) -> str:
+    """A frame list in a few words: ``0..480 (121 frames)``."""
+    return f"{frames[0]}..{frames[-1]} ({len(frames)} frames)" if frames else "none"
+
+
+def common_frames(gt: Masklets, pred: Masklets, skip_first_last: bool = True) -> list[int]:
+    """The frames a video is scored on: the ground-truth frames the prediction holds (original frame numbers), less
+    the first and last of them with ``skip_first_last``. For a prediction of every frame these are the protocol's
+    frames; a strided or clipped one is scored where it tracked. ValueError names the video when none is left."""
+    held = set(pred.frame_indices)
+    shared = [f for f in sorted(gt.frame_indices) if f in held]
+    frames = scored_frames(shared, skip_first_last)
+    if not frames:
+        rule = " once the first and last are dropped" if skip_first_last and shared else ""
+        raise ValueError(f"video {gt.video_id}: no ground-truth frame left to score{rule}: ground truth frames "
+                         f"{_span(sorted(gt.frame_indices))}, prediction frames {_span(sorted(pred.frame_indices))}")
+    return frames
+
+
 def evaluate_video(gt: Masklets, pred: Masklets, skip_first_last: bool = True) -> list[ObjectScore]:
-    """Per-object scores of one video. Only ground-truth frames are scored; the prediction must cover them.
+    """Per-object scores of one video at its ``common_frames``.
 
     A ground-truth object missing from the prediction is scored as an empty prediction (logged).
     """
     if (gt.height, gt.width) != (pred.height, pred.width):
         raise ValueError(f"video {gt.video_id}: prediction is {pred.height}x{pred.width}, "
                          f"ground truth {gt.height}x{gt.width}")
-    frames = scored_frames(gt.frame_indices, skip_first_last)
+    frames = common_frames(gt, pred, skip_first_last)
     pred_pos = {f: i for i, f in enumerate(pred.frame_indices)}
-    missing = [f for f in frames if f not in pred_pos]
-    if missing:
-        raise ValueError(f"video {gt.video_id}: prediction lacks {len(missing)} ground-truth frame(s), "
-                         f"first {missing[:5]}")
     gt_pos = {f: i for i, f in enumerate(gt.frame_indices)}
     pred_obj = {o: j for j, o in enumerate(pred.obj_ids)}
     absent = [o for o in gt.obj_ids if o not in pred_obj]

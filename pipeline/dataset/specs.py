@@ -82,7 +82,7 @@ class RenderSpec(DrawnVideosSpec):
     """``jobs.render``: masklets drawn over their videos, ``{out}/{video_id}.mp4`` and ``{video_id}_sheet.png``."""
 
     mp4: bool = True  # false: the contact sheets only (decodes only their frames)
-    fps: float | None = None  # null: the video's frame rate (24 for frame folders)
+    fps: float | None = None  # null: the video's frame rate (24 for frame folders) over the masklets' frame step
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -131,13 +131,15 @@ class EvaluateSpec:
     out: str | None = None  # where eval_objects.csv / eval_videos.csv go; null: the pred folder
     skip_first_last: bool = True  # drop each ground-truth frame list's first and last frame (SA-V / DAVIS protocol)
     strict: bool = True  # true: every ground-truth video needs a prediction; false: score those present
-    frame_step: int = 4  # SA-V JSON ground truth: video frames per annotated frame
+    # SA-V JSON ground truth: video frames per annotated frame (4: annotation i is video frame 4i, the 24 fps
+    # numbering; 1: a prediction made on a folder of the 6-fps frames, numbered 0, 1, 2, ...)
+    annotation_step: int = 4
     cluster: EvaluateClusterSpec = field(default_factory=EvaluateClusterSpec)
     storage_options: Any = None  # fsspec/s3fs options (AWS_* environment variables also apply)
 
     def __post_init__(self) -> None:
         check_options("storage_options", self.storage_options)
-        _positive("frame_step", self.frame_step)
+        _positive("annotation_step", self.annotation_step)
         if self.cluster.num_cpus is not None:
             _positive("cluster.num_cpus", self.cluster.num_cpus)
 
@@ -155,7 +157,10 @@ class MakeManifestSpec:
     manifest: str = "manifest.parquet"  # manifest URI to write (local path, file:// or s3://)
     kinds: list[str] = field(default_factory=lambda: ["manual"])  # SA-V JSON kinds per video, in order; ids of a
     # later kind are shifted past earlier ones
-    frame_step: int = 4  # SA-V JSON: video frames per annotated frame (24 fps video annotated at 6 fps)
+    # SA-V JSON: video frames per annotated frame. 4 (SA-V: 24 fps video annotated at 6 fps): prompts on video frames
+    # 0, 4, 8, ..., for the 24 fps video tracked at any data.frame_step dividing 4; 1: prompts numbered 0, 1, 2, ...
+    # for a folder holding only the annotated (6-fps) frames. prompts.frame_step keeps the frames a run samples.
+    annotation_step: int = 4
     # video_uri of each video's rows (relative to data.root or absolute; not used with shard); quote it in an
     # override: "video_uri='JPEGImages_24fps/{video_id}'"
     video_uri: str = "{video_id}.mp4"
@@ -167,7 +172,7 @@ class MakeManifestSpec:
             raise SpecError("give exactly one of annotations=URI (a folder), shard=URI (a tar shard) or coco=URI (a "
                             "COCO detection file)")
         check_options("storage_options", self.storage_options)
-        _positive("frame_step", self.frame_step)
+        _positive("annotation_step", self.annotation_step)
         unknown = [k for k in self.kinds if k not in SAV_KINDS]
         if unknown or not self.kinds:
             raise SpecError(f"kinds={self.kinds}: a list of {', '.join(SAV_KINDS)}")

@@ -140,7 +140,7 @@ def test_each_tool_builds_its_spec(job: str, overrides: list[str], kind: type) -
     ("export", ["prefix=p", "format=coco"], "format: must be one of"),
     ("make_manifest", [], "give exactly one of annotations=URI"),
     ("make_manifest", ["shard=s", "prompts.kind=scribble"], "prompts.kind=scribble"),
-    ("evaluate", ["pred=p", "gt=g", "frame_step=0"], "frame_step=0"),
+    ("evaluate", ["pred=p", "gt=g", "annotation_step=0"], "annotation_step=0"),
 ])
 def test_bad_values_are_refused_by_the_spec(job: str, overrides: list[str], message: str) -> None:
     with pytest.raises(SpecError, match=message):

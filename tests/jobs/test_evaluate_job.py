@@ -42,44 +42,66 @@ def _copy_gt(gt_dir: Path, video_id: str) -> None:
     (gt_dir / f"{video_id}_manual.json").write_text(json.dumps(d))
 
 
+def _frames_of(m: Masklets, video_id: str, frames: list[int]) -> Masklets:
+    """The prediction cut to ``frames`` (original numbers), as a strided or clipped run writes it."""
+    pos = [m.frame_indices.index(f) for f in frames]
+    return Masklets(video_id, m.frame_count, m.height, m.width, list(m.obj_ids), list(frames),
+                    [m.rles[p] for p in pos], [m.scores[p] for p in pos], [0] * len(m.obj_ids), m.provenance)
+
+
 def test_job_scores_gt_frames_and_reports_missing_and_failed(tmp_path: Path, run_job) -> None:
+    """Every frame (JSON), every 4th frame (Parquet), a clip 300, 304, … (JSON), no common frame (Parquet), none."""
     gt_dir, pred = tmp_path / "gt", tmp_path / "run"
     gt_dir.mkdir()
-    for v in ("sav_000001", "sav_000002", "sav_000003"):
+    for v in ("sav_000001", "sav_000002", "sav_000003", "sav_000004", "sav_000005"):
         _copy_gt(gt_dir, v)
     gt = read_sav_json(str(gt_dir / "sav_000001_manual.json"))
     good = _every_frame_prediction(gt, "sav_000001", shift=6)
+    step4 = _frames_of(good, "sav_000003", list(range(0, 483, 4)))
+    clip = _frames_of(good, "sav_000004", list(range(300, 483, 4)))
+    odd = _frames_of(good, "sav_000005", list(range(1, 483, 4)))
     (pred / "masklets").mkdir(parents=True)
-    (pred / "masklets" / "sav_000001.json").write_bytes(masklets_to_bytes(good, "sav_json"))
-    short = Masklets("sav_000003", 483, gt.height, gt.width, gt.obj_ids, gt.frame_indices[:50], gt.rles[:50],
-                     gt.scores[:50], gt.first_appeared)
-    (pred / "masklets" / "sav_000003.parquet").write_bytes(masklets_to_bytes(short, "parquet"))
+    for m, fmt, ext in ((good, "sav_json", "json"), (step4, "parquet", "parquet"), (clip, "sav_json", "json"),
+                        (odd, "parquet", "parquet")):
+        (pred / "masklets" / f"{m.video_id}.{ext}").write_bytes(masklets_to_bytes(m, fmt))
 
     proc = run_job("evaluate", f"pred={pred}", f"gt={gt_dir}", "strict=false", "cluster.num_cpus=1", check=False)
     assert proc.returncode == 1, proc.stdout + proc.stderr
     lines = proc.stdout.strip().splitlines()
-    assert any(line.startswith("FAILED sav_000003: ValueError: video sav_000003: prediction lacks")
-               for line in lines)
-    assert "5 objects in 1 videos; 1 failed, 1 without prediction" in proc.stdout
+    assert "FAILED sav_000005: ValueError: video sav_000005: no ground-truth frame left to score: ground truth " \
+           "frames 0..480 (121 frames), prediction frames 1..481 (121 frames)" in lines
+    expected = {"sav_000001": evaluate_video(gt, good), "sav_000003": evaluate_video(gt, step4),
+                "sav_000004": evaluate_video(gt, clip)}
+    assert expected["sav_000003"] == expected["sav_000001"]            # every 4th frame holds all the GT frames
+    clipped = _frames_of(gt, "sav_000001", list(range(304, 480, 4)))   # the clip's GT frames less first and last
+    assert expected["sav_000004"] == evaluate_video(clipped, good, skip_first_last=False)
+    assert {s.frames for s in expected["sav_000001"]} >= {119} and max(s.frames for s in expected["sav_000004"]) == 44
+    n_objects = sum(len(v) for v in expected.values())
+    assert f"{n_objects} objects in 3 videos; 1 failed, 1 without prediction" in proc.stdout
+    assert "video sav_000004: scored at 44 of 119 ground-truth frames (the prediction lacks the others)" in lines
+    assert "frames scored: 282 of 357 ground-truth frames; 1 videos scored at the frames their prediction has" in lines
 
-    expected = evaluate_video(gt, good)
-    j = np.mean([s.j for s in expected])
-    f = np.mean([s.f for s in expected])
+    everything = [s for scores in expected.values() for s in scores]
+    j = np.mean([s.j for s in everything])
+    f = np.mean([s.f for s in everything])
     tag, jf_s, j_tag, j_s, f_tag, f_s = lines[-1].split()
     assert (tag, j_tag, f_tag) == ("J&F", "J", "F")
     assert float(j_s) == pytest.approx(j) and float(f_s) == pytest.approx(f)
     assert float(jf_s) == pytest.approx((j + f) / 2)
     assert 0 < j < 100 and 0 < f < 100
-    by_obj = {s.obj_id: s for s in expected}
+    by_obj = {s.obj_id: s for s in expected["sav_000001"]}
     assert by_obj[0].j == 100 and by_obj[1].j < 100        # full masks off the GT frames were never scored
 
     with open(pred / "eval_objects.csv") as fh:
-        rows = list(csv.DictReader(fh))
+        rows = [r for r in csv.DictReader(fh) if r["video_id"] == "sav_000001"]
     assert [int(r["obj_id"]) for r in rows] == [0, 1, 2, 3, 4]
     assert float(rows[1]["J"]) == by_obj[1].j              # unrounded
     with open(pred / "eval_videos.csv") as fh:
-        (video,) = list(csv.DictReader(fh))
-    assert video["video_id"] == "sav_000001" and float(video["J"]) == pytest.approx(j)
+        videos = {r["video_id"]: r for r in csv.DictReader(fh)}
+    assert sorted(videos) == ["sav_000001", "sav_000003", "sav_000004"]
+    assert float(videos["sav_000001"]["J"]) == pytest.approx(np.mean([s.j for s in expected["sav_000001"]]))
+    assert [(videos[v]["frames"], videos[v]["gt_frames"]) for v in sorted(videos)] == [
+        ("119", "119"), ("119", "119"), ("44", "119")]
 
 
 def test_strict_names_videos_without_prediction(tmp_path: Path) -> None:

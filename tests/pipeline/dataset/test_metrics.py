@@ -7,8 +7,8 @@ import math
 import numpy as np
 import pytest
 
-from pipeline.dataset.metrics import (boundary_map, boundary_radius, boundary_score, dilate_disk, evaluate_video,
-                                 region_score, score_object)
+from pipeline.dataset.metrics import (boundary_map, boundary_radius, boundary_score, common_frames, dilate_disk,
+                                      evaluate_video, region_score, score_object)
 from pipeline.io.masklets import Masklets
 from pipeline.io.rle import encode_rles
 
@@ -175,14 +175,39 @@ def test_video_skips_first_and_last_and_scores_only_gt_frames() -> None:
     assert full.j == pytest.approx(100 * (80 / 120 + 3) / 4)
 
 
-def test_missing_object_is_empty_and_missing_frames_or_size_are_errors() -> None:
+def test_missing_object_is_empty_and_a_size_mismatch_is_an_error() -> None:
     gt = _masklets("vid7", [0, 4, 8], [[_square(30, 30, 3, 3, 5), _square(30, 30, 10, 10, 5)]] * 3, [1, 2])
     pred = _masklets("vid7", [0, 4, 8], [[_square(30, 30, 3, 3, 5)]] * 3, [1])
     scores = {s.obj_id: s for s in evaluate_video(gt, pred, skip_first_last=False)}
     assert scores[1].j == 100 and scores[2].j == 0 and scores[2].f == 0
-    short = _masklets("vid7", [0, 4], [[_square(30, 30, 3, 3, 5)]] * 2, [1])
-    with pytest.raises(ValueError, match=r"video vid7: prediction lacks 1 ground-truth frame.*\[8\]"):
-        evaluate_video(gt, short, skip_first_last=False)
     big = _masklets("vid7", [0, 4, 8], [[_square(31, 30, 3, 3, 5)]] * 3, [1])
     with pytest.raises(ValueError, match="video vid7: prediction is 31x30, ground truth 30x30"):
         evaluate_video(gt, big)
+
+
+def test_strided_and_clipped_predictions_are_scored_at_the_common_frames() -> None:
+    """6-fps ground truth (every 4th frame) against predictions of every 8th frame and of a clip: scored where both
+    have a frame, exactly as the ground truth cut to those frames, less their first and last."""
+    h = w = 40
+    gt_frames = list(range(0, 49, 4))                                   # 0, 4, …, 48: 13 frames
+    gt_masks = [[_square(h, w, 2 + f // 4, 3 + f // 4, 12)] for f in gt_frames]
+    gt = _masklets("v", gt_frames, gt_masks, [5])
+    pred_mask = {f: _square(h, w, 2 + f // 4, 4 + f // 4, 12) for f in range(49)}   # 1 px off everywhere
+    for frames in (list(range(0, 49, 8)), list(range(20, 41, 4))):      # step 8; a clip 20..40 at step 4
+        pred = _masklets("v", frames, [[pred_mask[f]] for f in frames], [5])
+        shared = [f for f in gt_frames if f in frames]
+        assert common_frames(gt, pred) == shared[1:-1] and common_frames(gt, pred, False) == shared
+        cut = _masklets("v", shared, [gt_masks[gt_frames.index(f)] for f in shared], [5])
+        assert evaluate_video(gt, pred) == evaluate_video(cut, pred)
+        (score,) = evaluate_video(gt, pred)
+        assert score.frames == len(shared) - 2 and 0 < score.j < 100
+    every = _masklets("v", list(range(49)), [[pred_mask[f]] for f in range(49)], [5])
+    assert common_frames(gt, every) == gt_frames[1:-1]                  # every frame: the protocol's frames
+    odd = _masklets("v", list(range(1, 49, 4)), [[pred_mask[f]] for f in range(1, 49, 4)], [5])
+    with pytest.raises(ValueError, match=r"video v: no ground-truth frame left to score: ground truth frames 0\.\.48 "
+                                         r"\(13 frames\), prediction frames 1\.\.45 \(12 frames\)"):
+        evaluate_video(gt, odd)
+    two = _masklets("v", [0, 4], [[pred_mask[0]], [pred_mask[4]]], [5])
+    with pytest.raises(ValueError, match="no ground-truth frame left to score once the first and last are dropped"):
+        evaluate_video(gt, two)
+    assert evaluate_video(gt, two, skip_first_last=False)[0].frames == 2
