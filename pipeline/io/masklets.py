@@ -1,7 +1,9 @@
 """Masklets of one video (one mask per object per output frame) and their file formats.
 
 Masks are held as COCO RLE (``{"size": [H, W], "counts": str}``, pycocotools' compressed string form) so a
-masklet costs a few hundred bytes per object-frame, never a bitmap. Two on-disk forms:
+masklet costs a few hundred bytes per object-frame, never a bitmap. Frames keep the video's numbering whatever was
+tracked: with ``data.frame_step=4`` and a clip from frame 300, ``frame_indices`` is 300, 304, … and ``frame_count``
+(``video_frame_count``) the whole video's count. Two on-disk forms:
 
 * SA-V JSON (``to_sav_json``): the SA-V annotation layout plus ``frame_indices``, ``object_scores`` and
   ``provenance``; ``masklet_first_appeared_frame`` follows SA-V and is a position in the ``masklet`` list
@@ -40,7 +42,8 @@ _SAV_FIELDS = ("video_id", "video_frame_count", "video_height", "video_width", "
 
 @dataclass
 class Masklets:
-    """Dense masklets of one video: ``rles[i][j]`` is object ``obj_ids[j]`` on frame ``frame_indices[i]``."""
+    """Dense masklets of one video: ``rles[i][j]`` is object ``obj_ids[j]`` on frame ``frame_indices[i]`` (the
+    video's frame numbers, increasing; every tracked frame), ``frame_count`` the video's frames."""
 
     video_id: str
     frame_count: int

@@ -132,3 +132,24 @@ def test_a_file_that_is_not_masklets_says_what_is_wrong(tmp_path, name, content,
     with pytest.raises(MaskletFormatError) as err:
         read_masklets(str(path))
     assert str(err.value).startswith(f"{path}: ") and reason in str(err.value)
+
+
+@pytest.mark.parametrize("fmt", ["sav_json", "parquet"])
+def test_strided_masklets_keep_the_video_numbering_in_both_formats(fmt):
+    """data.frame_step=4 with a clip from frame 8: frames 8, 12, 16 of a 19-frame video, first appearance as a
+    position in ``masklet`` (SA-V's convention)."""
+    b = MaskletBuilder("strided", frame_count=19, height=12, width=16, obj_ids=[3, 1])
+    masks = {f: _masks(2, 12, 16, f) for f in (8, 12, 16)}
+    masks[8][1] = False
+    for f in (16, 8, 12):
+        b.add_frame(f, masks[f], [0.25, -0.5])
+    m = b.build()
+    assert (m.frame_indices, m.frame_count, m.first_appeared) == ([8, 12, 16], 19, [0, 1])
+    back = masklets_from_bytes(masklets_to_bytes(m, fmt), fmt)
+    assert (back.frame_indices, back.frame_count, back.first_appeared, back.rles) == (
+        [8, 12, 16], 19, [0, 1], m.rles)
+    if fmt == "sav_json":
+        d = to_sav_json(m)
+        assert (d["frame_indices"], d["video_frame_count"], len(d["masklet"])) == ([8, 12, 16], 19, 3)
+    else:
+        assert sorted(set(to_parquet_table(m).column("frame_idx").to_pylist())) == [8, 12, 16]

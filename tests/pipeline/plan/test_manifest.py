@@ -1,4 +1,5 @@
-"""pipeline.plan.manifest: validation with row-level messages, drop_video, planning, S3 reads, sharding."""
+"""pipeline.plan.manifest: validation with row-level messages, drop_video, planning, S3 reads, sharding, frame
+steps and clips."""
 
 from __future__ import annotations
 
@@ -8,6 +9,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from pipeline.plan.manifest import MANIFEST_SCHEMA, ManifestError, ManifestReadError, load_manifest
+from pipeline.plan.sampling import FrameGrid
 from pipeline.plan.tasks import shard_of
 from pipeline.io.rle import encode_rle
 from pipeline.io.storage import write_bytes
@@ -344,3 +346,59 @@ def test_each_repeated_prompt_names_the_first_row_of_its_key(tmp_path):
         (5, "frame_idx", "second prompt for video 'v1' object 0 frame 0 (first in row 0)"),
         (6, "obj_id", "missing"),
         (6, "frame_idx", "second prompt for video 'v1' object None frame 4 (first in row 4)")]
+
+
+def _clipped(video_id="v1", frame_idx=0, start=None, end=None, **kw):
+    return {**_row(video_id=video_id, video_uri=f"videos/{video_id}.mp4", frame_idx=frame_idx,
+                   points=[[1, 1]], point_labels=[1], **kw), "start_frame": start, "end_frame": end}
+
+
+def test_frame_step_and_clips_plan_into_task_grids(tmp_path):
+    rows = [_clipped(frame_idx=8), _clipped(obj_id=1, frame_idx=0),
+            _clipped("v2", frame_idx=304, start=301, end=900), _clipped("v2", obj_id=1, frame_idx=900, start=301,
+                                                                        end=900),
+            _clipped("v3", frame_idx=12, end=12)]
+    plan = load_manifest(_write(tmp_path / "m.parquet", rows), data_root="/r", frame_step=4)
+    grids = {t.video_id: t.grid for t in plan.tasks}
+    assert grids == {"v1": FrameGrid(4), "v2": FrameGrid(4, 301, 900), "v3": FrameGrid(4, None, 12)}
+    every = load_manifest(_write(tmp_path / "e.parquet", _valid_rows()), data_root="/r")
+    assert all(t.grid.every_frame for t in every.tasks)
+    # prompts=auto: only the videos and their clips; all-null clip columns (as pandas writes them) are none
+    pq.write_table(pa.table({"video_id": ["a", "b", "b"], "video_uri": ["a.mp4", "b.mp4", "b.mp4"],
+                             "start_frame": pa.array([None, 8, 8], pa.int32()), "end_frame": pa.nulls(3)}),
+                   tmp_path / "auto.parquet")
+    auto = load_manifest(str(tmp_path / "auto.parquet"), data_root="/r", mode="auto", frame_step=2)
+    assert {t.video_id: t.grid for t in auto.tasks} == {"a": FrameGrid(2), "b": FrameGrid(2, 8, None)}
+
+
+def test_prompts_off_the_tracked_frames_and_bad_clips_are_refused_with_their_rows(tmp_path):
+    rows = [_clipped(frame_idx=6),                                            # 0: between 4 and 8
+            _clipped(frame_idx=8),
+            _clipped("v2", frame_idx=300, start=301, end=900),                # 2: before its clip
+            _clipped("v2", obj_id=1, frame_idx=904, start=301, end=900),      # 3: after its clip (inclusive end)
+            _clipped("v3", frame_idx=304, start=301, end=303),                # 4: no frame of the grid in the clip
+            _clipped("v4", frame_idx=304, start=300),
+            _clipped("v4", obj_id=1, frame_idx=304, start=304),               # 5's video, another clip
+            _clipped("v5", frame_idx=400, start=400, end=300),                # 7: end before start
+            _clipped("v6", frame_idx=4, start=-4)]                            # 8: negative
+    with pytest.raises(ManifestError) as err:
+        load_manifest(_write(tmp_path / "m.parquet", rows), frame_step=4)
+    found = {(e.row, e.column): e.reason for e in err.value.errors}
+    assert found == {
+        (0, "frame_idx"): "frame 6 is not sampled (data.frame_step=4); nearest sampled frames: 4, 8",
+        (2, "frame_idx"): "frame 300 is outside the clip (data.frame_step=4, clip 301–900 inclusive); nearest "
+                          "sampled frames: 304",
+        (3, "frame_idx"): "frame 904 is outside the clip (data.frame_step=4, clip 301–900 inclusive); nearest "
+                          "sampled frames: 900",
+        (4, "end_frame"): "the clip 301–303 (end_frame inclusive) holds no frame of the data.frame_step=4 grid "
+                          "(frames 0, 4, 8, …): nothing to track",
+        (6, "start_frame"): "video 'v4' has start_frame 304, end_frame null here but start_frame 300, end_frame "
+                            "null in row 5 (a video's rows must agree on its clip)",
+        (7, "end_frame"): "end_frame 300 is before start_frame 400 (the clip is start_frame..end_frame, both "
+                          "inclusive)",
+        (8, "start_frame"): "start_frame -4 must be >= 0",
+    }
+    pq.write_table(pa.table({"video_id": ["a"], "video_uri": ["a.mp4"], "obj_id": [0], "frame_idx": [0],
+                             "box": [[0.0, 0.0, 2.0, 2.0]], "end_frame": ["9"]}), tmp_path / "s.parquet")
+    with pytest.raises(ManifestError, match="column 'end_frame': must be an integer column"):
+        load_manifest(str(tmp_path / "s.parquet"))

@@ -1,8 +1,10 @@
 """pipeline.plan.tasks: prompts kept in the manifest's columns until a task is sent, and digests computed from the
-columns that equal ``task_digest`` byte for byte."""
+columns that equal ``task_digest`` byte for byte; the frames tracked (step, clip) in the digest."""
 
 from __future__ import annotations
 
+import hashlib
+import json
 import pickle
 
 import numpy as np
@@ -101,3 +103,23 @@ def test_rows_spread_over_record_batches_come_back_in_the_order_asked(tmp_path):
     assert split.prompts(rows) == one.prompts(rows) and [p.row for p in split.prompts(rows)] == rows.tolist()
     assert split.prompt_json(rows).equals(one.prompt_json(rows))
     assert split.prompts(np.array([3, 4])) == one.prompts(np.array([3, 4]))  # within one batch
+
+
+def test_the_digest_records_step_and_clip_and_keeps_every_frame_digests(tmp_path):
+    rows = [dict(video_id="a", video_uri="a.mp4", obj_id=0, frame_idx=8, points=[[1.0, 2.0]], point_labels=[1]),
+            dict(video_id="b", video_uri="b.mp4", obj_id=0, frame_idx=304, box=[0.0, 0.0, 2.0, 2.0],
+                 start_frame=300, end_frame=900)]
+    path = tmp_path / "m.parquet"
+    pq.write_table(pa.Table.from_pylist(rows, schema=MANIFEST_SCHEMA), path)
+    digests = {}
+    for step in (1, 2, 4):
+        tasks = load_manifest(str(path), str(tmp_path), frame_step=step).tasks
+        digested = with_digests(tasks, PRODUCED_BY)
+        assert [t.digest for t in digested] == [task_digest(t, PRODUCED_BY) for t in tasks]
+        digests.update({(t.video_id, step): t.digest for t in digested})
+    assert len(set(digests.values())) == 6  # the step and the clip each change a video's digest
+    # every frame, no clip: the bytes earlier releases hashed, so their done videos stay done
+    a = next(t for t in load_manifest(str(path), str(tmp_path)).tasks if t.video_id == "a")
+    earlier = json.dumps({"video_uri": a.video_uri, "prompts": [[0, 8, [[1.0, 2.0]], [1], None, None]],
+                          "produced_by": PRODUCED_BY}, sort_keys=True, separators=(",", ":"))
+    assert digests[("a", 1)] == hashlib.sha256(earlier.encode()).hexdigest()
