@@ -1,4 +1,5 @@
-"""Manifest making: rows, frames (6 fps → 24 fps) and masks from SA-V JSON and PNG folders; the job end to end."""
+"""Manifest making: rows, frames (6 fps → 24 fps, or kept at 6 fps; only a strided run's frames) and masks from SA-V
+JSON and PNG folders; the job end to end."""
 
 from __future__ import annotations
 
@@ -41,6 +42,28 @@ def test_every_annotated_frame_rows() -> None:
     expected = sorted((4 * p, o) for o in range(5) for p in _nonempty_positions(o))
     assert sorted((r["frame_idx"], r["obj_id"]) for r in rows) == expected
     assert len(rows) == 120 + 121 + 110 + 8 + 121
+
+
+def test_prompts_only_on_the_frames_a_strided_run_samples(caplog: pytest.LogCaptureFixture) -> None:
+    """annotation_step numbers SA-V's annotated positions (4: the 24 fps video's frames, 1: the 6-fps frames);
+    prompts.frame_step keeps the frames a data.frame_step run tracks."""
+    m = read_sav_json(str(SAV_EXAMPLE / "sav_000001_manual.json"))
+    first = [(0, 0), (1, 0), (2, 0), (4, 0), (3, 452)]
+    assert [(r["obj_id"], r["frame_idx"]) for r in prompt_rows(m, "v.mp4", PromptSpec(frame_step=4))] == first
+    eight = prompt_rows(m, "v.mp4", PromptSpec(frame_step=8))
+    assert [(r["obj_id"], r["frame_idx"]) for r in eight] == [(0, 0), (1, 0), (2, 0), (4, 0), (3, 456)]
+    assert eight[-1]["mask"] == MANUAL["masklet"][456 // 4][3]                # the annotation of video frame 456
+    every = prompt_rows(m, "v.mp4", PromptSpec(frames="all", frame_step=8))
+    expected = sorted((4 * p, o) for o in range(5) for p in _nonempty_positions(o) if (4 * p) % 8 == 0)
+    assert sorted((r["frame_idx"], r["obj_id"]) for r in every) == expected
+    six_fps = read_sav_json(str(SAV_EXAMPLE / "sav_000001_manual.json"), annotation_step=1)
+    assert [(r["obj_id"], r["frame_idx"]) for r in prompt_rows(six_fps, "folder", PromptSpec())] == [
+        (0, 0), (1, 0), (2, 0), (4, 0), (3, 113)]
+    with caplog.at_level("WARNING"):
+        sparse = prompt_rows(m, "v.mp4", PromptSpec(frame_step=400))           # frames 0 and 400 only
+    assert [r["obj_id"] for r in sparse] == [0, 1, 2, 4]
+    assert "video sav_000001 object 3: no prompt, empty on every annotated frame that prompts.frame_step=400 " \
+           "samples" in caplog.text
 
 
 def test_boxes_and_points_come_from_the_mask() -> None:
@@ -106,6 +129,20 @@ def test_job_writes_manifest_and_names_bad_files(sav_dir: Path, run_job, tmp_pat
     assert table.num_rows == 480
     assert set(table["video_uri"].to_pylist()) == {"JPEGImages_24fps/sav_000001"}
     assert sorted(set(table["frame_idx"].to_pylist()))[:3] == [0, 4, 8]
+
+
+def test_job_writes_prompts_for_a_6fps_run(sav_dir: Path, run_job, tmp_path: Path) -> None:
+    """SA-V annotations → prompts in the 24 fps video's numbering for a data.frame_step=8 run (every prompt on a
+    frame it tracks), and in the 6-fps numbering (annotation_step=1) for a folder of the annotated frames only."""
+    strided, folder = tmp_path / "strided.parquet", tmp_path / "folder.parquet"
+    run_job("make_manifest", f"annotations={sav_dir}", f"manifest={strided}", "prompts.frame_step=8")
+    run_job("make_manifest", f"annotations={sav_dir}", f"manifest={folder}", "annotation_step=1",
+            "video_uri='JPEGImages_6fps/{video_id}'")
+    rows = pq.read_table(strided).to_pylist()
+    assert [(r["obj_id"], r["frame_idx"]) for r in rows] == [(0, 0), (1, 0), (2, 0), (4, 0), (3, 456)]
+    rows = pq.read_table(folder).to_pylist()
+    assert [(r["obj_id"], r["frame_idx"]) for r in rows] == [(0, 0), (1, 0), (2, 0), (4, 0), (3, 113)]
+    assert rows[-1]["mask"] == MANUAL["masklet"][113][3] and rows[0]["video_uri"] == "JPEGImages_6fps/sav_000001"
 
 
 def test_job_reads_and_writes_s3(sav_dir: Path, run_job, s3_server: dict) -> None:
