@@ -6,7 +6,7 @@ import numpy as np
 
 from pipeline.actor.decoding.local_copy import LocalCopy
 from pipeline.actor.decoding.pyav_source import scan_video
-from pipeline.actor.decoding.reading import DecodingStopped, KeyframeSource
+from pipeline.actor.decoding.reading import KeyframeSource, decode_each
 from pipeline.actor.decoding.source import VideoError
 
 
@@ -15,7 +15,7 @@ class DecordSource(KeyframeSource):
     decodes-and-drops within it, and applies the display rotation itself).
 
     decord's own count comes from the header, so the count and keyframes come from a packet scan (``scan_video``).
-    A failing ``get_batch`` tells no frame apart: an ascending read then ends before the span.
+    A failing ``get_batch`` is retried frame by frame to find where decoding stops.
     """
 
     def __init__(self, uri: str, local: LocalCopy) -> None:
@@ -37,8 +37,8 @@ class DecordSource(KeyframeSource):
         ordered = sorted(wanted)
         try:
             batch = self._reader.get_batch(ordered).asnumpy()
-        except Exception as e:
-            raise DecodingStopped(ordered[0], {}, f"decoding frames {ordered[0]}..{ordered[-1]} failed: {e}") from e
+        except Exception:  # which frame failed: one at a time (only on a failing span)
+            return decode_each(ordered, lambda f: self._reader[f].asnumpy())
         return {f: batch[i] for i, f in enumerate(ordered)}
 
     def close(self) -> None:

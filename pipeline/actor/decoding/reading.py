@@ -12,7 +12,7 @@ prefetch thread).
 
 from __future__ import annotations
 
-from typing import Iterator, Sequence
+from typing import Callable, Iterator, Sequence
 
 import numpy as np
 
@@ -28,6 +28,18 @@ class DecodingStopped(Exception):
     def __init__(self, end: int, frames: dict[int, np.ndarray], reason: str) -> None:
         super().__init__(reason)
         self.end, self.frames, self.reason = end, frames, reason
+
+
+def decode_each(ordered: list[int], decode_one: Callable[[int], np.ndarray]) -> dict[int, np.ndarray]:
+    """Frames ``ordered`` decoded one at a time by ``decode_one``: where a batch decode failed, the frames before the
+    first that fails, raised as ``DecodingStopped`` at that frame."""
+    got: dict[int, np.ndarray] = {}
+    for f in ordered:
+        try:
+            got[f] = decode_one(f)
+        except Exception as e:
+            raise DecodingStopped(f, got, f"{type(e).__name__}: {str(e).splitlines()[-1] if str(e) else ''}") from e
+    return got
 
 
 def hold_frames(height: int, width: int) -> int:

@@ -6,7 +6,7 @@ from __future__ import annotations
 import numpy as np
 
 from pipeline.actor.decoding.local_copy import LocalCopy
-from pipeline.actor.decoding.reading import DecodingStopped, KeyframeSource
+from pipeline.actor.decoding.reading import KeyframeSource, decode_each
 from pipeline.actor.decoding.source import VideoError
 
 
@@ -15,8 +15,9 @@ def torchcodec_unavailable() -> str | None:
     try:
         import torchcodec
         from torchcodec.decoders import VideoDecoder  # noqa: F401 - loads the FFmpeg-dependent core
-    except Exception as e:  # ImportError, or OSError from a library that does not load
-        return f"torchcodec does not load: {str(e).splitlines()[0] if str(e) else type(e).__name__}"
+    except Exception as e:  # ImportError, or OSError from a library that does not load (and what it needs)
+        causes = [str(c).splitlines()[0] for c in (e, e.__cause__) if c is not None and str(c)]
+        return f"torchcodec does not load: {': '.join(causes) or type(e).__name__}"
     if getattr(torchcodec, "ffmpeg_major_version", None) is None:
         return "torchcodec finds no FFmpeg shared libraries (install FFmpeg, e.g. apt-get install ffmpeg)"
     return None
@@ -55,9 +56,8 @@ class TorchCodecSource(KeyframeSource):
         ordered = sorted(wanted)
         try:
             batch = self._decoder.get_frames_at(ordered).data.cpu().numpy()
-        except Exception as e:
-            reason = str(e).splitlines()[-1] if str(e) else type(e).__name__
-            raise DecodingStopped(ordered[0], {}, f"decoding frames {ordered[0]}..{ordered[-1]} failed: {reason}") from e
+        except Exception:  # which frame failed: one at a time (only on a failing span)
+            return decode_each(ordered, lambda f: self._decoder.get_frame_at(f).data.cpu().numpy())
         return {f: batch[i] for i, f in enumerate(ordered)}
 
     def close(self) -> None:
