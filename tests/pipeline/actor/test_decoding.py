@@ -223,3 +223,12 @@ def test_long_gop_backward_equals_forward_reversed(long_gop_mp4, decoder):
         np.testing.assert_array_equal(_all(src, range(LONG - 1, -1, -1)), forward[::-1])
         skipping = list(range(LONG - 1, -1, -7))  # descending with gaps: only the asked-for frames are held
         np.testing.assert_array_equal(_all(src, skipping), forward[skipping])
+
+
+def test_frame_folder_with_two_files_of_one_index_is_refused(tmp_path, frames):
+    folder = make_frame_folder(tmp_path / "dup", frames[:3], ext="jpg")
+    from PIL import Image
+
+    Image.fromarray(frames[1]).save(folder / "1.png")
+    with pytest.raises(VideoError, match=r"dup: frames 00001\.jpg and 1\.png have the same index 1"):
+        open_video(str(folder))
