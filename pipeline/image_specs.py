@@ -90,3 +90,4 @@ class ImageWorkerSpec:
     output_storage_options: dict | None
     retry_s: float
     generator: dict | None = None  # AutomaticMaskGenerator keywords when prompts=auto
+    claim: str | None = None  # the job's claim on the output prefix: every write is fenced by it (Sink.claim)

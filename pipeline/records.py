@@ -9,7 +9,7 @@
   written before these records existed (then the whole worker record plus ``masklets``/``reason`` and ``time``),
   and ignore keys they do not know.
 * ``PrefixIdentity``: the part of a prefix's provenance that must match to resume there.
-* ``WorkerStartError``, ``ProvenanceError``: the errors raised on one side and reported on the other.
+* ``WorkerStartError``, ``ProvenanceError``, ``ClaimLost``: the errors raised on one side and reported on the other.
 
 Nothing here imports Ray, torch or storage: the driver, the actors and the I/O layer all import this module.
 """
@@ -39,11 +39,12 @@ class Fault(str, Enum):
     DIED = "died"  # the worker process died (or was killed) with the video in flight
     TIMEOUT = "timeout"  # the video ran past its time budget; its worker was killed
     NO_WORKERS = "no_workers"  # every worker was gone before the video could run
+    CLAIM_LOST = "claim_lost"  # another job took the output prefix over: nothing more may be written there
 
     @property
     def retryable(self) -> bool:
         """Whether another attempt could succeed."""
-        return self not in (Fault.BAD_INPUT, Fault.NO_WORKERS)
+        return self not in (Fault.BAD_INPUT, Fault.NO_WORKERS, Fault.CLAIM_LOST)
 
 
 @dataclass(frozen=True)
@@ -188,14 +189,21 @@ class WorkerStartError(RuntimeError):
 
 
 class ProvenanceError(ValueError):
-    """The output prefix holds results of another model or checkpoint."""
+    """The output prefix holds results of another model or checkpoint, format or decoder."""
+
+
+class ClaimLost(ProvenanceError):
+    """The output prefix no longer holds this job's claim (another job replaced its record): the job stops writing
+    there."""
 
 
 @dataclass(frozen=True)
 class PrefixIdentity:
     """What makes two runs' results comparable: model, image size, the engine options that change masks and the
-    checkpoint's sha256; for a checkpoint without one (random weights) its name and the random seed instead.
-    Config and package version may differ."""
+    checkpoint's sha256; for a checkpoint without one (random weights) its name and the random seed instead. Also
+    the masklet format and the video decoder, so that a prefix never mixes files of two formats or frames of two
+    decoders (None where the record names none: an image prefix, or one of an earlier release, which the prefix
+    completes from what it holds). Config and package version may differ."""
 
     model: str
     image_size: int | None
@@ -203,6 +211,8 @@ class PrefixIdentity:
     checkpoint_sha256: str | None = None
     checkpoint: str | None = None  # only without a sha256
     random_seed: int | None = None  # only without a sha256
+    output_format: str | None = None  # the record's "format": output.format of a video prefix
+    decoder: str | None = None  # the record's "decoder": data.decoder of a video prefix
 
     @classmethod
     def of(cls, provenance: dict[str, Any]) -> PrefixIdentity:
@@ -211,13 +221,16 @@ class PrefixIdentity:
         prov = provenance
         if "model" not in prov or not (prov.get("checkpoint_sha256") or "checkpoint" in prov):
             raise ValueError(f"provenance needs 'model' and 'checkpoint_sha256' (or 'checkpoint'), got {sorted(prov)}")
+        fmt, decoder = prov.get("format"), prov.get("decoder")
         if prov.get("checkpoint_sha256"):
-            return cls(prov["model"], prov.get("image_size"), prov.get("session"), prov["checkpoint_sha256"])
+            return cls(prov["model"], prov.get("image_size"), prov.get("session"), prov["checkpoint_sha256"],
+                       output_format=fmt, decoder=decoder)
         return cls(prov["model"], prov.get("image_size"), prov.get("session"), None, prov["checkpoint"],
-                   prov.get("random_seed"))
+                   prov.get("random_seed"), fmt, decoder)
 
     def to_json(self) -> dict[str, Any]:
-        """The identity as a JSON object: what task digests hash (so its keys and values never change)."""
+        """The model's identity as a JSON object: what task digests hash (so its keys and values never change; the
+        format and decoder are not in it: one prefix holds only one of each)."""
         ident: dict[str, Any] = {"model": self.model, "image_size": self.image_size, "session": self.session}
         if self.checkpoint_sha256:
             ident["checkpoint_sha256"] = self.checkpoint_sha256
@@ -227,7 +240,13 @@ class PrefixIdentity:
         return ident
 
     def differences(self, other: PrefixIdentity) -> dict[str, tuple[Any, Any]]:
-        """Each field that differs: name → (this value, ``other``'s)."""
+        """Each field that differs: name → (this value, ``other``'s); a format or decoder one side does not know
+        (None) differs from nothing."""
         mine, theirs = self.to_json(), other.to_json()
-        return {k: (mine.get(k), theirs.get(k)) for k in sorted(set(mine) | set(theirs))
-                if mine.get(k) != theirs.get(k)}
+        changed = {k: (mine.get(k), theirs.get(k)) for k in sorted(set(mine) | set(theirs))
+                   if mine.get(k) != theirs.get(k)}
+        for key, a, b in (("format", self.output_format, other.output_format),
+                          ("decoder", self.decoder, other.decoder)):
+            if a is not None and b is not None and a != b:
+                changed[key] = (a, b)
+        return changed

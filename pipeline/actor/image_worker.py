@@ -62,7 +62,7 @@ class ImageWorker:
         cpus = ray.get_runtime_context().get_assigned_resources().get("CPU", 1.0)
         self.segmenter = ImageSegmenter(self.model, self.dtype, spec.images.loader_threads or max(1, int(cpus)),
                                         spec.images.ahead, spec.input_storage_options, generator)
-        self.sink = ImageSink(spec.output_uri, spec.output_storage_options, spec.retry_s)
+        self.sink = ImageSink(spec.output_uri, spec.output_storage_options, spec.retry_s, spec.claim)
         self.identity = WorkerIdentity(ray.get_runtime_context().get_node_id(), os.getpid(), str(self.device),
                                        self.dtype)
         self._lock = threading.Lock()

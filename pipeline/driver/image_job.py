@@ -19,17 +19,16 @@ from dataclasses import replace
 from pipeline.actor.image_worker import ImageWorker
 from pipeline.actor.worker import start_workers
 from pipeline.driver import cluster
-from pipeline.driver.job import Refused, _finished, _with_absolute_paths, _write_summary
+from pipeline.driver.edges import Refused, claim_lost, claim_prefix, finished, with_absolute_paths, write_summary
 from pipeline.driver.pool import WorkerPool
-from pipeline.driver.provenance import RANDOM_CHECKPOINT, job_provenance
+from pipeline.driver.provenance import RANDOM_CHECKPOINT
 from pipeline.driver.scheduling import PoolPolicy
 from pipeline.image_specs import ImageJobSpec, ImageWorkerSpec
 from pipeline.io.image_prefix import ImageSink, annotations_name
 from pipeline.plan.image_manifest import ImagePlan, ManifestError, ManifestReadError, load_image_manifest
 from pipeline.plan.image_tasks import ImageTask
 from pipeline.plan.tasks import shard_of
-from pipeline.records import PrefixIdentity, ProvenanceError, Status, WorkerStartError
-from sam2core.checkpoint import CheckpointError, CheckpointMismatch
+from pipeline.records import PrefixIdentity, Status, WorkerStartError
 
 log = logging.getLogger(__name__)
 
@@ -39,7 +38,7 @@ EXIT_OK, EXIT_FAILED, EXIT_REFUSED, EXIT_INTERRUPTED = 0, 1, 2, 130
 def run_images(spec: ImageJobSpec) -> int:
     """Run the job; 0 when every image of this shard is done, 1 when some failed, 2 refused before any work, 130
     interrupted."""
-    spec = _with_absolute_paths(spec)
+    spec = with_absolute_paths(spec)
     try:
         plan, provenance, sink = _prepare(spec)
     except Refused as exc:
@@ -47,7 +46,7 @@ def run_images(spec: ImageJobSpec) -> int:
         return EXIT_REFUSED
     shard = (spec.shard_id, spec.num_shards)
     tasks, todo = _plan_shard(spec, plan, provenance, sink)
-    if not todo and _finished(sink, shard):
+    if not todo and finished(sink, shard):
         log.info("nothing to do: every image of this shard is done (%s)", spec.output.uri)
         return EXIT_OK
     start = time.perf_counter()
@@ -60,6 +59,8 @@ def run_images(spec: ImageJobSpec) -> int:
     except KeyboardInterrupt:
         log.error("interrupted; re-run the same command to resume")
         return EXIT_INTERRUPTED
+    if claim_lost(sink):
+        return EXIT_REFUSED
     records = pool.records if pool else []
     failures = {r.video_id: r.error for r in records if r.status is not Status.DONE}
     summary = {"status": "ok", "tasks": len(tasks), "images": sum(t.num_images for t in tasks),
@@ -79,7 +80,7 @@ def run_images(spec: ImageJobSpec) -> int:
                  sum(len(p["images"]) for p in parts), sum(len(p["annotations"]) for p in parts))
     if failures or summary["failed_images"]:
         summary["status"] = "failed"
-    if not _write_summary(spec, sink, summary, shard):
+    if not write_summary(spec, sink, summary, shard):
         failures = failures or {"(summary)": "the output prefix could not be written"}
     bad = {**failures, **summary["failed_images"]}
     if bad:
@@ -102,21 +103,8 @@ def _prepare(spec: ImageJobSpec) -> tuple[ImagePlan, dict, ImageSink]:
         raise Refused(f"manifest {d.manifest} rejected; nothing was written.\n{exc}") from exc
     if not plan.tasks:
         raise Refused(f"manifest {d.manifest}: it has no rows; nothing to do")
-    try:
-        provenance = job_provenance(spec.model, {"images": True}, spec.config)
-    except CheckpointMismatch as exc:
-        raise Refused(f"{exc}; nothing was written") from exc
-    except CheckpointError as exc:
-        raise Refused(f"{exc} (the checkpoint must be readable before the job starts: pass a local file with "
-                      f"model.checkpoint=/path/to/{spec.model.name}.pt, or model.checkpoint=random)") from exc
     sink = ImageSink(spec.output.uri, spec.output.storage_options, spec.output.retry_s)
-    try:
-        sink.check_provenance(provenance, spec.output.overwrite)
-    except ProvenanceError as exc:
-        raise Refused(f"{exc}: use another output.uri, or output.overwrite=true to replace those masks") from exc
-    except Exception as exc:  # noqa: BLE001 - any storage backend's error: unreachable, credentials refused
-        raise Refused(f"output prefix {spec.output.uri} is not usable: {type(exc).__name__}: "
-                      f"{str(exc).splitlines()[0] if str(exc) else ''}") from exc
+    provenance = claim_prefix(sink, spec.model, {"images": True}, spec.config, spec.output.overwrite, None, "masks")
     return plan, provenance, sink
 
 
@@ -152,7 +140,7 @@ def _pool(spec: ImageJobSpec, todo: list[ImageTask], sink: ImageSink) -> WorkerP
         worker_spec = ImageWorkerSpec(
             model=replace(spec.model, checkpoint=checkpoint), images=spec.images,
             input_storage_options=spec.data.storage_options, output_uri=spec.output.uri,
-            output_storage_options=spec.output.storage_options, retry_s=spec.output.retry_s,
+            output_storage_options=spec.output.storage_options, retry_s=spec.output.retry_s, claim=sink.claim_token,
             generator=dict(spec.auto.generator) if spec.data.prompts == "auto" else None)
         log.info("starting %d image workers (%s CPU, %s GPU each)", count, c.cpus_per_worker, gpus)
         actors = start_workers(worker_spec, count, num_cpus=c.cpus_per_worker, num_gpus=gpus,

@@ -11,39 +11,31 @@ and exit status 130; a re-run of the same command resumes.
 from __future__ import annotations
 
 import importlib
-import json
 import logging
-import os
-import re
 import time
 from dataclasses import asdict, replace
 
 from pipeline.driver import cluster
+from pipeline.driver.edges import Refused, claim_lost, claim_prefix, finished, with_absolute_paths, write_summary
 from pipeline.plan.manifest import ManifestError, ManifestPlan, ManifestReadError, list_videos, load_manifest
 from pipeline.driver.pool import WorkerPool
-from pipeline.driver.provenance import RANDOM_CHECKPOINT, job_provenance
+from pipeline.driver.provenance import RANDOM_CHECKPOINT
 from pipeline.driver.scheduling import PoolPolicy
 from pipeline.io.prefix import Sink, make_sink
 from pipeline.specs import JobSpec, WorkerSpec
-from pipeline.io.storage import is_absolute_uri
 from pipeline.plan.tasks import VideoTask, shard_of, with_digests
 from pipeline.actor.worker import start_workers
-from pipeline.records import PrefixIdentity, ProvenanceError, Status, WorkerIdentity, WorkerResult, WorkerStartError
-from sam2core.checkpoint import CheckpointError, CheckpointMismatch
+from pipeline.records import PrefixIdentity, Status, WorkerIdentity, WorkerResult, WorkerStartError
 
 log = logging.getLogger(__name__)
 
 EXIT_OK, EXIT_FAILED_VIDEOS, EXIT_BAD_INPUT, EXIT_INTERRUPTED = 0, 1, 2, 130
 
 
-class Refused(Exception):
-    """The job cannot start; the message is the one line the user reads."""
-
-
 def run(spec: JobSpec) -> int:
     """Run the job; returns 0 when every video of this shard is done, 1 when some failed, 2 when the job was
     refused before any work, 130 when interrupted (Ctrl-C)."""
-    spec = _with_absolute_paths(spec)
+    spec = with_absolute_paths(spec)
     try:
         plan, provenance, sink = _prepare(spec)
     except Refused as exc:
@@ -51,7 +43,7 @@ def run(spec: JobSpec) -> int:
         return EXIT_BAD_INPUT
     tasks, todo = _plan_shard(spec, plan, provenance, sink)
     shard = (spec.shard_id, spec.num_shards)
-    if not todo and _finished(sink, shard):
+    if not todo and finished(sink, shard):
         log.info("nothing to do: every video of this shard is done (%s)", spec.output.uri)
         return EXIT_OK
 
@@ -66,11 +58,13 @@ def run(spec: JobSpec) -> int:
         log.error("interrupted: %d of %d videos done in this run, %d before; re-run the same command to resume",
                   sum(r.status is Status.DONE for r in records), len(todo), len(tasks) - len(todo))
         return EXIT_INTERRUPTED
+    if claim_lost(sink):
+        return EXIT_BAD_INPUT
     records, workers, unrecorded = (pool.records, pool.workers, pool.unrecorded) if pool else ([], [], [])
     failures = {r.video_id: r.error for r in records if r.status is not Status.DONE}
     summary = _summary(spec, tasks, records, failures, len(tasks) - len(todo), plan.dropped, workers, unrecorded,
                        time.perf_counter() - start)
-    if not _write_summary(spec, sink, summary, shard):
+    if not write_summary(spec, sink, summary, shard):
         failures = failures or {"(summary)": "the output prefix could not be written"}
     if failures:
         log.error("%d of %d videos failed (reasons in the summary):\n%s", len(failures), len(todo),
@@ -99,21 +93,9 @@ def _prepare(spec: JobSpec) -> tuple[ManifestPlan, dict, Sink]:
     if not plan.tasks:
         what = "every video of it was dropped (data.on_invalid=drop_video)" if plan.dropped else "it has no rows"
         raise Refused(f"manifest {spec.data.manifest}: {what}; nothing to do")
-    try:
-        provenance = job_provenance(spec.model, spec.session, spec.config)
-    except CheckpointMismatch as exc:
-        raise Refused(f"{exc}; nothing was written") from exc
-    except CheckpointError as exc:
-        raise Refused(f"{exc} (the checkpoint must be readable before the job starts: pass a local file with "
-                      f"model.checkpoint=/path/to/{spec.model.name}.pt, or model.checkpoint=random)") from exc
     sink = make_sink(spec.output.uri, spec.output.format, spec.output.storage_options, spec.output.retry_s)
-    try:
-        sink.check_provenance(provenance, spec.output.overwrite)
-    except ProvenanceError as exc:
-        raise Refused(f"{exc}: use another output.uri, or output.overwrite=true to replace those masklets") from exc
-    except Exception as exc:  # noqa: BLE001 - any storage backend's error: unreachable, credentials refused
-        raise Refused(f"output prefix {spec.output.uri} is not usable: {type(exc).__name__}: "
-                      f"{str(exc).splitlines()[0] if str(exc) else ''}") from exc
+    provenance = claim_prefix(sink, spec.model, spec.session, spec.config, spec.output.overwrite, spec.data.decoder,
+                              "masklets")
     return plan, provenance, sink
 
 
@@ -142,29 +124,6 @@ def _plan_shard(spec: JobSpec, plan: ManifestPlan, provenance: dict, sink: Sink
     return tasks, todo
 
 
-def _finished(sink: Sink, shard: tuple[int, int]) -> bool:
-    try:
-        return sink.finished(shard)
-    except Exception:  # noqa: BLE001 - an unreadable marker just means: run and write the summary again
-        return False
-
-
-def _with_absolute_paths(spec: JobSpec) -> JobSpec:
-    """Relative local paths are taken from the driver's working directory (Ray workers have another one); a
-    leading ``~`` is the home folder."""
-    def absolute(uri: str) -> str:
-        return uri if not uri or is_absolute_uri(uri) else os.path.abspath(os.path.expanduser(uri))
-
-    model = spec.model
-    if model.checkpoint != RANDOM_CHECKPOINT:
-        model = replace(model, checkpoint=absolute(model.checkpoint))
-    if model.cache_dir:
-        model = replace(model, cache_dir=os.path.expanduser(model.cache_dir))
-    data = replace(spec.data, manifest=absolute(spec.data.manifest), root=absolute(spec.data.root),
-                   videos=None if spec.data.videos is None else absolute(spec.data.videos))
-    return replace(spec, model=model, data=data, output=replace(spec.output, uri=absolute(spec.output.uri)))
-
-
 def _worker_class(dotted: str) -> type:
     module, _, name = dotted.rpartition(".")
     return getattr(importlib.import_module(module), name)
@@ -182,7 +141,7 @@ def _pool(spec: JobSpec, todo: list[VideoTask], provenance: dict, sink: Sink) ->
             model=replace(spec.model, checkpoint=checkpoint), session=spec.session, decoder=spec.data.decoder,
             input_storage_options=spec.data.storage_options, output_uri=o.uri, output_format=o.format,
             output_storage_options=o.storage_options, provenance=provenance, encode_threads=o.encode_threads,
-            queue_frames=o.queue_frames, retry_s=o.retry_s,
+            queue_frames=o.queue_frames, retry_s=o.retry_s, claim=sink.claim_token,
             auto=spec.auto if spec.data.prompts != "manifest" else None,
         )
         log.info("starting %d workers (%s CPU, %s GPU each)", count, c.cpus_per_worker, gpus)
@@ -205,24 +164,6 @@ class _Interrupted(KeyboardInterrupt):
     def __init__(self, pool: WorkerPool) -> None:
         super().__init__()
         self.pool = pool
-
-
-def _write_summary(spec: JobSpec, sink: Sink, summary: dict, shard: tuple[int, int]) -> bool:
-    """The summary under the prefix; when that fails (storage down), under ``output.fallback_dir`` locally."""
-    try:
-        sink.write_summary(summary, spec.config_yaml, shard)
-        return True
-    except Exception as exc:  # noqa: BLE001 - storage down for good: keep the summary somewhere
-        name = re.sub(r"[^A-Za-z0-9._-]+", "_", spec.output.uri).strip("_")
-        tag = f"-{shard[0]}-of-{shard[1]}" if shard[1] > 1 else ""
-        path = os.path.join(os.path.abspath(spec.output.fallback_dir), name, f"summary{tag}.json")
-        os.makedirs(os.path.dirname(path), exist_ok=True)
-        with open(path, "w") as f:
-            json.dump({**summary, "status": "failed", "unwritten_prefix": spec.output.uri}, f, indent=2,
-                      sort_keys=True)
-        log.error("could not write the summary under %s (%s: %s); it is at %s", spec.output.uri,
-                  type(exc).__name__, exc, path)
-        return False
 
 
 def _summary(spec: JobSpec, tasks: list[VideoTask], records: list[WorkerResult], failures: dict[str, str],

@@ -30,15 +30,17 @@ def annotations_name(shard: tuple[int, int]) -> str:
 class ImageSink(Sink):
     """Part files, markers and the COCO output of one prefix; transient storage errors retried as ``Sink`` does."""
 
-    def __init__(self, output_uri: str, storage_options: dict | None = None, retry_s: float = 120.0) -> None:
-        super().__init__(output_uri, "sav_json", storage_options, retry_s)
+    def __init__(self, output_uri: str, storage_options: dict | None = None, retry_s: float = 120.0,
+                 claim: str | None = None) -> None:
+        super().__init__(output_uri, "sav_json", storage_options, retry_s, claim)
 
     def masklet_uri(self, video_id: str) -> str:
         """URI of a task's part file (what its done marker points at)."""
         return self._path("_state", "parts", self._checked(video_id) + ".json")
 
     def write_part(self, task_key: str, part: dict) -> None:
-        """The part of a task: ``{"images": [...], "annotations": [...], "failed": {image_id: reason}}``."""
+        """The part of a task: ``{"images": [...], "annotations": [...], "failed": {image_id: reason}}`` (fenced)."""
+        self.fence()
         self._put(self.masklet_uri(task_key), json.dumps(part, separators=(",", ":")).encode())
 
     def read_part(self, task_key: str) -> dict:
@@ -46,12 +48,17 @@ class ImageSink(Sink):
         return json.loads(self._get(self.masklet_uri(task_key)))
 
     def write_annotations(self, parts: list[dict], shard: tuple[int, int], info: dict) -> str:
-        """Merge parts into the COCO instances file of ``shard``; returns its URI."""
+        """Merge parts into the COCO instances file of ``shard`` (fenced); returns its URI."""
         doc = instances((img for p in parts for img in p["images"]), (a for p in parts for a in p["annotations"]),
                         info)
         uri = self._path(annotations_name(shard))
+        self.fence()
         self._put(uri, instances_bytes(doc))
         return uri
+
+    def _identity_fields(self, decoder: str | None) -> dict:
+        """Nothing: an image prefix has no masklet format and no video decoder."""
+        return {}
 
     def _clear(self) -> None:
         """What ``Sink`` clears, and the COCO files."""

@@ -23,7 +23,7 @@ def _part(image_id: str) -> dict:
 
 def test_parts_markers_and_annotations(tmp_path):
     sink = ImageSink(str(tmp_path / "out"))
-    sink.check_provenance(PROV)
+    sink.claim(PROV)
     sink.write_part("images-000000", _part("b"))
     sink.mark_done(WorkerResult("images-000000", frames=1, objects=1, digest="d0"))
     sink.write_part("images-000001", _part("a"))
@@ -40,14 +40,14 @@ def test_parts_markers_and_annotations(tmp_path):
 def test_another_model_is_refused_unless_overwrite_which_clears_everything(tmp_path):
     out = tmp_path / "out"
     sink = ImageSink(str(out))
-    sink.check_provenance(PROV)
+    sink.claim(PROV)
     sink.write_part("images-000000", _part("a"))
     sink.mark_done(WorkerResult("images-000000", digest="d0"))
     sink.write_annotations([_part("a")], (0, 2), {})
     (out / "notes.txt").write_text("mine")
     other = {**PROV, "model": "sam2.1_hiera_small"}
     with pytest.raises(ProvenanceError, match="another model"):
-        sink.check_provenance(other)
-    sink.check_provenance(other, overwrite=True)
+        sink.claim(other)
+    sink.claim(other, overwrite=True)
     assert sorted(p.name for p in out.iterdir()) == ["_state", "notes.txt"]
     assert not sink.done_records() and not (out / "_state" / "parts").exists()

@@ -3,14 +3,16 @@
 from __future__ import annotations
 
 import json
+import logging
+from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 import pytest
 
 from pipeline.io.masklets import MaskletBuilder, read_masklets
 from pipeline.io.prefix import make_sink
-from pipeline.io.storage import exists, list_names, read_bytes, write_bytes
-from pipeline.records import Fault, ProvenanceError, WorkerIdentity, WorkerResult
+from pipeline.io.storage import exists, filesystem, list_names, read_bytes, write_bytes
+from pipeline.records import ClaimLost, Fault, ProvenanceError, WorkerIdentity, WorkerResult
 
 RETRY_S = 30.0  # transient storage errors are retried this long (the job's default: pipeline.specs.OutputSpec)
 PROV = {"model": "sam2.1_hiera_tiny", "image_size": 1024, "checkpoint": "/ckpt/tiny.pt", "checkpoint_sha256": "aa" * 32,
@@ -74,6 +76,8 @@ def test_markers_written_before_the_typed_records_still_read(out):
                   '"reason":"out of memory: CUDA out of memory","retryable":true,"seconds":0.5,"status":"failed",'
                   '"time":1764750001.0,"video_id":"v2"}')
     write_bytes(f"{uri}/_state/failed/v2.json", old_failed.encode(), so)
+    for video_id in ("v1", "v3"):
+        sink.write(_masklets(video_id))
     done = sink.done_records()
     assert set(done) == {"v1", "v3"} and done["v1"].digest == digest and done["v3"].digest == digest
     assert (done["v1"].frames, done["v1"].objects, done["v1"].masklets) == (8, 2, f"{uri}/masklets/v1.json")
@@ -120,25 +124,25 @@ def test_sharded_summaries_do_not_collide(tmp_path):
 def test_provenance_refuses_other_model_unless_overwrite(out):
     uri, so = out
     sink = make_sink(uri, "sav_json", so, RETRY_S)
-    sink.check_provenance(PROV, overwrite=False)
+    sink.claim(PROV, overwrite=False)
     sink.write(_masklets("v1"))
     sink.mark_done(WorkerResult("v1"))
     # same model, checkpoint and image size: resume, whatever the config or package version
-    sink.check_provenance(dict(PROV, package_version="0.2.0", config={}, checkpoint="s3://elsewhere/tiny.pt"))
+    sink.claim(dict(PROV, package_version="0.2.0", config={}, checkpoint="s3://elsewhere/tiny.pt"))
     other = dict(PROV, checkpoint_sha256="bb" * 32)
     with pytest.raises(ProvenanceError, match="checkpoint_sha256"):
-        sink.check_provenance(other)
+        sink.claim(other)
     with pytest.raises(ProvenanceError, match="model"):
-        sink.check_provenance(dict(PROV, model="sam2.1_hiera_large"))
+        sink.claim(dict(PROV, model="sam2.1_hiera_large"))
     with pytest.raises(ProvenanceError, match="image_size"):
-        sink.check_provenance(dict(PROV, image_size=512))
+        sink.claim(dict(PROV, image_size=512))
     assert sink.done_ids() == {"v1"}
     sink.write_summary({"status": "ok"}, "a: 1\n", shard=(1, 2))
     derived = ["report/index.html", "report/v1.html", "render/v1.mp4", "export_davis/v1/00000.png",
                "eval_objects.csv", "eval_videos.csv"]
     for name in [*derived, "notes.txt"]:
         write_bytes(f"{uri}/{name}", b"old model", so)
-    sink.check_provenance(other, overwrite=True)
+    sink.claim(other, overwrite=True)
     assert sink.done_ids() == set()
     # the old model's report, renders, exports and scores went too (an S3 server may keep empty folder entries)
     assert all(not exists(f"{uri}/{name}", so) for name in derived)
@@ -147,27 +151,27 @@ def test_provenance_refuses_other_model_unless_overwrite(out):
     assert list_names(f"{uri}/masklets", so) == set()
     assert json.loads(read_bytes(f"{uri}/_state/provenance.json", so))["checkpoint_sha256"] == "bb" * 32
     with pytest.raises(ValueError, match="checkpoint_sha256"):
-        sink.check_provenance({"model": "x"})
+        sink.claim({"model": "x"})
 
 
 def test_provenance_of_random_weights_compares_seed(tmp_path):
     sink = make_sink(str(tmp_path / "out"), "sav_json", None, RETRY_S)
     random = {"model": "sam2.1_hiera_tiny", "image_size": 128, "checkpoint": "random", "checkpoint_sha256": None,
               "random_seed": 0}
-    sink.check_provenance(random)
+    sink.claim(random)
     sink.write(_masklets("v1"))
-    sink.check_provenance(dict(random))
+    sink.claim(dict(random))
     with pytest.raises(ProvenanceError, match="random_seed"):
-        sink.check_provenance(dict(random, random_seed=1))
+        sink.claim(dict(random, random_seed=1))
     with pytest.raises(ProvenanceError, match="checkpoint_sha256"):
-        sink.check_provenance(PROV)
+        sink.claim(PROV)
 
 
 def test_provenance_refuses_unrecorded_results(out):
     uri, so = out
     write_bytes(f"{uri}/masklets/old.json", b"{}", so)
     with pytest.raises(ProvenanceError, match="without a provenance record"):
-        make_sink(uri, "sav_json", so, RETRY_S).check_provenance(PROV)
+        make_sink(uri, "sav_json", so, RETRY_S).claim(PROV)
 
 
 def test_bad_arguments_name_the_culprit(tmp_path):
@@ -175,3 +179,93 @@ def test_bad_arguments_name_the_culprit(tmp_path):
         make_sink(str(tmp_path), "csv", None, RETRY_S)
     with pytest.raises(ValueError, match=r"'\.\./x'"):
         make_sink(str(tmp_path), "sav_json", None, RETRY_S).mark_done(WorkerResult("../x"))
+
+
+def test_racing_claims_admit_one_identity_only(out):
+    """Eight jobs of two checkpoints claim one empty prefix at once (each its own sink): exactly the ones of one
+    checkpoint get in, with one token (the shards of one run all get in), and the record is theirs."""
+    uri, so = out
+    provs = [dict(PROV, checkpoint_sha256=("aa" if i % 2 else "bb") * 32) for i in range(8)]
+    sinks = [make_sink(uri, "sav_json", so, RETRY_S) for _ in provs]
+
+    def claim(i):
+        try:
+            return sinks[i].claim(provs[i])
+        except ProvenanceError as exc:
+            return exc
+
+    with ThreadPoolExecutor(8) as pool:
+        outcomes = list(pool.map(claim, range(8)))
+    record = json.loads(read_bytes(f"{uri}/_state/provenance.json", so))
+    admitted = [i for i, o in enumerate(outcomes) if isinstance(o, str)]
+    assert admitted == [i for i in range(8) if provs[i]["checkpoint_sha256"] == record["checkpoint_sha256"]]
+    assert {outcomes[i] for i in admitted} == {record["claim"]}
+    refused = [o for o in outcomes if not isinstance(o, str)]
+    assert len(refused) == 4 and all("checkpoint_sha256" in str(e) for e in refused)
+
+
+def test_a_prefix_taken_over_fences_every_write_of_the_old_claim(out):
+    uri, so = out
+    driver = make_sink(uri, "sav_json", so, RETRY_S)
+    token = driver.claim(PROV)
+    worker = make_sink(uri, "sav_json", so, RETRY_S, claim=token)
+    worker.write(_masklets("v1"))
+    worker.mark_done(WorkerResult("v1"))
+    assert driver.holds_claim() and worker.holds_claim()
+    other = dict(PROV, checkpoint_sha256="bb" * 32)
+    make_sink(uri, "sav_json", so, RETRY_S).claim(other, overwrite=True)
+    for write in (lambda: worker.write(_masklets("v2")), lambda: worker.mark_done(WorkerResult("v2")),
+                  lambda: driver.mark_failed(WorkerResult("v3", Fault.ERROR, "x")),
+                  lambda: driver.write_summary({"status": "ok"}, "a: 1\n")):
+        with pytest.raises(ClaimLost, match="taken over by another job"):
+            write()
+    assert not driver.holds_claim()
+    assert list_names(f"{uri}/masklets", so) == set()  # (an S3 server may keep the empty folder entries)
+    assert list_names(f"{uri}/_state", so) - {"done", "failed"} == {"provenance.json"}
+    assert not list_names(f"{uri}/_state/done", so) and not list_names(f"{uri}/_state/failed", so)
+    assert json.loads(read_bytes(f"{uri}/_state/provenance.json", so))["checkpoint_sha256"] == "bb" * 32
+
+
+def test_the_format_and_the_decoder_are_part_of_the_identity(tmp_path):
+    uri = str(tmp_path / "out")
+    make_sink(uri, "sav_json", None, RETRY_S).claim(PROV, decoder="decord")
+    make_sink(uri, "sav_json", None, RETRY_S).claim(PROV, decoder="decord")  # a resume
+    with pytest.raises(ProvenanceError, match=r"holds sav_json masklets, output.format=parquet now "
+                                              r"\(output.format=sav_json resumes there\)"):
+        make_sink(uri, "parquet", None, RETRY_S).claim(PROV, decoder="decord")
+    with pytest.raises(ProvenanceError, match=r"decoded by decord, data.decoder=pyav now"):
+        make_sink(uri, "sav_json", None, RETRY_S).claim(PROV, decoder="pyav")
+    make_sink(uri, "parquet", None, RETRY_S).claim(PROV, overwrite=True, decoder="pyav")
+    record = json.loads((tmp_path / "out" / "_state" / "provenance.json").read_text())
+    assert (record["format"], record["decoder"]) == ("parquet", "pyav")
+
+
+def test_a_record_of_the_previous_release_resumes(tmp_path):
+    """A record without format, decoder and claim: its format is that of its masklet files, its decoder the one
+    its resolved config names (none: any), and the claim it holds is the empty token."""
+    uri = str(tmp_path / "out")
+    sink = make_sink(uri, "sav_json", None, RETRY_S)
+    sink.write(_masklets("v1"))
+    write_bytes(f"{uri}/_state/provenance.json", json.dumps(dict(PROV)).encode())
+    assert make_sink(uri, "sav_json", None, RETRY_S).claim(PROV, decoder="pyav") == ""
+    worker = make_sink(uri, "sav_json", None, RETRY_S, claim="")
+    worker.mark_done(WorkerResult("v1"))  # the fence holds
+    with pytest.raises(ProvenanceError, match="holds sav_json masklets"):
+        make_sink(uri, "parquet", None, RETRY_S).claim(PROV, decoder="pyav")
+    legacy = dict(PROV, config={"data": {"decoder": "decord"}})
+    write_bytes(f"{uri}/_state/provenance.json", json.dumps(legacy).encode())
+    make_sink(uri, "sav_json", None, RETRY_S).claim(PROV, decoder="decord")
+    with pytest.raises(ProvenanceError, match="decoded by decord"):
+        make_sink(uri, "sav_json", None, RETRY_S).claim(PROV, decoder="pyav")
+
+
+def test_a_done_marker_whose_masklet_file_is_gone_is_not_done(out, caplog):
+    uri, so = out
+    sink = make_sink(uri, "sav_json", so, RETRY_S)
+    for video_id in ("v1", "v2"):
+        sink.write(_masklets(video_id))
+        sink.mark_done(WorkerResult(video_id, digest="d"))
+    filesystem(f"{uri}/masklets/v1.json", so)[0].rm_file(filesystem(f"{uri}/masklets/v1.json", so)[1])
+    with caplog.at_level(logging.WARNING):
+        assert set(sink.done_records()) == {"v2"}
+    assert "v1: done marker without its file" in caplog.text
