@@ -1,9 +1,11 @@
-"""Masklets over their videos as mp4 + contact sheet: ``python -m jobs.render prefix=URI``."""
+"""Masklets over their videos as mp4 + contact sheet: ``python -m jobs.render prefix=URI``. Only the frames the run
+tracked are drawn, under their original numbers; a strided run's mp4 plays at the video's rate over the step."""
 
 from __future__ import annotations
 
 from jobs.edge import EXIT_FAILED, EXIT_OK, Job
 from pipeline.actor.decoding import open_video
+from pipeline.dataset.frames import frame_stride
 from pipeline.dataset.predictions import each_video, find_predictions, read_prediction, select_videos, videos_of
 from pipeline.dataset.render import pick_positions, render_sheet, render_video
 from pipeline.dataset.specs import RenderSpec
@@ -30,7 +32,7 @@ def render(spec: RenderSpec) -> int:
         m = read_prediction(uri, video_id, so)
         with open_video(videos[video_id], so, decoder=spec.decoder) as video:
             if spec.mp4:
-                fps = spec.fps or video.fps or FOLDER_FPS
+                fps = spec.fps or (video.fps or FOLDER_FPS) / frame_stride(m.frame_indices)
                 mp4, sheet = render_video(m, video.iter_frames(m.frame_indices), fps, opts.alpha, opts.frames,
                                           opts.columns, opts.width, opts.gap)
                 write_bytes(join_uri(out, f"{video_id}.mp4"), mp4, so)

@@ -14,7 +14,10 @@
   (class 0, the polygon's pixel-corner vertices normalised by width and height). A mask of several parts gives one
   polygon joining them with zero-width bridges; holes are filled (YOLO polygons have none).
 
-``pipeline.dataset.annotations.read_png_video`` reads ``davis`` and ``sav_png`` back.
+Frames are the masklets' own under their original numbers: a run that tracked every 4th frame, or a clip, gives
+``00000.png``, ``00004.png``, … or ``00300.png``, … (YouTube-VIS ``frame_indices`` and ``file_names`` likewise), and a
+frame that was not tracked gets no file. ``pipeline.dataset.annotations.read_png_video`` reads ``davis`` and
+``sav_png`` back.
 """
 
 from __future__ import annotations

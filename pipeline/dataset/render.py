@@ -1,11 +1,13 @@
 """Masklets drawn over video frames: an mp4 (PyAV, H.264) and a PNG contact sheet, for a quick look at a job.
 
-Each object id has one colour everywhere (hue stepped by the golden ratio per id), masks are blended in at
-``alpha`` and outlined in full colour. The contact sheet has a title line (video, model, checkpoint), a colour key
-of the object ids, and tiles separated by gaps, each with its frame number and the id of every object present
-written on it; masklets made with random weights (provenance ``checkpoint == "random"``) get a red banner saying
-their masks are meaningless, on the sheet and on every frame of the mp4. Text uses Pillow's built-in font (no font
-files). H.264 wants even sizes: odd frame sizes are padded by one black pixel.
+Each object id has one colour everywhere (hue stepped by the golden ratio per id), masks are blended in at ``alpha`` and
+outlined in full colour. Frames are the masklets' own (a strided or clipped run's tracked frames only) under their
+original numbers: each mp4 frame carries its number at the bottom left. The contact sheet has a title line (video,
+model, checkpoint, which frames were tracked), a colour key of the object ids, and tiles separated by gaps, each with
+its frame number and the id of every object present written on it; masklets made with random weights (provenance
+``checkpoint == "random"``) get a red banner saying their masks are meaningless, on the sheet and on every frame of the
+mp4. Text uses Pillow's built-in font (no font files). H.264 wants even sizes: odd frame sizes are padded by one black
+pixel.
 """
 
 from __future__ import annotations
@@ -20,6 +22,7 @@ import av
 import numpy as np
 from PIL import Image, ImageDraw, ImageFont
 
+from pipeline.dataset.frames import describe_frames
 from pipeline.dataset.metrics import boundary_map
 from pipeline.io.masklets import Masklets
 from pipeline.io.rle import decode_rle
@@ -216,7 +219,8 @@ def sheet_image(m: Masklets, tiles: list[tuple[int, Image.Image]], opts: SheetOp
         model = m.provenance.get("model", "")
         ckpt = str(m.provenance.get("checkpoint", "")).rsplit("/", 1)[-1]
         title = " | ".join(p for p in (m.video_id, model, ckpt and f"checkpoint {ckpt}",
-                                       f"{len(m.frame_indices)} frames", f"{len(m.obj_ids)} objects") if p)
+                                       describe_frames(m.frame_indices, m.frame_count), f"{len(m.obj_ids)} objects")
+                         if p)
         header += [("title", t) for t in _wrap(probe, title, f, width - 2 * gap)]
     key_items = [(o, f"id {o}") for o in m.obj_ids]
     key_rows: list[list[tuple[int, str]]] = [[]]
@@ -315,17 +319,31 @@ def with_banner(image: np.ndarray) -> np.ndarray:
     return np.asarray(img)
 
 
+def with_frame_number(image: np.ndarray, frame_idx: int) -> np.ndarray:
+    """The frame with its original frame number written in a dark box at the bottom left (same size)."""
+    img = Image.fromarray(image)
+    draw = ImageDraw.Draw(img)
+    f = font(max(8, min(14, img.height // 10)))
+    text = str(frame_idx)
+    tw, th = _text_size(draw, text, f)[0], _text_size(draw, "Ag0", f)[1]
+    top = img.height - th - 6
+    draw.rectangle((0, top, tw + 6, img.height), fill=BACKGROUND)
+    draw.text((3, top + 2), text, fill=TEXT, font=f)
+    return np.asarray(img)
+
+
 def render_video(m: Masklets, frames: Iterable[np.ndarray], fps: float, alpha: float = 0.5,
                  sheet_frames: int | list[int] = 8, sheet_columns: int = 4, thumb_width: int = 320,
                  gap: int = 6) -> tuple[bytes, bytes]:
-    """(mp4 bytes, contact-sheet PNG bytes) of the masklets over ``frames`` (the frames of ``m.frame_indices``);
-    with random weights every mp4 frame carries a red banner saying so."""
+    """(mp4 bytes, contact-sheet PNG bytes) of the masklets over ``frames`` (the frames of ``m.frame_indices``),
+    each mp4 frame numbered; with random weights every mp4 frame carries a red banner saying so."""
     builder = SheetBuilder(m, SheetOptions(sheet_frames, sheet_columns, thumb_width, gap, alpha))
     encoder = Mp4Encoder(fps)
     count = 0
     random = random_weights(m)
     for pos, image in enumerate(overlaid_frames(m, frames, alpha)):
-        encoder.add(with_banner(image) if random else image)
+        numbered = with_frame_number(image, m.frame_indices[pos])
+        encoder.add(with_banner(numbered) if random else numbered)
         builder.add(pos, image)
         count += 1
     if count != len(m.frame_indices) or count == 0:

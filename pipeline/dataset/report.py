@@ -3,7 +3,9 @@
 The job page has the run's facts (model, checkpoint, counts, speed from ``summary*.json``), the failures with their
 reasons (``_state/failed/*.json`` and the summaries) and one row per video with its presence timeline and contact
 sheet. A video page has the contact sheet, a presence timeline per object (frames where its mask is non-empty,
-prompted frames marked), the object scores over the frames, and a table per object. Masklets made with random
+prompted frames marked), the object scores over the frames, and a table per object. Frames are the ones the run
+tracked (every k-th, a clip), laid out one after another and labelled with their original numbers; the pages say
+which they are (``121 of 483 frames: every 4th, 0-480``). Masklets made with random
 weights get a red banner on every page. Plain HTML with inline SVG and the sheets as PNG files beside the pages: no
 scripts, nothing fetched from elsewhere.
 """
@@ -21,6 +23,7 @@ import numpy as np
 from pycocotools import mask as mask_utils
 
 from pipeline.actor.decoding import open_video
+from pipeline.dataset.frames import describe_frames
 from pipeline.dataset.predictions import (find_predictions, locate_videos, manifest_tasks, read_prediction,
                                           resolve_data, select_videos)
 from pipeline.dataset.render import (RANDOM_WARNING, SheetOptions, color_hex, pick_positions, random_weights,
@@ -189,7 +192,7 @@ def video_page(entry: VideoEntry) -> str:
     body = [f'<p><a href="index.html">&larr; all videos</a></p><h1>{_e(m.video_id)}</h1>', _banner(random_weights(m)),
             '<div class="facts">', _fact("model", prov.get("model", "?")),
             _fact("checkpoint", str(prov.get("checkpoint", "?")).rsplit("/", 1)[-1]),
-            _fact("size", f"{m.width}x{m.height}"), _fact("frames", f"{len(m.frame_indices)} of {m.frame_count}"),
+            _fact("size", f"{m.width}x{m.height}"), _fact("frames", describe_frames(m.frame_indices, m.frame_count)),
             _fact("objects", len(m.obj_ids)), "</div>", "<h2>Contact sheet</h2>"]
     if entry.sheet:
         body.append(f'<img class="sheet" src="{_e(entry.sheet)}" alt="contact sheet of {_e(m.video_id)}">')
@@ -219,6 +222,7 @@ class IndexRow:
 
     video_id: str
     frames: int = 0
+    tracked: str = ""                 # which frames (describe_frames)
     objects: int = 0
     timeline: str = ""
     sheet: str | None = None
@@ -240,7 +244,7 @@ def index_page(prefix: str, rows: list[IndexRow], summaries: dict[str, dict]) ->
     body = [f"<h1>sam2-propagate report</h1><p class=\"muted\">{_e(prefix)}</p>", _banner(random),
             '<div class="facts">', _fact("model", model), _fact("checkpoint", str(ckpt).rsplit("/", 1)[-1]),
             _fact("videos with masklets", len(done)), _fact("failed", len(failed)),
-            _fact("frames", sum(r.frames for r in done))]
+            _fact("frames tracked", sum(r.frames for r in done))]
     for name, s in summaries.items():
         if "frames_per_second" in s:
             tag = "" if name == "summary.json" else f" ({name})"
@@ -263,7 +267,7 @@ def index_page(prefix: str, rows: list[IndexRow], summaries: dict[str, dict]) ->
             continue
         sheet = (f'<a href="{_e(r.sheet)}"><img class="thumb" src="{_e(r.sheet)}" alt="sheet of {_e(r.video_id)}">'
                  f"</a>" if r.sheet else f'<span class="muted">{_e(r.sheet_error)}</span>')
-        body.append(f'<tr><td><a href="{_e(r.video_id)}.html">{_e(r.video_id)}</a></td><td>{r.frames}</td>'
+        body.append(f'<tr><td><a href="{_e(r.video_id)}.html">{_e(r.video_id)}</a></td><td>{_e(r.tracked)}</td>'
                     f"<td>{r.objects}</td><td>{r.timeline}</td><td>{sheet}</td></tr>")
     body.append("</table>")
     return _page("sam2-propagate report", "".join(body))
@@ -300,8 +304,9 @@ def report_video(entry: VideoEntry, out: str, sheet: bytes | None, storage_optio
         entry.sheet = f"{m.video_id}_sheet.png"
         write_bytes(join_uri(out, entry.sheet), sheet, storage_options)
     write_bytes(join_uri(out, f"{m.video_id}.html"), video_page(entry).encode(), storage_options)
-    return IndexRow(m.video_id, len(m.frame_indices), len(m.obj_ids),
-                    timeline_svg(m, areas(m), {}, width=260, compact=True), entry.sheet, entry.sheet_error,
+    return IndexRow(m.video_id, len(m.frame_indices), describe_frames(m.frame_indices, m.frame_count),
+                    len(m.obj_ids), timeline_svg(m, areas(m), {}, width=260, compact=True), entry.sheet,
+                    entry.sheet_error,
                     model=m.provenance.get("model"), checkpoint=m.provenance.get("checkpoint"),
                     random=random_weights(m))
 

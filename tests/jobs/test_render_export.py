@@ -12,7 +12,7 @@ import pytest
 from PIL import Image
 
 from pipeline.dataset.annotations import read_png_video
-from pipeline.dataset.export import davis_palette, export_masklets
+from pipeline.dataset.export import YtvisWriter, davis_palette, export_files, export_masklets
 from pipeline.dataset.manifest_maker import manifest_bytes
 from pipeline.io.masklets import Masklets, masklets_to_bytes
 from pipeline.io.rle import decode_rle, encode_rles
@@ -195,3 +195,74 @@ def test_decoded_masks_match(tmp_path: Path) -> None:
     export_masklets(m, str(tmp_path), "sav_png")
     png = np.asarray(Image.open(tmp_path / "clip" / "003" / "00004.png"))
     assert (png.astype(bool) == decode_rle(m.rles[4][1])).all() and png.max() == 1
+
+
+LONG = 320                                                  # frames of the video a strided run tracked
+
+
+def _tracked(video_id: str, frames: list[int]) -> Masklets:
+    """Masklets of a run that tracked only ``frames`` of a ``LONG``-frame video (original numbers): object 2 a
+    box in the lower right, object 5 absent from the first tracked frame."""
+    rles = []
+    for k in range(len(frames)):
+        masks = np.zeros((2, H, W), dtype=bool)
+        masks[0, 30:44, 40:60] = True
+        masks[1, 30:40, 24:36] = k > 0
+        rles.append(encode_rles(masks))
+    return Masklets(video_id, LONG, H, W, [2, 5], frames, rles, [[1.0, 0.5]] * len(frames), [0, 1],
+                    {"model": "test"})
+
+
+def test_strided_and_clipped_runs_render_and_export_their_own_frames(tmp_path: Path, run_job) -> None:
+    """Every 4th frame (JSON) and a clip 300, 304, … (Parquet): the mp4 holds exactly the tracked frames, each the
+    video's frame of that number, at the video's rate over the step; sheets and exports use the original numbers."""
+    video = synthetic_frames(LONG, H, W)
+    video[:, :6, :, 2] = (np.arange(LONG) * 255 // LONG)[:, None, None]    # frames the square's period repeats differ
+    make_video(tmp_path / "data" / "step.mp4", video, fps=24)
+    make_video(tmp_path / "data" / "clip.mp4", video, fps=24)
+    step, clip = _tracked("step", list(range(0, LONG, 4))), _tracked("clip", list(range(300, LONG, 4)))
+    prefix = tmp_path / "run"
+    (prefix / "masklets").mkdir(parents=True)
+    (prefix / "masklets" / "step.json").write_bytes(masklets_to_bytes(step, "sav_json"))
+    (prefix / "masklets" / "clip.parquet").write_bytes(masklets_to_bytes(clip, "parquet"))
+
+    run_job("render", f"prefix={prefix}", f"data_root={tmp_path / 'data'}", "sheet.width=32")
+    for m in (step, clip):
+        data = (prefix / "render" / f"{m.video_id}.mp4").read_bytes()
+        with av.open(io.BytesIO(data)) as container:
+            assert container.streams.video[0].average_rate == 6          # 24 fps over a step of 4
+        decoded = _decode_mp4(data)
+        assert len(decoded) == len(m.frame_indices)
+        for k, f in enumerate(m.frame_indices):
+            top = decoded[k][:28].astype(int)                              # above the masks and the frame number
+            diff = {g: np.abs(top - video[g][:28]).mean() for g in {f - 1, f, min(f + 1, LONG - 1), k}}
+            assert min(diff, key=diff.get) == f, (m.video_id, k, diff)
+    first = _decode_mp4((prefix / "render" / "clip.mp4").read_bytes())[0].astype(int)
+    assert (np.abs(first[-8:, :8] - (32, 32, 36)).sum(axis=2) < 40).mean() > 0.3   # the frame number's box
+    assert pick_positions(clip, [308, 300]) == [0, 2]
+    sheet = render_sheet(clip, [video[300], video[308]], SheetOptions(frames=[300, 308], width=32))
+    assert Image.open(io.BytesIO(sheet)).size[0] == 2 * 32 + 3 * 6
+    with pytest.raises(ValueError, match=r"sheet.frames \[302\] have no masklets \(masklet frames 300..316, 5 in all"):
+        pick_positions(clip, [302])
+
+    run_job("export", f"prefix={prefix}", "format=davis")
+    export = prefix / "export_davis"
+    assert sorted(p.name for p in (export / "clip").glob("*.png")) == [f"{f:05d}.png" for f in clip.frame_indices]
+    assert len(list((export / "step").glob("*.png"))) == 80                # no file for an untracked frame
+    for m in (step, clip):
+        back = read_png_video(str(export / m.video_id))
+        assert back.frame_indices == m.frame_indices and back.rles == m.rles
+        export_masklets(m, str(tmp_path / "sav_png"), "sav_png")
+        sav = read_png_video(str(tmp_path / "sav_png" / m.video_id))
+        assert sav.obj_ids == [2, 5] and sav.frame_indices == m.frame_indices and sav.rles == m.rles
+    assert [name for name, _ in export_files(clip, "yolo")] == [
+        "clip/00300.txt", "clip/00304.txt", "clip/00308.txt", "clip/00312.txt", "clip/00316.txt"]
+    writer = YtvisWriter(str(tmp_path / "ytvis"))
+    writer.add(step)
+    writer.add(clip)
+    doc = json.loads(Path(writer.finish()).read_text())
+    videos = {v["name"]: v for v in doc["videos"]}
+    assert videos["clip"]["frame_indices"] == clip.frame_indices and videos["clip"]["length"] == 5
+    assert videos["clip"]["file_names"][0] == "clip/00300.jpg" and videos["step"]["file_names"][1] == "step/00004.jpg"
+    obj5 = next(a for a in doc["annotations"] if a["video_id"] == videos["clip"]["id"] and a["sam2_obj_id"] == 5)
+    assert obj5["segmentations"][0] is None and len(obj5["segmentations"]) == 5

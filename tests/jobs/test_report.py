@@ -129,3 +129,46 @@ def test_browser_check_sees_errors(tmp_path: Path) -> None:
     assert seen.broken_images == ["missing.png"] and len(seen.errors) == 3
     assert any("ERR_FILE_NOT_FOUND" in e for e in seen.errors) and "boom" in seen.errors
     assert any("nope is not defined" in e for e in seen.errors)
+
+
+def _strided_prefix(tmp_path: Path) -> Path:
+    """A run that tracked every 4th frame of a 320-frame video (JSON) and a clip 300, 304, … of another (Parquet),
+    prompted on frames 0 and 300."""
+    data, long = tmp_path / "data", 320
+    rows = []
+    runs = (("step", list(range(0, long, 4)), "sav_json"), ("clip", list(range(300, long, 4)), "parquet"))
+    for v, frames, _ in runs:
+        make_video(data / f"{v}.mp4", synthetic_frames(long, H, W), fps=24)
+        rows.append({"video_id": v, "video_uri": f"{v}.mp4", "obj_id": 1, "frame_idx": frames[0],
+                     "box": [2.0, 5.0, 14.0, 20.0]})
+    manifest = tmp_path / "manifest.parquet"
+    manifest.write_bytes(manifest_bytes(rows))
+    prefix = tmp_path / "run"
+    (prefix / "masklets").mkdir(parents=True)
+    for v, frames, fmt in runs:
+        m = _masklets(v, False, {"manifest": str(manifest), "root": str(data)})
+        pick = list(range(len(frames))) if len(frames) <= T else [k * T // len(frames) for k in range(len(frames))]
+        m = Masklets(v, long, H, W, m.obj_ids, frames, [m.rles[p] for p in pick], [m.scores[p] for p in pick],
+                     m.first_appeared, m.provenance)
+        name = f"{v}.json" if fmt == "sav_json" else f"{v}.parquet"
+        (prefix / "masklets" / name).write_bytes(masklets_to_bytes(m, fmt))
+    return prefix
+
+
+@needs_chromium
+def test_report_of_strided_and_clipped_runs(tmp_path: Path, run_job) -> None:
+    """The pages say which frames were tracked and label them with their original numbers; they load cleanly."""
+    prefix = _strided_prefix(tmp_path)
+    run_job("report", f"prefix={prefix}", "sheet.width=64")
+    out = prefix / "report"
+    index = (out / "index.html").read_text()
+    assert "<td>80 of 320 frames: every 4th, 0-316</td>" in index
+    assert "<td>5 of 320 frames: every 4th, 300-316</td>" in index
+    step, clip = (out / "step.html").read_text(), (out / "clip.html").read_text()
+    assert "80 of 320 frames: every 4th, 0-316" in step and "id 1: prompt on frame 0" in step
+    assert "5 of 320 frames: every 4th, 300-316" in clip and "id 1: prompt on frame 300" in clip
+    assert "<title>id 4: frames 312-316</title>" in clip                  # object 4 shows from the clip's 4th frame
+    assert ">300</text>" in clip and ">316</text>" in clip and "frame 300</text>" in clip    # axis and score labels
+    assert "</span>4</td><td>312</td><td>2 / 5</td>" in clip            # first frame by number; 2 of 5 tracked
+    seen = check_page((out / "clip.html").as_uri())
+    assert seen.errors == [] and seen.broken_images == [] and seen.images == 1
