@@ -1,9 +1,9 @@
 """The performance report: the engine, one worker, its mask output path, the driver, session memory and the scheduling
 policy simulated at SA-V scale: ``python -m benchmarks key=value``.
 
-Sections are chosen with ``sections=[engine,worker,output,automatic,driver,memory,images,scheduling]`` (``gpu``: the
-GPU acceptance section, also ``preset=gpu``); each figure is printed with its target (met / MISSED) and the whole
-table is written as JSON to ``report``. Config: benchmarks/conf/benchmark.yaml.
+Sections are chosen with ``sections=[engine,worker,output,automatic,driver,memory,images,scheduling,decoding]``
+(``gpu``: the GPU acceptance section, also ``preset=gpu``); each figure is printed with its target (met / MISSED)
+and the whole table is written as JSON to ``report``. Config: benchmarks/conf/benchmark.yaml.
 """
 
 from __future__ import annotations
@@ -48,6 +48,7 @@ def _sections(c: dict[str, Any]) -> dict[str, Callable[[], list[Figure]]]:
         "scheduling": lambda: section("scheduling").run_section(c["scheduling"], target=c["scheduling"]["target"],
                                                                 **common),
         "images": lambda: section("images").run_section(c["images"], **common),
+        "decoding": lambda: section("decoding").run_section(c["decoding"], **common),
         "gpu": lambda: section("gpu").run_section(c["gpu"], stage=c.get("stage"), **common),
     }
 

@@ -17,6 +17,7 @@ from typing import Any
 
 from omegaconf import MISSING
 
+from pipeline.actor.decoding import DECODERS, decoder_unavailable
 from pipeline.plan.manifest import DEFAULT_PROTOCOLS, MODES
 from sam2core.automatic import GeneratorOptions
 from sam2core.config import MODEL_NAMES
@@ -102,7 +103,7 @@ class DataSpec:
     name: str
     manifest: str  # the Parquet prompt manifest (any fsspec URI; relative paths: from the working directory)
     root: str  # base for relative video_uri values in the manifest
-    decoder: str = "decord"  # decord | pyav
+    decoder: str = "pyav"  # pyav | torchcodec | torchcodec-cuda (NVDEC) | decord: README, "Decoders"
     on_invalid: str = "fail"  # fail: reject the manifest on any bad row; drop_video: skip the videos of bad rows
     storage_options: Any = None  # fsspec/s3fs options for manifest and videos (AWS_* variables also apply)
     # fsspec protocols video_uri may use; add http, https only for manifests you trust (the job fetches them with its
@@ -121,7 +122,10 @@ class DataSpec:
         _one_of("data.prompts", self.prompts, MODES)
         if self.videos is not None and self.prompts != "auto":
             raise SpecError(f"data.videos={self.videos}: lists videos without prompts, so it needs prompts=auto")
-        _one_of("data.decoder", self.decoder, ("decord", "pyav"))
+        _one_of("data.decoder", self.decoder, DECODERS)
+        unavailable = decoder_unavailable(self.decoder)
+        if unavailable:
+            raise SpecError(f"data.decoder={self.decoder}: {unavailable}")
         _one_of("data.on_invalid", self.on_invalid, ("fail", "drop_video"))
         _at_least("data.retry_s", self.retry_s, 0)
         if not isinstance(self.frame_step, int) or isinstance(self.frame_step, bool) or self.frame_step < 1:

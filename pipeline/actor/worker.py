@@ -41,7 +41,7 @@ from pipeline.actor.output_stage import OutputStage
 from pipeline.actor.sampling import SampledSource
 from pipeline.io.prefix import make_sink
 from pipeline.records import ClaimLost, Fault, WorkerIdentity, WorkerResult, WorkerStartError, WorkerStatus
-from pipeline.actor.decoding import InputUnavailable, VideoError, VideoSource, open_video
+from pipeline.actor.decoding import InputUnavailable, VideoError, VideoSource, open_video, sweep_stale_copies
 from pipeline.specs import WorkerSpec
 from pipeline.plan.tasks import Prompt, VideoTask
 from sam2core.automatic import AutomaticMaskGenerator
@@ -174,6 +174,7 @@ class PropagationWorker:
     """One model replica; ``process`` propagates one video's prompts through the whole video."""
 
     def __init__(self, spec: WorkerSpec) -> None:
+        sweep_stale_copies()  # temp video copies of workers killed before they could remove them
         self.spec = spec
         self.device = pick_device(spec.model.device)
         m = spec.model

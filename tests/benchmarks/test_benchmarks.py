@@ -29,6 +29,7 @@ TINY = {
     "scheduling": ["scheduling.workers=[4,8]", "scheduling.workload.videos=300", "scheduling.workload.masklets=3000"],
     "images": ["images.cpu.image_size=128", "images.cpu.images=3", "images.cpu.height=60", "images.cpu.width=80",
                "images.cpu.batch=2", "images.cpu.warmup=0", "images.cpu.runs=1"],
+    "decoding": ["decoding.frames=8", "decoding.height=64", "decoding.width=96", "decoding.gop=4", "decoding.runs=1"],
 }
 
 

@@ -87,7 +87,7 @@ def test_defaults_are_the_specs() -> None:
     spec = _spec("propagate", [])
     assert spec.cluster == ClusterSpec()  # conf/cluster/local.yaml chooses, the spec holds every default
     assert spec.output == OutputSpec(uri="outputs/sample/sam2.1_hiera_tiny")
-    assert spec.data.protocols == DEFAULT_PROTOCOLS and spec.data.decoder == "decord"
+    assert spec.data.protocols == DEFAULT_PROTOCOLS and spec.data.decoder == "pyav"
     assert list(spec.session) == list(SESSION_KEYS) and spec.auto is None
     assert (spec.num_shards, spec.shard_id, spec.log_every_s) == (1, 0, 10.0)
     assert spec.config["output"]["retry_s"] == 120.0 and "retry_s: 120.0" in spec.config_yaml

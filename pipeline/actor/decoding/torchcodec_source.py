@@ -16,8 +16,11 @@ def torchcodec_unavailable() -> str | None:
         import torchcodec
         from torchcodec.decoders import VideoDecoder  # noqa: F401 - loads the FFmpeg-dependent core
     except Exception as e:  # ImportError, or OSError from a library that does not load (and what it needs)
-        causes = [str(c).splitlines()[0] for c in (e, e.__cause__) if c is not None and str(c)]
-        return f"torchcodec does not load: {': '.join(causes) or type(e).__name__}"
+        causes = ": ".join(str(c).splitlines()[0] for c in (e, e.__cause__) if c is not None and str(c))
+        if any(name in causes for name in ("libnvrtc", "libcudart", "libtorch_cuda", "libc10_cuda")):
+            causes += (" (this torchcodec build needs a CUDA build of torch; with torch's CPU build, install "
+                       "torchcodec from PyTorch's CPU wheel index)")
+        return f"torchcodec does not load: {causes or type(e).__name__}"
     if getattr(torchcodec, "ffmpeg_major_version", None) is None:
         return "torchcodec finds no FFmpeg shared libraries (install FFmpeg, e.g. apt-get install ffmpeg)"
     return None
