@@ -20,7 +20,7 @@ import ray
 from pipeline.dataset.annotations import find_annotations, read_annotation
 from pipeline.dataset.metrics import ObjectScore, common_frames, evaluate_video, scored_frames
 from pipeline.io.masklets import Masklets
-from pipeline.dataset.predictions import find_predictions, read_prediction
+from pipeline.dataset.predictions import find_predictions, is_masklet_file, read_prediction
 
 log = logging.getLogger(__name__)
 
@@ -50,9 +50,20 @@ class EvalReport:
 
 def read_pair(video_id: str, gt_uris: list[str], pred_uri: str, storage_options: dict | None,
               annotation_step: int) -> tuple[Masklets, Masklets]:
-    """One video's ground truth (SA-V JSON positions × ``annotation_step`` = frame numbers) and prediction."""
+    """One video's ground truth (SA-V JSON positions × ``annotation_step`` = frame numbers) and prediction.
+
+    A masklet file's ``frame_count`` is its video's: ground truth on a frame past it means the two number frames
+    differently (a prediction made on a folder of the 6-fps frames against 24 fps numbering), which scoring at the
+    common frames would hide, so it is refused (ValueError naming the video)."""
     gt = read_annotation(gt_uris, video_id, storage_options, annotation_step)
-    return gt, read_prediction(pred_uri, video_id, storage_options)
+    pred = read_prediction(pred_uri, video_id, storage_options)
+    last = max(gt.frame_indices, default=-1)
+    if is_masklet_file(pred_uri) and last >= pred.frame_count:
+        raise ValueError(f"video {video_id}: the ground truth has frame {last} but the prediction's video has "
+                         f"{pred.frame_count} frames: the two number frames differently (annotation_step="
+                         f"{annotation_step}; a prediction made on a folder of the annotated frames only needs "
+                         f"annotation_step=1) or the video is shorter than the annotated one")
+    return gt, pred
 
 
 def evaluate_one(video_id: str, gt_uris: list[str], pred_uri: str, storage_options: dict | None,

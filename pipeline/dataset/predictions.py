@@ -58,9 +58,14 @@ def each_video(sources: dict[str, str], action: Callable[[str, str], str], what:
     return failed
 
 
+def is_masklet_file(uri: str) -> bool:
+    """A job's masklet file (its ``frame_count`` is the video's), not a PNG folder (numbered by its file names)."""
+    return uri.endswith(_MASKLET_EXTS)
+
+
 def read_prediction(uri: str, video_id: str, storage_options: dict | None = None) -> Masklets:
     """Predicted masklets of one video from a masklet file or a PNG folder."""
-    if uri.endswith(_MASKLET_EXTS):
+    if is_masklet_file(uri):
         return read_masklets(uri, storage_options)
     return read_png_video(uri, storage_options, video_id)
 

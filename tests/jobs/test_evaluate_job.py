@@ -50,19 +50,23 @@ def _frames_of(m: Masklets, video_id: str, frames: list[int]) -> Masklets:
 
 
 def test_job_scores_gt_frames_and_reports_missing_and_failed(tmp_path: Path, run_job) -> None:
-    """Every frame (JSON), every 4th frame (Parquet), a clip 300, 304, … (JSON), no common frame (Parquet), none."""
+    """Every frame (JSON), every 4th frame (Parquet), a clip 300, 304, … (JSON), no common frame (Parquet), none, and
+    one made on a folder of the 6-fps frames (numbered 0, 1, 2, …: refused against 24 fps numbering)."""
     gt_dir, pred = tmp_path / "gt", tmp_path / "run"
     gt_dir.mkdir()
-    for v in ("sav_000001", "sav_000002", "sav_000003", "sav_000004", "sav_000005"):
+    for v in ("sav_000001", "sav_000002", "sav_000003", "sav_000004", "sav_000005", "sav_000006"):
         _copy_gt(gt_dir, v)
     gt = read_sav_json(str(gt_dir / "sav_000001_manual.json"))
     good = _every_frame_prediction(gt, "sav_000001", shift=6)
     step4 = _frames_of(good, "sav_000003", list(range(0, 483, 4)))
     clip = _frames_of(good, "sav_000004", list(range(300, 483, 4)))
     odd = _frames_of(good, "sav_000005", list(range(1, 483, 4)))
+    n = len(gt.frame_indices)
+    six_fps = Masklets("sav_000006", n, gt.height, gt.width, gt.obj_ids, list(range(n)), gt.rles, gt.scores,
+                       gt.first_appeared)
     (pred / "masklets").mkdir(parents=True)
     for m, fmt, ext in ((good, "sav_json", "json"), (step4, "parquet", "parquet"), (clip, "sav_json", "json"),
-                        (odd, "parquet", "parquet")):
+                        (odd, "parquet", "parquet"), (six_fps, "sav_json", "json")):
         (pred / "masklets" / f"{m.video_id}.{ext}").write_bytes(masklets_to_bytes(m, fmt))
 
     proc = run_job("evaluate", f"pred={pred}", f"gt={gt_dir}", "strict=false", "cluster.num_cpus=1", check=False)
@@ -70,6 +74,13 @@ def test_job_scores_gt_frames_and_reports_missing_and_failed(tmp_path: Path, run
     lines = proc.stdout.strip().splitlines()
     assert "FAILED sav_000005: ValueError: video sav_000005: no ground-truth frame left to score: ground truth " \
            "frames 0..480 (121 frames), prediction frames 1..481 (121 frames)" in lines
+    assert "FAILED sav_000006: ValueError: video sav_000006: the ground truth has frame 480 but the prediction's " \
+           "video has 121 frames: the two number frames differently (annotation_step=4; a prediction made on a " \
+           "folder of the annotated frames only needs annotation_step=1) or the video is shorter than the " \
+           "annotated one" in lines
+    six_scores = evaluate_one("sav_000006", [str(gt_dir / "sav_000006_manual.json")],
+                              str(pred / "masklets" / "sav_000006.json"), None, True, 1)
+    assert len(six_scores) == 5 and all(s.jf == 100 and s.frames <= 119 for s in six_scores)
     expected = {"sav_000001": evaluate_video(gt, good), "sav_000003": evaluate_video(gt, step4),
                 "sav_000004": evaluate_video(gt, clip)}
     assert expected["sav_000003"] == expected["sav_000001"]            # every 4th frame holds all the GT frames
@@ -77,7 +88,7 @@ def test_job_scores_gt_frames_and_reports_missing_and_failed(tmp_path: Path, run
     assert expected["sav_000004"] == evaluate_video(clipped, good, skip_first_last=False)
     assert {s.frames for s in expected["sav_000001"]} >= {119} and max(s.frames for s in expected["sav_000004"]) == 44
     n_objects = sum(len(v) for v in expected.values())
-    assert f"{n_objects} objects in 3 videos; 1 failed, 1 without prediction" in proc.stdout
+    assert f"{n_objects} objects in 3 videos; 2 failed, 1 without prediction" in proc.stdout
     assert "video sav_000004: scored at 44 of 119 ground-truth frames (the prediction lacks the others)" in lines
     assert "frames scored: 282 of 357 ground-truth frames; 1 videos scored at the frames their prediction has" in lines
 
