@@ -1,8 +1,9 @@
 """The performance report: the engine, one worker, its mask output path, the driver, session memory and the scheduling
 policy simulated at SA-V scale: ``python -m benchmarks key=value``.
 
-Sections are chosen with ``sections=[engine,worker,output,automatic,driver,memory,images,scheduling,decoding]``
-(``gpu``: the GPU acceptance section, also ``preset=gpu``); each figure is printed with its target (met / MISSED)
+Sections are chosen with
+``sections=[engine,worker,output,automatic,driver,memory,images,scheduling,decoding,frame_step]`` (``gpu``: the GPU
+acceptance section, also ``preset=gpu``); each figure is printed with its target (met / MISSED)
 and the whole table is written as JSON to ``report``. Config: benchmarks/conf/benchmark.yaml.
 """
 
@@ -48,6 +49,7 @@ def _sections(c: dict[str, Any]) -> dict[str, Callable[[], list[Figure]]]:
         "scheduling": lambda: section("scheduling").run_section(c["scheduling"], target=c["scheduling"]["target"],
                                                                 **common),
         "images": lambda: section("images").run_section(c["images"], **common),
+        "frame_step": lambda: section("frame_step").run_section(c["frame_step"], **common),
         "decoding": lambda: section("decoding").run_section(c["decoding"], **common),
         "gpu": lambda: section("gpu").run_section(c["gpu"], stage=c.get("stage"), **common),
     }

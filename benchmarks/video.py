@@ -9,7 +9,7 @@ only the engine's own state can grow with the video's length).
 from __future__ import annotations
 
 import math
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -85,15 +85,19 @@ class SyntheticSource:
             yield render_frame(t, self.num_objects, self.height, self.width, self.device)
 
 
-def write_mp4(path: Path, frames: np.ndarray, fps: int = 24) -> Path:
-    """H.264 mp4 (yuv420p, every frame kept; H and W even) written with PyAV."""
+def write_mp4(path: Path, frames: Iterable[np.ndarray], fps: int = 24) -> Path:
+    """H.264 mp4 (yuv420p, every frame kept; H and W even) written with PyAV. ``frames``: an array [T, H, W, 3] or
+    any iterable of HxWx3 frames (rendered one at a time, a long 1080p video is never held whole)."""
     with av.open(str(path), mode="w") as container:
-        stream = container.add_stream("libx264", rate=fps)
-        stream.width, stream.height, stream.pix_fmt = frames.shape[2], frames.shape[1], "yuv420p"
-        stream.options = {"crf": "20", "g": "24"}
+        stream = None
         for frame in frames:
+            if stream is None:
+                stream = container.add_stream("libx264", rate=fps)
+                stream.width, stream.height, stream.pix_fmt = frame.shape[1], frame.shape[0], "yuv420p"
+                stream.options = {"crf": "20", "g": "24"}
             container.mux(stream.encode(av.VideoFrame.from_ndarray(np.ascontiguousarray(frame), format="rgb24")))
-        container.mux(stream.encode())
+        if stream is not None:
+            container.mux(stream.encode())
     return path
 
 

@@ -30,6 +30,8 @@ TINY = {
     "images": ["images.cpu.image_size=128", "images.cpu.images=3", "images.cpu.height=60", "images.cpu.width=80",
                "images.cpu.batch=2", "images.cpu.warmup=0", "images.cpu.runs=1"],
     "decoding": ["decoding.frames=8", "decoding.height=64", "decoding.width=96", "decoding.gop=4", "decoding.runs=1"],
+    "frame_step": ["frame_step.frames=8", "frame_step.objects=2", "frame_step.height=64", "frame_step.width=96",
+                   "frame_step.image_size=128"],
 }
 
 
