@@ -1,7 +1,8 @@
 """Set up the project and run it: ``python3 scripts/quickstart.py demo`` or ``python3 scripts/quickstart.py test``.
 
 Needs only Python >= 3.10 (standard library). Both commands create ``.venv`` in the repository, install torch (the
-CPU build on a machine without an NVIDIA GPU, the CUDA build where ``nvidia-smi`` works) and the project, then:
+CPU build on a machine without an NVIDIA GPU, the CUDA build where ``nvidia-smi`` works, with torchcodec) and the
+project, then:
 
 * ``demo [override ...]``: runs the main job (``jobs.propagate``) on the bundled sample and writes its HTML report.
   It uses the official ``sam2.1_hiera_tiny`` checkpoint when that can be fetched (or is cached, or given with
@@ -159,6 +160,20 @@ def ensure_project(test: bool) -> None:
     mark("project", f"{digest} {'test' if test else 'run'}")
 
 
+def ensure_torchcodec() -> None:
+    """With the CUDA build of torch (a GPU found), also torchcodec from PyPI, the build that matches it: the optional
+    ``data.decoder=torchcodec`` (it loads where the system has FFmpeg's shared libraries). PyPI's torchcodec needs
+    CUDA torch, so none on a CPU build (README: Decoders)."""
+    if os.environ.get("TORCH_SPEC") or os.environ.get("SKIP_TORCH") == "1" or not has_nvidia_gpu():
+        return
+    key = f"torchcodec for torch=={TORCH_VERSION} cuda"
+    if done("torchcodec", key):
+        return
+    say("installing torchcodec (optional decoder; needs FFmpeg's shared libraries, e.g. apt-get install ffmpeg)")
+    pip("torchcodec==0.17.*")  # the release that pairs with TORCH_VERSION
+    mark("torchcodec", key)
+
+
 def ensure_oracle() -> None:
     """Install the official package as the tests' oracle: no deps (they would pull CUDA torch), no CUDA build."""
     key = f"{ORACLE} {' '.join(ORACLE_DEPS)}"
@@ -178,6 +193,7 @@ def setup(test: bool) -> None:
     ensure_venv()
     ensure_torch()
     ensure_project(test)
+    ensure_torchcodec()
     if test:
         ensure_oracle()
 

@@ -12,6 +12,7 @@ from pipeline.actor.decoding import backward_span as decoding_span
 from pipeline.io.storage import write_bytes
 from sam2core.video.feature_stream import FrameSource
 from tests.helpers import make_frame_folder, make_video, synthetic_frames
+from tests.pipeline.actor.decoders import FILE_DECODERS
 
 N = 40  # > 2 chunks of 16, keyframe every 8 frames, B-frames on
 
@@ -30,11 +31,11 @@ def _all(source, indices):
     return np.stack(list(source.iter_frames(indices)))
 
 
-@pytest.mark.parametrize("decoder", ["decord", "pyav"])
+@pytest.mark.parametrize("decoder", FILE_DECODERS)
 def test_mp4_probe_and_orders(mp4, frames, decoder):
     with open_video(mp4, decoder=decoder) as src:
         assert isinstance(src, FrameSource)
-        assert (src.num_frames, src.height, src.width) == (N, 48, 80)
+        assert (src.num_frames, src.header_frames, src.height, src.width) == (N, N, 48, 80)
         assert src.fps == pytest.approx(24.0)
         forward = _all(src, range(N))
         assert forward.dtype == np.uint8 and forward.shape == (N, 48, 80, 3)
@@ -47,9 +48,10 @@ def test_mp4_probe_and_orders(mp4, frames, decoder):
             list(src.iter_frames([40]))
 
 
-def test_decoders_give_identical_frames(mp4):
-    """Both decoders use FFmpeg's yuv420p→rgb24 conversion here, so frames match exactly (not just closely)."""
-    with open_video(mp4, decoder="decord") as a, open_video(mp4, decoder="pyav") as b:
+@pytest.mark.parametrize("decoder", FILE_DECODERS[1:])
+def test_decoders_give_identical_frames(mp4, decoder):
+    """The decoders use FFmpeg's yuv420p→rgb24 conversion here, so frames match exactly (not just closely)."""
+    with open_video(mp4, decoder=decoder) as a, open_video(mp4, decoder="pyav") as b:
         np.testing.assert_array_equal(_all(a, range(N)), _all(b, range(N)))
 
 
@@ -107,7 +109,7 @@ def test_frame_folder_on_s3(s3_server, s3_bucket, tmp_path, frames):
 def test_corrupt_and_missing_inputs_raise_video_error(tmp_path, frames, mp4):
     bad = tmp_path / "broken.mp4"
     bad.write_bytes(b"\x00\x00\x00\x18ftypmp42" + b"garbage" * 200)
-    for decoder in ("decord", "pyav"):
+    for decoder in ("decord", "pyav"):  # torchcodec: test_decoding_reads (it needs its own environment)
         with pytest.raises(VideoError, match="broken.mp4"):
             open_video(str(bad), decoder=decoder)
     with pytest.raises(VideoError, match="nothere.mp4"):
@@ -215,7 +217,7 @@ def test_backward_span_keeps_from_the_keyframe_within_the_budget():
     assert decoding_span(236, 251, keys, 4) == 236  # never past the chunk's first frame
 
 
-@pytest.mark.parametrize("decoder", ["decord", "pyav"])
+@pytest.mark.parametrize("decoder", FILE_DECODERS)
 def test_long_gop_backward_equals_forward_reversed(long_gop_mp4, decoder):
     with open_video(long_gop_mp4, decoder=decoder) as src:
         assert src._keyframes.tolist() == [0, 250]
@@ -232,3 +234,18 @@ def test_frame_folder_with_two_files_of_one_index_is_refused(tmp_path, frames):
     Image.fromarray(frames[1]).save(folder / "1.png")
     with pytest.raises(VideoError, match=r"dup: frames 00001\.jpg and 1\.png have the same index 1"):
         open_video(str(folder))
+
+
+def test_a_decoder_that_cannot_load_is_refused_at_the_spec():
+    from pipeline.actor.decoding import decoder_unavailable
+    from pipeline.specs import DataSpec, SpecError
+
+    for decoder in ("pyav", "decord", "torchcodec"):
+        reason = decoder_unavailable(decoder)
+        if reason is None:
+            assert DataSpec(name="d", manifest="m.parquet", root=".", decoder=decoder).decoder == decoder
+        else:
+            with pytest.raises(SpecError, match=f"^data.decoder={decoder}: torchcodec"):
+                DataSpec(name="d", manifest="m.parquet", root=".", decoder=decoder)
+    with pytest.raises(SpecError, match="data.decoder=opencv: expected one of pyav, torchcodec"):
+        DataSpec(name="d", manifest="m.parquet", root=".", decoder="opencv")
