@@ -25,9 +25,14 @@ from .stage import ProducerStage
 
 @runtime_checkable
 class FrameSource(Protocol):
-    """Random-access video: ``iter_frames`` yields uint8 HxWx3 frames (numpy or torch) in the order asked."""
+    """Random-access video: ``iter_frames`` yields uint8 HxWx3 frames (numpy or torch) in the order asked.
 
-    num_frames: int
+    ``num_frames`` may overstate the video (a container whose header claims more frames than decode): ``iter_frames``
+    then stops yielding after the last frame that exists, and a forward pass ends there (the session's
+    ``num_frames`` says where). None: not known in advance (``live.PushedFrames``, frames pushed to a session).
+    """
+
+    num_frames: int | None
     height: int
     width: int
 
@@ -124,7 +129,9 @@ class FeatureStream:
     while the caller tracks the current one (one batch waits in a queue, one is being
     encoded; on CUDA on its own stream, handed over through an event). Without it the caller encodes. ``encode`` maps
     a [B,H,W,3] uint8 tensor on the model device to the batch's ``ImageFeatures``. Iterating yields
-    ``(frame_idx, features_of_that_frame)``; errors name the frames; ``close`` stops the threads early.
+    ``(frame_idx, features_of_that_frame)``; errors name the frames; ``close`` stops the threads early. A source
+    that stops yielding before the last frame asked (its video ends early) ends the stream after the last frame it
+    gave.
     """
 
     def __init__(self, source: FrameSource, indices: Sequence[int], encode: Callable[[torch.Tensor], ImageFeatures],
@@ -148,8 +155,9 @@ class FeatureStream:
         """(frames, their features) per batch, on the calling thread."""
         for chunk in self._chunks():
             host = list(islice(self._decoded, len(chunk)))
-            if len(host) < len(chunk):
-                raise ValueError("the frame source yielded fewer frames than asked for")
+            if not host:
+                return  # the source ended (the video is shorter than its count said)
+            ended, chunk = len(host) < len(chunk), chunk[:len(host)]
             frames = to_device(host, self._device)
             try:
                 feats = self._encode(frames)
@@ -157,6 +165,8 @@ class FeatureStream:
                 where = f"frame {chunk[0]}" if len(chunk) == 1 else f"frames {chunk[0]}..{chunk[-1]}"
                 raise RuntimeError(f"{where}: image encoding failed: {exc}") from exc
             yield chunk, feats
+            if ended:
+                return
 
     def _encoded_on_side_stream(self) -> Iterator[tuple[list[int], ImageFeatures, torch.cuda.Event | None]]:
         """``_encoded`` for the encoder thread: on CUDA its kernels run on a side stream and an event marks each

@@ -4,6 +4,11 @@ Features of the frames a pass needs are streamed (``feature_stream.FeatureStream
 ``Tracker`` and, in bounded mode (``keep_history=False``), the store is pruned after every frame to what later frames
 can read. A forward pass also keeps its first frames, which a later backward pass from the same start reads. Bounded
 mode records the frames each pass tracked, for ``replay.py`` to re-run parts of them.
+
+A source whose video ends before its ``num_frames`` (its iterator stops early) ends a forward pass cleanly at its last
+frame, and the session's length becomes the frames it has: a backward pass after it (and every later call) uses that
+length. Frames tracked before the end was found used the claimed length for the object-pointer position code, which
+is the same code whenever both lengths are at least ``max_obj_ptrs_in_encoder`` (16) frames.
 """
 
 from __future__ import annotations
@@ -116,7 +121,11 @@ class Propagator:
                 tracked = [obj for obj in objects if frame_idx not in obj.cond]
                 low = {}
                 if tracked:
-                    _, feats = next(features)
+                    item = next(features, None)
+                    if item is None:  # the source has no frame `frame_idx`: the video ends before it
+                        self._ended(frame_idx, reverse)
+                        return
+                    feats = item[1]
                     if self.on_features is not None:
                         self.on_features(frame_idx, feats)
                     with torch.inference_mode(), self.tracker.autocast():
@@ -137,6 +146,14 @@ class Propagator:
                 yield frame_idx, low
         finally:
             stream.close()
+
+    def _ended(self, frame_idx: int, reverse: bool) -> None:
+        """The source ran out at ``frame_idx``: going forward, the video has ``frame_idx`` frames (its claimed count
+        was too high) and the pass ends cleanly; going backward every frame asked lies before frames it gave, so
+        the source is broken."""
+        if reverse or frame_idx < 1:
+            raise ValueError(f"frame {frame_idx}: the frame source gave no frame")
+        self.state.num_frames = min(self.state.num_frames, frame_idx)
 
     def _frame_result(self, frame_idx: int, objects: list[ObjectState], tracked: Masks) -> FrameResult:
         """The objects' low-res logits on a frame (tracked now, or their conditioning output) as a result."""

@@ -16,7 +16,11 @@ Semantics are those of the official ``SAM2VideoPredictor`` (sam2 1.1.0, per-obje
   grows with the video);
 - in "both" the start frame is yielded once (the official yields it again from its backward pass);
 - memories are cast to the compute dtype, so fp32 does not crash where the official one does (it meets fp32
-  memories with bf16 weights on a late prompt).
+  memories with bf16 weights on a late prompt);
+- a source whose video ends before its ``num_frames`` (frames that do not decode) ends a forward pass cleanly at its
+  last frame; ``num_frames`` then says how many frames the video has (``propagation.py``);
+- a session built without a video takes frames pushed one at a time (``track(frame)``, videos of unknown length,
+  ``live.py``): each frame is tracked as it arrives, prompts go on the newest frame, memory stays bounded.
 """
 
 from __future__ import annotations
@@ -31,6 +35,7 @@ import torch
 from sam2core.modeling.sam2 import ImageFeatures, SAM2Model
 
 from .feature_stream import FrameSource, host_frame, to_device
+from .live import OPEN_END, LiveTracker, PushedFrames
 from .memory import MemoryParams
 from .options import COMPUTE_DTYPES, SessionOptions
 from .prompts import PromptError, mask_prompt, point_prompt
@@ -44,9 +49,10 @@ _DIRECTIONS = ("forward", "backward", "both")
 
 
 class VideoSession:
-    """One video's prompts and tracking state; ``reset`` reuses the model (and optionally switches the video)."""
+    """One video's prompts and tracking state; ``reset`` reuses the model (and optionally switches the video).
+    Without a ``source`` the session takes pushed frames (``track``)."""
 
-    def __init__(self, model: SAM2Model, source: FrameSource, options: SessionOptions | None = None,
+    def __init__(self, model: SAM2Model, source: FrameSource | None = None, options: SessionOptions | None = None,
                  prompt_frames: Mapping[int, Collection[int]] | None = None) -> None:
         self.options = options or SessionOptions()
         self.options.validate()
@@ -62,14 +68,16 @@ class VideoSession:
                                 self.options.compile, self.options.encoder_batch)
         self._device = device
         self._image_size = cfg.image_size
-        self.reset(source)
+        self.reset(source if source is not None else PushedFrames())
         self.warm_up(prompt_frames or {})
 
     # ------------------------------------------------------------------ lifecycle
     def reset(self, source: FrameSource | None = None) -> None:
-        """Drop all prompts and tracking state; with ``source``, switch to another video. The model is kept."""
+        """Drop all prompts and tracking state; with ``source``, switch to another video (``PushedFrames()``: a new
+        stream of pushed frames; without, pushed frames go on being numbered from where they were). The model is
+        kept."""
         if source is not None:
-            if source.num_frames < 1:
+            if source.num_frames is not None and source.num_frames < 1:
                 raise ValueError("the video has no frames")
             self.source = source
             self._cached: tuple[int, ImageFeatures] | None = None  # (frame, features) of the frame encoded last
@@ -77,6 +85,9 @@ class VideoSession:
         self.state = SessionState(num_frames=self.source.num_frames)
         self._propagator = Propagator(self._tracker, self.source, self.state, self.options, self._remember)
         self._replay = Replay(self.state, self._propagator)
+        pushed = self.source if isinstance(self.source, PushedFrames) else None
+        self._live = None if pushed is None else LiveTracker(self._tracker, pushed, self.state, self.options,
+                                                             self._remember)
 
     def warm_up(self, prompt_frames: Mapping[int, Collection[int]]) -> None:
         """With ``compile``: compile now (on CUDA also record the CUDA graphs of) the image encoder and every frame
@@ -85,6 +96,9 @@ class VideoSession:
         that its passes compile nothing. The session does it when built (``prompt_frames`` there); a pipeline
         worker does it for each video before the video's time budget starts. Without ``compile``: nothing."""
         num_frames = self.state.num_frames
+        if num_frames is None:  # pushed frames: each frame warms up its own pattern
+            self._tracker.warm_up()
+            return
         cond_frames = [frames for frames in ({t for t in f if 0 <= t < num_frames} for f in prompt_frames.values())
                        if frames]
         patterns = set()
@@ -93,6 +107,14 @@ class VideoSession:
             for order, reverse in ((forward, False), (backward, True)):
                 patterns |= self._tracker.pass_patterns(cond_frames, order, reverse, num_frames)
         self._tracker.warm_up(patterns)
+
+    @property
+    def num_frames(self) -> int:
+        """Frames of the video as far as the session knows: the source's count, lowered to the frames it has when a
+        forward pass found it ending early; for pushed frames, the frames pushed so far."""
+        if self._live is not None:
+            return self._live.source.pushed
+        return self.state.num_frames
 
     @property
     def obj_ids(self) -> list[int]:
@@ -117,7 +139,10 @@ class VideoSession:
         ``reset()`` on the same video. So a prompt (or an automatic mask generator, see
         ``AutomaticMaskGenerator.generate_masks``) on the frame a chunked propagation stopped at encodes nothing."""
         if self._cached is None or self._cached[0] != frame_idx:
-            frame = host_frame(next(iter(self.source.iter_frames([frame_idx]))), frame_idx, self.source, False)
+            frame = next(iter(self.source.iter_frames([frame_idx])), None)
+            if frame is None:
+                raise PromptError(f"frame {frame_idx}: the video ends before this frame")
+            frame = host_frame(frame, frame_idx, self.source, False)
             self._remember(frame_idx, self._tracker.encode(to_device([frame], self._device)))
         return self._cached[1]
 
@@ -133,7 +158,13 @@ class VideoSession:
             raise PromptError(f"object ids must be ints, got {obj_id!r} (frame {frame_idx})")
         if isinstance(frame_idx, bool) or not isinstance(frame_idx, (int, np.integer)):
             raise PromptError(f"object {obj_id}: frame index must be an int, got {frame_idx!r}")
-        if not 0 <= frame_idx < self.state.num_frames:
+        if self._live is not None:
+            newest = self._live.source.newest
+            if frame_idx != newest:
+                where = "no frame pushed yet" if newest is None else f"the newest is frame {newest}"
+                raise PromptError(f"object {obj_id}, frame {frame_idx}: pushed frames take prompts on the newest "
+                                  f"frame only ({where})")
+        elif not 0 <= frame_idx < self.state.num_frames:
             raise PromptError(f"object {obj_id}, frame {frame_idx}: outside the video "
                               f"(frames 0..{self.state.num_frames - 1})")
         return int(frame_idx), int(obj_id)
@@ -141,14 +172,16 @@ class VideoSession:
     def _frame_role(self, obj: ObjectState, frame_idx: int) -> tuple[bool, bool]:
         """(initial, reverse): a frame the object was not tracked on is an initial conditioning frame; otherwise the
         prompt corrects the tracked result, in the direction the frame was tracked."""
-        how = obj.tracked[frame_idx]
+        if self._live is not None:  # pushed frames: prompts are on the newest frame, whose tracked output is kept
+            return frame_idx not in obj.non_cond, False
+        how = obj.how_tracked(frame_idx)
         return how == UNTRACKED, how == BACKWARD
 
     def _shown_output(self, obj: ObjectState, frame_idx: int, is_cond: bool) -> FrameOutput | None:
         """The output of ``obj`` on a prompted frame with its mask: its own newest one, or in bounded mode (where
         tracked masks are not kept) the replayed one."""
         out = obj.latest_output(frame_idx, is_cond)
-        if (out is None or out.low_res is None) and obj.tracked[frame_idx] != UNTRACKED \
+        if (out is None or out.low_res is None) and obj.how_tracked(frame_idx) != UNTRACKED \
                 and not self.options.keep_history:
             out = self._replay.stores(frame_idx)[obj.obj_id].latest_output(frame_idx, is_cond)
         return out
@@ -173,13 +206,14 @@ class VideoSession:
         if old is not None:
             prompt = PointPrompt(torch.cat([old.coords, prompt.coords], dim=1),
                                  torch.cat([old.labels, prompt.labels], dim=1))
-        store = obj if initial or self.options.keep_history else self._replay.stores(frame_idx)[obj_id]
+        keeps_window = self.options.keep_history or self._live is not None
+        store = obj if initial or keeps_window else self._replay.stores(frame_idx)[obj_id]
         previous = self._shown_output(obj, frame_idx, initial)
         prev_logits = previous.low_res if previous is not None else None
         feats = self.features(frame_idx)
         with torch.inference_mode(), self._tracker.autocast():
             out = self._tracker.points_step(feats, store, frame_idx, prompt, prev_logits, initial, reverse,
-                                            self.state.num_frames)
+                                            OPEN_END if self._live is not None else self.state.num_frames)
         self.state.register(obj)
         obj.points[frame_idx] = prompt
         obj.pending[(frame_idx, initial)] = out
@@ -242,7 +276,11 @@ class VideoSession:
         ``start_frame`` defaults to the earliest prompted frame. "forward" runs to the last frame, "backward" to frame
         0, "both" does forward then backward (each frame yielded once). ``max_frames`` limits each pass to the start
         frame plus that many frames. Each result holds the S/4 logits; video-resolution ones are made on first access.
+        A forward pass over a source that ends before its ``num_frames`` stops at its last frame (``num_frames``).
         """
+        if self._live is not None:
+            raise ValueError("a session on pushed frames tracks each frame as it is pushed (track(frame)); "
+                             "propagate needs a video (VideoSession(model, source))")
         if direction not in _DIRECTIONS:
             raise ValueError(f"direction must be one of {_DIRECTIONS}, got {direction!r}")
         if max_frames is not None and max_frames < 0:
@@ -257,3 +295,15 @@ class VideoSession:
         if start_frame is None:
             start_frame = min(t for obj in self.state.objects.values() for t in obj.cond)
         yield from self._propagator.run(start_frame, direction, max_frames)
+
+    def track(self, frame: np.ndarray | torch.Tensor) -> FrameResult:
+        """Push the next frame of a session built without a video (uint8 HxWx3, every frame the size of the first)
+        and track every object prompted so far on it: its masks (none before the first prompt). Prompts given on the
+        previous frame are folded into memory first. Then ``add_points``/``add_mask`` on this frame (its
+        ``frame_idx``) add objects or correct them (``live.py``)."""
+        if self._live is None:
+            raise ValueError("track(frame) pushes frames to a session built without a video (VideoSession(model)); "
+                             "a session on a video uses propagate")
+        if self.state.objects:
+            self._preflight()
+        return self._live.step(frame)

@@ -55,6 +55,11 @@ class ObjectState:
     pending: dict[tuple[int, bool], FrameOutput] = field(default_factory=dict)
     tracked: bytearray = field(default_factory=bytearray)
 
+    def how_tracked(self, frame_idx: int) -> int:
+        """UNTRACKED, FORWARD or BACKWARD (frames past the end of ``tracked``, as a session on pushed frames keeps
+        no marks: UNTRACKED)."""
+        return self.tracked[frame_idx] if frame_idx < len(self.tracked) else UNTRACKED
+
     def latest_output(self, frame_idx: int, is_cond: bool) -> FrameOutput | None:
         """The newest output of this object on a frame: pending prompt first, then conditioning, then tracked."""
         out = self.pending.get((frame_idx, is_cond))
@@ -74,16 +79,18 @@ class ObjectState:
 
 @dataclass
 class SessionState:
-    """Objects in the order they were first prompted (that order is the output order)."""
+    """Objects in the order they were first prompted (that order is the output order). ``num_frames``: the video's
+    length as far as it is known (lowered when a forward pass finds the source ending early); None for pushed
+    frames, whose objects keep no per-frame marks."""
 
-    num_frames: int
+    num_frames: int | None
     objects: dict[int, ObjectState] = field(default_factory=dict)
 
     def get_or_new(self, obj_id: int) -> ObjectState:
         """The state of ``obj_id``, or a fresh one that joins the session only once ``register``-ed (so that a
         prompt that fails leaves no trace). New objects are allowed at any time, as in the official predictor."""
         obj = self.objects.get(obj_id)
-        return obj if obj is not None else ObjectState(obj_id=obj_id, tracked=bytearray(self.num_frames))
+        return obj if obj is not None else ObjectState(obj_id=obj_id, tracked=bytearray(self.num_frames or 0))
 
     def register(self, obj: ObjectState) -> None:
         self.objects.setdefault(obj.obj_id, obj)
