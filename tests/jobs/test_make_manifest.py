@@ -131,18 +131,15 @@ def test_job_writes_manifest_and_names_bad_files(sav_dir: Path, run_job, tmp_pat
     assert sorted(set(table["frame_idx"].to_pylist()))[:3] == [0, 4, 8]
 
 
-def test_job_writes_prompts_for_a_6fps_run(sav_dir: Path, run_job, tmp_path: Path) -> None:
-    """SA-V annotations → prompts in the 24 fps video's numbering for a data.frame_step=8 run (every prompt on a
-    frame it tracks), and in the 6-fps numbering (annotation_step=1) for a folder of the annotated frames only."""
-    strided, folder = tmp_path / "strided.parquet", tmp_path / "folder.parquet"
-    run_job("make_manifest", f"annotations={sav_dir}", f"manifest={strided}", "prompts.frame_step=8")
-    run_job("make_manifest", f"annotations={sav_dir}", f"manifest={folder}", "annotation_step=1",
+def test_job_writes_prompts_for_a_strided_run_in_the_6fps_numbering(sav_dir: Path, run_job, tmp_path: Path) -> None:
+    """A folder holding only SA-V's annotated frames (annotation_step=1: numbered 0, 1, 2, …) tracked every 2nd frame
+    (prompts.frame_step=2): object 3 first shows on annotated frame 113, so it is prompted on 114."""
+    out = tmp_path / "folder.parquet"
+    run_job("make_manifest", f"annotations={sav_dir}", f"manifest={out}", "annotation_step=1", "prompts.frame_step=2",
             "video_uri='JPEGImages_6fps/{video_id}'")
-    rows = pq.read_table(strided).to_pylist()
-    assert [(r["obj_id"], r["frame_idx"]) for r in rows] == [(0, 0), (1, 0), (2, 0), (4, 0), (3, 456)]
-    rows = pq.read_table(folder).to_pylist()
-    assert [(r["obj_id"], r["frame_idx"]) for r in rows] == [(0, 0), (1, 0), (2, 0), (4, 0), (3, 113)]
-    assert rows[-1]["mask"] == MANUAL["masklet"][113][3] and rows[0]["video_uri"] == "JPEGImages_6fps/sav_000001"
+    rows = pq.read_table(out).to_pylist()
+    assert [(r["obj_id"], r["frame_idx"]) for r in rows] == [(0, 0), (1, 0), (2, 0), (4, 0), (3, 114)]
+    assert rows[-1]["mask"] == MANUAL["masklet"][114][3] and rows[0]["video_uri"] == "JPEGImages_6fps/sav_000001"
 
 
 def test_job_reads_and_writes_s3(sav_dir: Path, run_job, s3_server: dict) -> None:
