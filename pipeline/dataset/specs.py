@@ -9,13 +9,12 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
+from pipeline.actor.decoding import decoder_unavailable
 from pipeline.dataset.annotations import SAV_KINDS
 from pipeline.dataset.export import EXPORT_FORMATS
 from pipeline.dataset.manifest_maker import PromptSpec
 from pipeline.dataset.render import SheetOptions
 from pipeline.specs import SpecError, check_options
-
-DECODERS = ("pyav", "decord")
 
 
 def _positive(key: str, value: object) -> None:
@@ -64,7 +63,7 @@ class DrawnVideosSpec:
     manifest: str | None = None  # manifest giving each video's video_uri; null: the job's (its recorded config)
     data_root: str | None = None  # base for relative video URIs; null: the job's data.root
     video_uri: str = "{video_id}.mp4"  # pattern of a video's file or frame folder when there is no manifest
-    decoder: str = "pyav"  # pyav | decord
+    decoder: str = "pyav"  # pyav | torchcodec | torchcodec-cuda | decord (data.decoder's choices)
     out: str | None = None  # null: {prefix}/render or {prefix}/report
     alpha: float = SheetOptions.alpha  # mask opacity
     sheet: SheetSpec = field(default_factory=SheetSpec)
@@ -72,8 +71,9 @@ class DrawnVideosSpec:
 
     def __post_init__(self) -> None:
         check_options("storage_options", self.storage_options)
-        if self.decoder not in DECODERS:
-            raise SpecError(f"decoder={self.decoder}: expected one of {', '.join(DECODERS)}")
+        unavailable = decoder_unavailable(self.decoder)
+        if unavailable:
+            raise SpecError(f"decoder={self.decoder}: {unavailable}")
         _check_alpha(self.alpha)
 
 
