@@ -238,7 +238,8 @@ def discover_objects(session: VideoSession, generator: AutomaticMaskGenerator, o
     """The objects of the session's video that ``prompts`` do not already cover, found by ``generator`` on the
     keyframes and tracked between them with ``session`` (left holding the last chunk's state; ``reset()`` it before
     the final pass). ``on_frame(k)`` is called as the walk reaches boundary ``k`` (progress); the walk ends early
-    once ``max_objects`` are found. Holds one mask per object, never the frames' masks."""
+    once ``max_objects`` are found, and where the video ends when that is before its count. Holds one mask per
+    object, never the frames' masks."""
     source = session.source
     n = source.num_frames
     keys = set(keyframes(n, options.every))
@@ -250,13 +251,18 @@ def discover_objects(session: VideoSession, generator: AutomaticMaskGenerator, o
     known: dict[int, torch.Tensor] = {}  # every known object's mask at the current boundary
     found: list[FoundObject] = []
     for b, nxt in zip(boundaries, boundaries[1:] + [None]):
+        if b >= session.num_frames:
+            break  # the video ends before this boundary (its source claimed more frames than it has)
         if on_frame is not None:
             on_frame(b)
         here = by_frame.get(b, [])
         if here:
             known.update(_prompted_masks(session, here))
         if b in keys:
-            image = np.array(next(iter(source.iter_frames([b]))))  # a writable copy
+            frame = next(iter(source.iter_frames([b])), None)
+            if frame is None:
+                break  # the video ends before this keyframe
+            image = np.array(frame)  # a writable copy
             with torch.inference_mode(), session.compute_context():
                 masks = generator.generate_masks(image, session.features(b))
             candidates = masks.masks.bool()

@@ -74,15 +74,15 @@ class VideoSession:
     # ------------------------------------------------------------------ lifecycle
     def reset(self, source: FrameSource | None = None) -> None:
         """Drop all prompts and tracking state; with ``source``, switch to another video (``PushedFrames()``: a new
-        stream of pushed frames; without, pushed frames go on being numbered from where they were). The model is
-        kept."""
+        stream of pushed frames). Without, the video stays: its known length (``num_frames``), the numbering of
+        pushed frames. The model is kept."""
         if source is not None:
             if source.num_frames is not None and source.num_frames < 1:
                 raise ValueError("the video has no frames")
             self.source = source
             self._cached: tuple[int, ImageFeatures] | None = None  # (frame, features) of the frame encoded last
         # on the same video the newest frame's features stay valid: they hold no tracking state
-        self.state = SessionState(num_frames=self.source.num_frames)
+        self.state = SessionState(num_frames=self.source.num_frames if source is not None else self.state.num_frames)
         self._propagator = Propagator(self._tracker, self.source, self.state, self.options, self._remember)
         self._replay = Replay(self.state, self._propagator)
         pushed = self.source if isinstance(self.source, PushedFrames) else None

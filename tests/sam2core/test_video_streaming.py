@@ -11,8 +11,10 @@ import numpy as np
 import pytest
 import torch
 
+from sam2core.automatic import AutomaticMaskGenerator
 from sam2core.build import build_model
-from sam2core.video import ArrayFrameSource, FrameResult, PromptError, PushedFrames, SessionOptions, VideoSession
+from sam2core.video import (ArrayFrameSource, DiscoveryOptions, FrameResult, PromptError, PushedFrames, SessionOptions,
+                            VideoSession, discover_objects)
 from tests.sam2core.video_cases import (Case, Outcome, compare, jpeg_roundtrip, oracle_pair, run_official,
                                         shape_center, shape_mask, synthetic_video)
 
@@ -220,3 +222,16 @@ def test_source_that_ends_early_ends_the_forward_pass_there(model, options: Sess
     fresh = VideoSession(model, EndsEarly(frames, claimed=24), options)
     with pytest.raises(PromptError, match="frame 20: the video ends before this frame"):
         fresh.add_points(20, 1, [[10, 10]], [1])
+
+
+def test_discovery_walk_ends_where_the_video_does(model) -> None:
+    """Keyframes 0, 4, 8, 12 of a video claiming 16 frames that has 10: the walk reaches 0, 4, 8 and stops."""
+    session = VideoSession(model, EndsEarly(synthetic_video(10), claimed=16))
+    generator = AutomaticMaskGenerator(model, points_per_side=4, pred_iou_thresh=0.0, stability_score_thresh=0.0)
+    reached: list[int] = []
+    found = discover_objects(session, generator, DiscoveryOptions(every=4, max_objects=50, min_area=1),
+                             on_frame=reached.append)
+    assert reached == [0, 4, 8] and found
+    assert all(d.frame_idx in (0, 4, 8) for d in found)
+    session.reset()
+    assert session.num_frames == 10  # what the walk's tracking found stays known
