@@ -49,8 +49,8 @@ def hold_frames(height: int, width: int) -> int:
 
 def backward_span(lo: int, hi: int, keyframes: np.ndarray, hold: int) -> int:
     """The first frame a backward read that needs frames ``lo..hi`` decodes and keeps: decoding starts at the keyframe
-    at or before ``lo`` whatever is kept, so it keeps up to ``hold`` frames ending at ``hi``, back to that keyframe
-    (never past ``lo``)."""
+    at or before ``lo`` whatever is kept, so it keeps the frames of the ``hold`` ending at ``hi``, back to that keyframe
+    (never past ``lo``). A strided read passes the ``hold`` that spans its next asked frames."""
     key = int(keyframes[np.searchsorted(keyframes, lo, side="right") - 1])
     return min(lo, max(key, hi - hold + 1))
 
@@ -67,7 +67,8 @@ class KeyframeSource(VideoSource):
     """A video file: frames decode forward from a keyframe (``_keyframes``, sorted, starting at 0).
 
     ``iter_frames`` asks ``_decode`` for each chunk it does not hold; on a backward read (strictly descending
-    indices) for every asked-for frame from ``backward_span`` up to the chunk, held for the chunks that follow.
+    indices) for the next ``hold_frames`` asked-for frames back to ``backward_span``, held for the chunks that
+    follow.
     """
 
     _keyframes: np.ndarray
@@ -80,16 +81,15 @@ class KeyframeSource(VideoSource):
     def iter_frames(self, indices: Sequence[int]) -> Iterator[np.ndarray]:
         asked = self._check_indices(indices)
         backward, ascending = _descending(asked), _ascending(asked)
-        if backward:
-            remaining = set(asked)
-            hold = hold_frames(self.height, self.width)
+        hold = hold_frames(self.height, self.width)
         held: dict[int, np.ndarray] = {}
-        for chunk in chunks(asked):
+        for start, chunk in enumerate(chunks(asked)):
             if not all(f in held for f in chunk):
                 lo, hi = min(chunk), max(chunk)
-                if backward:
-                    lo = backward_span(lo, hi, self._keyframes, hold)
-                    wanted = {f for f in remaining if lo <= f <= hi}
+                if backward:  # keep up to ``hold`` of the asked frames to come (every k-th: k times the span)
+                    ahead = asked[start * CHUNK:start * CHUNK + hold]
+                    lo = backward_span(lo, hi, self._keyframes, hi - ahead[-1] + 1)
+                    wanted = {f for f in ahead if f >= lo}
                 else:
                     wanted = set(chunk)
                 held = {}  # the frames of the previous span go before the next is decoded
@@ -107,5 +107,3 @@ class KeyframeSource(VideoSource):
                     return
             for f in chunk:
                 yield held[f] if not backward else held.pop(f)
-            if backward:
-                remaining.difference_update(chunk)

@@ -249,3 +249,21 @@ def test_a_decoder_that_cannot_load_is_refused_at_the_spec():
                 DataSpec(name="d", manifest="m.parquet", root=".", decoder=decoder)
     with pytest.raises(SpecError, match="data.decoder=opencv: expected one of pyav, torchcodec"):
         DataSpec(name="d", manifest="m.parquet", root=".", decoder="opencv")
+
+
+def test_backward_strided_read_holds_asked_frames_not_a_range(long_gop_mp4, monkeypatch):
+    """Every 4th frame backward (a frame_step=4 pass back from a prompt): the budget counts the frames kept, so one
+    decode from keyframe 0 serves all 75 asked frames instead of a restart every 100 frames of the video."""
+    import pipeline.actor.decoding.reading as decoding
+
+    monkeypatch.setattr(decoding, "HOLD_BYTES", 100 * 32 * 64 * 3)  # 100 frames of this video
+    asked = list(range(LONG - 1, -1, -4))
+    with open_video(long_gop_mp4, decoder="pyav") as src:
+        forward = _all(src, range(LONG))
+        counter = _CountingContainer(src._container)
+        src._container = counter
+        spans = []
+        decode = src._decode
+        src._decode = lambda lo, hi, wanted: spans.append(len(wanted)) or decode(lo, hi, wanted)
+        np.testing.assert_array_equal(_all(src, asked), forward[asked])
+    assert spans == [75] and counter.decoded <= LONG + 2
