@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import socket
 import tempfile
 import weakref
 
@@ -19,8 +20,9 @@ ROOT_NAME = "sam2-video-copies"
 
 
 def copies_root() -> str:
-    """The folder holding one folder of copies per process (under the system temp folder)."""
-    return os.path.join(tempfile.gettempdir(), ROOT_NAME)
+    """The folder holding one folder of copies per process of this host (under the system temp folder; by host
+    name, so containers that share a temp folder but not their process ids never sweep each other's copies)."""
+    return os.path.join(tempfile.gettempdir(), ROOT_NAME, socket.gethostname() or "localhost")
 
 
 def _start_time(pid: int) -> str | None:
