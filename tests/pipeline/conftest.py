@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 import os
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -44,3 +45,36 @@ def run_job(tmp_path: Path) -> Callable[..., subprocess.CompletedProcess]:
                                          proc.stderr[-4000:])
         return proc
     return run
+
+
+@pytest.fixture
+def start_job(tmp_path: Path) -> Iterator[Callable[..., subprocess.Popen]]:
+    """Start ``python -m jobs.<name> args`` from the repository root, for a test that acts on the running job.
+
+    Its output goes to the file ``proc.log`` (no pipe to drain). SIGINT stops it as Ctrl-C stops a command in a
+    terminal even when this test run ignores SIGINT, as a command started in the background (``cmd &``) does: an
+    ignored signal would stay ignored in the job. Whatever is still running when the test ends is killed."""
+    started: list[subprocess.Popen] = []
+
+    def start(name: str, args: list[str]) -> subprocess.Popen:
+        log = tmp_path / f"{name}-{len(started)}.log"
+        env = {**os.environ, "OMP_NUM_THREADS": "1", "HYDRA_FULL_ERROR": "1"}
+        ignored = signal.getsignal(signal.SIGINT) is signal.SIG_IGN
+        if ignored:  # a handled signal is reset to the default in the child, an ignored one is not
+            signal.signal(signal.SIGINT, signal.default_int_handler)
+        try:
+            with open(log, "w") as sink:
+                proc = subprocess.Popen([sys.executable, "-m", f"jobs.{name}", *args], cwd=REPO, env=env,
+                                        stdout=sink, stderr=subprocess.STDOUT, text=True)
+        finally:
+            if ignored:
+                signal.signal(signal.SIGINT, signal.SIG_IGN)
+        proc.log = log
+        started.append(proc)
+        return proc
+
+    yield start
+    for proc in started:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()

@@ -225,10 +225,11 @@ def test_auto_prompts_write_the_generators_masks(tmp_path, ray_cluster):
             assert abs(ann["score"] - float(iou)) <= 1e-3 and abs(ann["stability_score"] - float(stability)) <= 1e-3
 
 
-def test_ctrl_c_exits_130_in_one_line_and_a_rerun_finishes(tmp_path, ray_cluster):
+def test_ctrl_c_exits_130_in_one_line_and_a_rerun_finishes(tmp_path, ray_cluster, start_job):
     """An image whose reader blocks (a FIFO no one writes) keeps its task in flight; Ctrl-C once the worker is up
     stops the job with exit 130 and one line, and a re-run with the image in place finishes."""
     import signal
+    import time
 
     root, out = tmp_path / "images", tmp_path / "out"
     rows = [r for r in _dataset(root) if r["image_id"] in ("b", "e")]
@@ -238,19 +239,16 @@ def test_ctrl_c_exits_130_in_one_line_and_a_rerun_finishes(tmp_path, ray_cluster
     os.mkfifo(blocked)
     manifest = _write_manifest(rows, str(tmp_path / "images.parquet"))
     args = [f"data.manifest={manifest}", f"data.root={root}", f"output.uri={out}"]
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "HYDRA_FULL_ERROR": "1"}
-    cmd = [sys.executable, "-m", "jobs.segment_images", f"model={MODEL}", "model.checkpoint=random",
-           f"model.image_size={SIZE}", "model.device=cpu", f"cluster.address={ray_cluster.address}",
-           "cluster.num_workers=1", *args, f"hydra.run.dir={tmp_path / 'hydra'}"]
-    job = subprocess.Popen(cmd, cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-    seen = []
-    for line in job.stdout:  # the worker is up: its task is sent, and its reader waits on the FIFO
-        seen.append(line)
-        if "worker up" in line:
-            break
-    assert "worker up" in seen[-1], "".join(seen)
-    job.send_signal(signal.SIGINT)
-    text = "".join(seen) + job.communicate(timeout=120)[0]
+    job = start_job("segment_images", [f"model={MODEL}", "model.checkpoint=random", f"model.image_size={SIZE}",
+                                       "model.device=cpu", f"cluster.address={ray_cluster.address}",
+                                       "cluster.num_workers=1", *args, f"hydra.run.dir={tmp_path / 'hydra'}"])
+    # the worker is up: its task is sent, and its reader waits on the FIFO (wait for that state, not for a time)
+    while "worker up" not in job.log.read_text() and job.poll() is None:
+        time.sleep(0.05)
+    assert job.poll() is None, job.log.read_text()
+    job.send_signal(signal.SIGINT)  # Ctrl-C, to the job's own process
+    job.wait(timeout=600)  # a net against a hang only: the job ends in seconds
+    text = job.log.read_text()
     assert job.returncode == 130, text
     assert "interrupted; re-run the same command" in text and "Traceback" not in text
     assert not (out / "annotations.json").exists()

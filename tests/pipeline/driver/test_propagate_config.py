@@ -73,7 +73,7 @@ def test_a_checkpoint_that_does_not_fit_is_refused_in_the_driver(tmp_path, run_j
     assert not out.exists()
 
 
-def test_ctrl_c_stops_the_job_with_one_line_and_a_rerun_resumes(tmp_path, ray_cluster):
+def test_ctrl_c_stops_the_job_with_one_line_and_a_rerun_resumes(tmp_path, ray_cluster, start_job, run_job):
     import json
     import re
     import signal
@@ -92,18 +92,18 @@ def test_ctrl_c_stops_the_job_with_one_line_and_a_rerun_resumes(tmp_path, ray_cl
     out = tmp_path / "out"
     overrides = job_overrides(manifest, str(tmp_path), str(out), ray_cluster.address,
                               **{"cluster.worker_class": "tests.pipeline.driver.fault_workers.FaultWorker"})
-    cmd = [sys.executable, "-m", "jobs.propagate", *overrides, f"hydra.run.dir={tmp_path / 'hydra'}"]
-    job = subprocess.Popen(cmd, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-    deadline = time.monotonic() + 120
-    while not (tmp_path / "busy.v0").exists() and time.monotonic() < deadline:
+    job = start_job("propagate", [*overrides, f"hydra.run.dir={tmp_path / 'hydra'}"])
+    # v0's worker holds it until the go file exists: wait for that state (or the job's end), not for a time
+    while not (tmp_path / "busy.v0").exists() and job.poll() is None:
         time.sleep(0.05)
-    assert (tmp_path / "busy.v0").exists()
-    job.send_signal(signal.SIGINT)  # the job's own process, started above
-    text, _ = job.communicate(timeout=120)
+    assert job.poll() is None, job.log.read_text()
+    job.send_signal(signal.SIGINT)  # Ctrl-C, to the job's own process
+    job.wait(timeout=600)  # a net against a hang only: the job ends in about 2 s here
+    text = job.log.read_text()
     assert job.returncode == 130, text
     assert re.search(r"interrupted: [01] of 2 videos done in this run", text) and "re-run the same command" in text
     assert "Traceback" not in text
     (tmp_path / "go").write_text("")
-    rerun = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=300)
+    rerun = run_job(overrides, timeout=600)  # a net against a hang only: about 10 s here
     assert rerun.returncode == 0, rerun.stdout + rerun.stderr
     assert sorted(p.name for p in (out / "_state" / "done").iterdir()) == ["v0.json", "v1.json"]
