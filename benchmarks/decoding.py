@@ -17,8 +17,6 @@ import torch
 from benchmarks.report import Figure, figure, format_table
 from pipeline.actor.decoding import decoder_unavailable, open_video
 
-DEFAULTS = {"frames": 96, "height": 1080, "width": 1920, "gop": 48, "decoders": ["pyav", "torchcodec", "decord"],
-            "runs": 2}
 READS = {"forward": lambda n: list(range(n)), "backward": lambda n: list(range(n - 1, -1, -1)),
          "step 4": lambda n: list(range(0, n, 4))}
 
@@ -57,7 +55,7 @@ def measure(path: str, decoder: str, indices: list[int], runs: int) -> float:
 
 def run_section(cfg: dict[str, Any], seed: int = 0, threads: int = 1) -> list[Figure]:
     """One figure per decoder and read (frames/s, with the ratio to PyAV's in its note)."""
-    c = {**DEFAULTS, **(cfg or {})}
+    c = dict(cfg)  # benchmark.yaml's decoding entry
     torch.set_num_threads(threads)
     figures = []
     with tempfile.TemporaryDirectory() as tmp:
@@ -80,4 +78,7 @@ def run_section(cfg: dict[str, Any], seed: int = 0, threads: int = 1) -> list[Fi
 
 
 if __name__ == "__main__":
-    print(format_table(run_section({})))
+    from omegaconf import OmegaConf
+
+    conf = OmegaConf.load(Path(__file__).parent / "conf" / "benchmark.yaml")
+    print(format_table(run_section(OmegaConf.to_container(conf.decoding))))
