@@ -56,7 +56,9 @@ def test_a_failed_marker_of_the_previous_release_keeps_its_reason() -> None:
 def test_results_say_how_the_video_ended() -> None:
     assert WorkerResult("v").status is Status.DONE and not WorkerResult("v").retryable
     assert not WorkerResult("v", Fault.BAD_INPUT, "VideoError: x").retryable
-    assert all(WorkerResult("v", f, "x").retryable for f in Fault if f not in (Fault.BAD_INPUT, Fault.NO_WORKERS))
+    final = (Fault.BAD_INPUT, Fault.NO_WORKERS, Fault.CLAIM_LOST)
+    assert all(WorkerResult("v", f, "x").retryable for f in Fault if f not in final)
+    assert not any(WorkerResult("v", f, "x").retryable for f in final)
 
 
 def test_the_prefix_identity_is_the_object_digests_hash() -> None:
@@ -72,3 +74,9 @@ def test_the_prefix_identity_is_the_object_digests_hash() -> None:
         "random_seed": (0, 1)}
     with pytest.raises(ValueError, match="checkpoint_sha256"):
         PrefixIdentity.of({"model": "x"})
+    # format and decoder: identity, not digest; one a record does not name differs from nothing
+    video = dict(prov, format="sav_json", decoder="pyav")
+    assert PrefixIdentity.of(video).to_json() == PrefixIdentity.of(prov).to_json()
+    assert PrefixIdentity.of(video).differences(PrefixIdentity.of(dict(video, format="parquet", decoder="decord"))) \
+        == {"format": ("sav_json", "parquet"), "decoder": ("pyav", "decord")}
+    assert PrefixIdentity.of(prov).differences(PrefixIdentity.of(video)) == {}
