@@ -218,7 +218,7 @@ class Sink:
                 raise ProvenanceError(f"{self.uri} holds results without a provenance record (another model's?)")
             self._clear()
             cleared = True
-        for _ in range(3):  # the record can vanish between a lost create and its read: another overwrite clearing
+        for _ in range(4):  # the record can change under us: other jobs creating or clearing it
             if held is None:
                 if retrying(lambda: create_bytes(self._record_uri(), _json(record), self.storage_options),
                             f"creating {self._record_uri()}", self.retry_s):
@@ -233,6 +233,10 @@ class Sink:
                 return self.claim_token
             if not overwrite or cleared:
                 raise ProvenanceError(self._refusal(changed))
+            again = self._record()
+            if again != held:  # another job (a shard of this run?) replaced it since: judge the new one
+                held = again
+                continue
             self._clear()
             cleared, held = True, None
         raise ProvenanceError(f"{self.uri}: its provenance record keeps changing (other jobs are claiming it)")

@@ -269,3 +269,15 @@ def test_a_done_marker_whose_masklet_file_is_gone_is_not_done(out, caplog):
     with caplog.at_level(logging.WARNING):
         assert set(sink.done_records()) == {"v2"}
     assert "v1: done marker without its file" in caplog.text
+
+
+def test_the_shards_of_an_overwrite_run_all_get_in_and_clear_once(tmp_path):
+    uri = str(tmp_path / "out")
+    make_sink(uri, "sav_json", None, RETRY_S).claim(PROV)
+    other = dict(PROV, checkpoint_sha256="bb" * 32)
+    first = make_sink(uri, "sav_json", None, RETRY_S)
+    token = first.claim(other, overwrite=True)
+    first.write(_masklets("v1"))
+    first.mark_done(WorkerResult("v1"))
+    assert make_sink(uri, "sav_json", None, RETRY_S).claim(other, overwrite=True) == token  # a later shard
+    assert first.done_ids() == {"v1"} and first.holds_claim()
