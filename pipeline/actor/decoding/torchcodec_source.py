@@ -16,6 +16,8 @@ def torchcodec_unavailable() -> str | None:
         import torchcodec
         from torchcodec.decoders import VideoDecoder  # noqa: F401 - loads the FFmpeg-dependent core
     except Exception as e:  # ImportError, or OSError from a library that does not load (and what it needs)
+        if isinstance(e, ModuleNotFoundError) and e.name == "torchcodec":
+            return "torchcodec is not installed (pip install '.[torchcodec]'; the README's Decoders says which build)"
         causes = ": ".join(str(c).splitlines()[0] for c in (e, e.__cause__) if c is not None and str(c))
         if any(name in causes for name in ("libnvrtc", "libcudart", "libtorch_cuda", "libc10_cuda")):
             causes += (" (this torchcodec build needs a CUDA build of torch; with torch's CPU build, install "
