@@ -169,7 +169,8 @@ def test_s3_ground_truth_predictions_and_png_folders(s3_server: dict) -> None:
 
 @pytest.mark.slow
 def test_manifest_propagate_evaluate_render_export(tmp_path: Path, run_job) -> None:
-    """The tools around the main job, chained on a real propagation run (random tiny model at 128 px)."""
+    """The tools around the main job, chained on real propagation runs (random tiny model at 128 px), of every frame
+    and of every 4th frame."""
     from pipeline.io.masklets import to_sav_json
     from tests.helpers import make_video, synthetic_frames
 
@@ -201,6 +202,18 @@ def test_manifest_propagate_evaluate_render_export(tmp_path: Path, run_job) -> N
         "palette_index": {"1": 0}}
     run_job("export", f"prefix={out}", "format=sav_png")
     assert len(list((out / "export_sav_png" / "synth" / "000").glob("*.png"))) == 16
+
+    strided = tmp_path / "run6fps"                                  # the same at SA-V's rate: every 4th frame
+    run_job("propagate", "model=sam2.1_hiera_tiny", "model.checkpoint=random", "model.image_size=128",
+            "model.device=cpu", "model.dtype=float32", f"data.manifest={manifest}", f"data.root={tmp_path / 'videos'}",
+            "data.frame_step=4", f"output.uri={strided}", "cluster.num_workers=1", "cluster.address=local")
+    proc = run_job("evaluate", f"pred={strided}", f"gt={tmp_path / 'gt'}", "cluster.num_cpus=1")
+    assert "frames scored: 2 of 2 ground-truth frames; 0 videos scored" in proc.stdout
+    run_job("render", f"prefix={strided}")
+    assert len(_decode_frames(strided / "render" / "synth.mp4")) == 4
+    run_job("export", f"prefix={strided}", "format=sav_png")
+    assert sorted(p.name for p in (strided / "export_sav_png" / "synth" / "000").glob("*.png")) == [
+        "00000.png", "00004.png", "00008.png", "00012.png"]
 
 
 def _decode_frames(path: Path) -> list:
