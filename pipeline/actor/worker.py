@@ -293,10 +293,11 @@ class PropagationWorker:
             if not session.obj_ids:  # nothing found: every tracked frame, no masklet
                 for f in source.frames:
                     builder.add_rles(f, [], [], [])
+            masklets = decoded_counts(builder.build(), video)
             if not task.auto:
-                return builder.build()
+                return masklets
             found = [replace(d, frame_idx=source.frame(d.frame_idx)) for d in found]
-            return self._auto_masklets(builder.build(), found, {p.obj_id for p in prompts})
+            return self._auto_masklets(masklets, found, {p.obj_id for p in prompts})
         finally:
             if self.session is not None:
                 self._objects_held = len(self.session.obj_ids)  # at the end (or the failure) of this video
@@ -339,6 +340,15 @@ class PropagationWorker:
         else:
             self.session.reset(source)
         return self.session
+
+
+def decoded_counts(m: Masklets, video: VideoSource) -> Masklets:
+    """The masklets of ``video`` with its counts as decoding found them: ``frame_count`` the frames that decode (a
+    read that met a corrupt tail lowered ``num_frames``, and the engine's forward pass ended there, so the masklets
+    cover just those) and ``header_frame_count`` the header's claim where it differs. Such a video does not fail."""
+    header = video.header_frames
+    return replace(m, frame_count=video.num_frames,
+                   header_frame_count=header if header is not None and header != video.num_frames else None)
 
 
 def _sigmoid(x: float) -> float:

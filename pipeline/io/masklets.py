@@ -3,7 +3,9 @@
 Masks are held as COCO RLE (``{"size": [H, W], "counts": str}``, pycocotools' compressed string form) so a
 masklet costs a few hundred bytes per object-frame, never a bitmap. Frames keep the video's numbering whatever was
 tracked: with ``data.frame_step=4`` and a clip from frame 300, ``frame_indices`` is 300, 304, … and ``frame_count``
-(``video_frame_count``) the whole video's count. Two on-disk forms:
+(``video_frame_count``) the whole video's count: the frames that decode, and ``header_frame_count``
+(``video_header_frame_count``, written only then) what the container's header claimed when that differs. Two on-disk
+forms:
 
 * SA-V JSON (``to_sav_json``): the SA-V annotation layout plus ``frame_indices``, ``object_scores`` and
   ``provenance``; ``masklet_first_appeared_frame`` follows SA-V and is a position in the ``masklet`` list
@@ -57,6 +59,7 @@ class Masklets:
     provenance: dict = field(default_factory=dict)
     stability: list[list[float]] | None = None  # per frame and object, SA-V's masklet_stability_score
     types: list[str] | None = None  # per object "auto" | "manual" (automatic modes); None: a prompted job
+    header_frame_count: int | None = None  # the header's claim, when it is not the frames that decode
 
 
 def masklet_statistics(m: Masklets) -> dict:
@@ -147,6 +150,8 @@ def to_sav_json(m: Masklets) -> dict:
     }
     if m.types is not None:
         d.update(masklet_statistics(m), masklet_type=list(m.types), masklet_stability_score=m.stability)
+    if m.header_frame_count is not None:
+        d["video_header_frame_count"] = m.header_frame_count
     return d
 
 
@@ -182,7 +187,7 @@ def from_sav_json(d: dict) -> Masklets:
         width=int(d["video_width"]), obj_ids=obj_ids, frame_indices=[int(f) for f in frame_indices], rles=rles,
         scores=scores, first_appeared=[int(f) for f in d.get("masklet_first_appeared_frame", [-1] * len(obj_ids))],
         provenance=d.get("provenance") or {}, stability=d.get("masklet_stability_score"),
-        types=d.get("masklet_type"),
+        types=d.get("masklet_type"), header_frame_count=d.get("video_header_frame_count"),
     )
 
 
@@ -205,6 +210,8 @@ def to_parquet_table(m: Masklets) -> pa.Table:
     meta = {"video_id": m.video_id, "frame_count": m.frame_count, "height": m.height, "width": m.width,
             "obj_ids": m.obj_ids, "frame_indices": m.frame_indices, "first_appeared": m.first_appeared,
             "provenance": m.provenance, "types": m.types}
+    if m.header_frame_count is not None:
+        meta["header_frame_count"] = m.header_frame_count
     return table.replace_schema_metadata({_PARQUET_META_KEY: json.dumps(meta).encode()})
 
 
@@ -234,7 +241,8 @@ def from_parquet_table(table: pa.Table) -> Masklets:
         raise MaskletFormatError(f"video {meta['video_id']}: Parquet masklets lack (frame, obj) rows {missing[:5]}")
     return Masklets(video_id=meta["video_id"], frame_count=meta["frame_count"], height=h, width=w, obj_ids=obj_ids,
                     frame_indices=frame_indices, rles=rles, scores=scores, first_appeared=meta["first_appeared"],
-                    provenance=meta["provenance"], stability=stability, types=meta.get("types"))
+                    provenance=meta["provenance"], stability=stability, types=meta.get("types"),
+                    header_frame_count=meta.get("header_frame_count"))
 
 
 def masklets_to_bytes(m: Masklets, fmt: str) -> bytes:
