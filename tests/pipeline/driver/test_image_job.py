@@ -137,6 +137,11 @@ def test_local_job_coco_out_resume_and_failures(tmp_path, ray_cluster):
     proc = _run(tmp_path, ray_cluster.address, *base)
     assert proc.returncode == 0 and "nothing to do" in proc.log
     assert {p.name: p.stat().st_mtime_ns for p in parts} == stamps
+    # the prefix is claimed: other weights are refused in one line, before any work
+    assert "claim" in json.loads((out / "_state" / "provenance.json").read_text())
+    proc = _run(tmp_path, ray_cluster.address, *base, "model.seed=1")
+    assert proc.returncode == 2 and "random_seed 0 there, 1 now" in proc.log and "Traceback" not in proc.log
+    assert {p.name: p.stat().st_mtime_ns for p in parts} == stamps
     rows[-1]["box"] = [25.0, 30.0, 50.0, 80.0]  # image e: the third task
     _write_manifest(rows, manifest)
     proc = _run(tmp_path, ray_cluster.address, *base)
