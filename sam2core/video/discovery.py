@@ -251,17 +251,17 @@ def discover_objects(session: VideoSession, generator: AutomaticMaskGenerator, o
     known: dict[int, torch.Tensor] = {}  # every known object's mask at the current boundary
     found: list[FoundObject] = []
     for b, nxt in zip(boundaries, boundaries[1:] + [None]):
-        if b >= session.num_frames:
-            break  # the video ends before this boundary (its source claimed more frames than it has)
+        # a source that claimed more frames than it has: a read that ended early lowered its count (a pipeline
+        # decoder), or it yields nothing past its end
+        frame = next(iter(source.iter_frames([b])), None) if b < source.num_frames and b in keys else None
+        if b >= source.num_frames or (b in keys and frame is None):
+            break  # the video ends before this boundary
         if on_frame is not None:
             on_frame(b)
         here = by_frame.get(b, [])
         if here:
             known.update(_prompted_masks(session, here))
         if b in keys:
-            frame = next(iter(source.iter_frames([b])), None)
-            if frame is None:
-                break  # the video ends before this keyframe
             image = np.array(frame)  # a writable copy
             with torch.inference_mode(), session.compute_context():
                 masks = generator.generate_masks(image, session.features(b))
