@@ -201,7 +201,7 @@ class AutoSpec:
     official names and defaults); the rest drive ``pipeline.actor.discovery``."""
 
     generator: dict = field(default_factory=_generator_defaults)
-    every: int = 4  # keyframe cadence: SA-V annotates every 4th frame of 24 fps video (6 fps)
+    every: int = 4  # keyframe cadence in tracked frames (with data.frame_step=4: every 16th frame of the video)
     match_iou: float = 0.5  # a generator mask with this IoU with a tracked mask is that object
     match_coverage: float = 0.8  # ... or covered by it for this share of its area
     max_objects: int = 50  # discovered objects per video at most (largest first)

@@ -6,7 +6,9 @@ device) is sam2core's (``sam2core.video.discovery``). Here the job's terms becom
 ids start above the manifest's) and ``auto.*`` becomes ``DiscoveryOptions``. The worker then runs one final pass
 with every discovered object prompted on the keyframe where it was found (``propagate(direction="both")``, so
 objects are also tracked backward to where they first appear), writes SA-V's auto layout, and ``prune`` removes
-near-empty and duplicate masklets from its output.
+near-empty and duplicate masklets from its output. The session sees the tracked frames only (``data.frame_step``, a
+clip: ``pipeline.actor.sampling``), so keyframes are every ``auto.every`` tracked frames and prompts come in the
+session's numbering.
 """
 
 from __future__ import annotations
