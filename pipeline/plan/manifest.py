@@ -359,6 +359,11 @@ def _check_duplicates(table: pa.Table, ok_vid: np.ndarray, errors: _Errors) -> N
         errors.add(r, "frame_idx", f"second prompt for video {v!r} object {o} frame {f} (first in row {r0})")
 
 
+def _has_clips(table: pa.Table) -> bool:
+    """Some row gives a clip (a start_frame or end_frame column holding a value)."""
+    return any(c in table.column_names and table[c].null_count < table.num_rows for c in CLIP_COLUMNS)
+
+
 def clip_bounds(table: pa.Table) -> tuple[np.ndarray, np.ndarray]:
     """Per row: start_frame and end_frame as int64, -1 where null, absent, negative or not an integer column."""
     out = []
@@ -381,6 +386,8 @@ def _check_clips(table: pa.Table, ok_vid: np.ndarray, frame_step: int, errors: _
     the same on every row of a video. Returns the rows whose clip is usable."""
     n = table.num_rows
     usable = np.ones(n, dtype=bool)
+    if not _has_clips(table):
+        return usable
     for col in CLIP_COLUMNS:
         if col not in table.column_names or pa.types.is_null(table[col].type):
             continue
@@ -420,7 +427,8 @@ def _check_clips(table: pa.Table, ok_vid: np.ndarray, frame_step: int, errors: _
 def _check_on_grid(table: pa.Table, rows: np.ndarray, frame_step: int, errors: _Errors) -> None:
     """A prompt (the ``rows``) must be on a tracked frame: on the ``frame_step`` grid and inside its row's clip; the
     refusal names the nearest tracked frames."""
-    if "frame_idx" not in table.column_names or not pa.types.is_integer(table["frame_idx"].type):
+    if "frame_idx" not in table.column_names or not pa.types.is_integer(table["frame_idx"].type) or (
+            frame_step == 1 and not _has_clips(table)):
         return
     frame = table["frame_idx"]
     rows = rows & _np(frame.is_valid(), False) & _np(pc.greater_equal(frame, 0), False)
