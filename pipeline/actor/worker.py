@@ -223,7 +223,7 @@ class PropagationWorker:
             self._status = WorkerStatus(task.video_id, started=time.time(), objects=task.num_objects)
         try:
             masklets = self.run_video(task)
-            frames, objects = masklets.frame_count, len(masklets.obj_ids)
+            frames, objects = len(masklets.frame_indices), len(masklets.obj_ids)  # the frames tracked
             result = WorkerResult(task.video_id, frames=frames, objects=objects,
                                   seconds=round(time.perf_counter() - start, 3), digest=task.digest,
                                   worker=self.identity)

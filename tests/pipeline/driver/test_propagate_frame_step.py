@@ -79,6 +79,7 @@ def test_a_strided_and_clipped_job_tracks_the_sampled_frames_and_keeps_their_num
         assert all(masks.any(axis=(1, 2)).all() for masks in got.values())  # every object on every frame
 
     markers = {p.name: p.read_text() for p in (out / "_state" / "done").iterdir()}
+    assert {name: json.loads(text)["frames"] for name, text in markers.items()} == {"every4.json": 5, "window.json": 2}
     with caplog.at_level(logging.INFO):
         assert run(spec) == EXIT_OK  # the same step and clips: nothing to redo
     assert "2 already done, 0 to run" in caplog.text
