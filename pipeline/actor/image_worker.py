@@ -85,6 +85,7 @@ class ImageWorker:
         with self._lock:
             self._status = WorkerStatus(task.key, started=time.time(), objects=1, frames=task.num_images)
         try:
+            self.sink.fence()  # a prefix another job took over: fail at once (claim_lost), before any work
             part = self.run_task(task)
             result = WorkerResult(task.key, frames=task.num_images, objects=len(part["annotations"]),
                                   seconds=round(time.perf_counter() - start, 3), digest=task.digest,

@@ -222,6 +222,7 @@ class PropagationWorker:
         with self._lock:
             self._status = WorkerStatus(task.video_id, started=time.time(), objects=task.num_objects)
         try:
+            self.sink.fence()  # a prefix another job took over: fail at once (claim_lost), before any work
             masklets = self.run_video(task)
             frames, objects = len(masklets.frame_indices), len(masklets.obj_ids)  # the frames tracked
             result = WorkerResult(task.video_id, frames=frames, objects=objects,
