@@ -62,8 +62,9 @@ class LocalS3:
         """Kill the server (an outage); its data stays for ``restart``."""
         _stop(self.process, self.ports)
 
-    def restart(self, timeout_s: float = 90.0) -> None:
-        """Start the server again on the same ports with the same data (the outage ends)."""
+    def restart(self, timeout_s: float = 300.0) -> None:
+        """Start the server again on the same ports with the same data (the outage ends); ``timeout_s`` is a net
+        against a server that never comes back (a restart takes 20-30 s on a loaded 2-core machine)."""
         self.process, _, log = _start(self.weed, self.workdir, self.ports)
         _wait_ready(self, log, timeout_s)
 
