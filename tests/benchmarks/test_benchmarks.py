@@ -39,7 +39,7 @@ def _run(module: str, *args: str, check: bool = True) -> subprocess.CompletedPro
     """``python -m <module> args…`` from the repository root, in a subprocess (Hydra stays out of pytest)."""
     env = {**os.environ, "OMP_NUM_THREADS": "1", "HYDRA_FULL_ERROR": "1"}
     proc = subprocess.run([sys.executable, "-m", module, *args], cwd=REPO, env=env, capture_output=True, text=True,
-                          timeout=300)
+                          timeout=600)  # a net against a hang only: the engine section took 122 s on a loaded machine
     if check and proc.returncode != 0:
         raise AssertionError(f"{module} failed ({proc.returncode}):\n{proc.stdout}\n{proc.stderr}")
     return proc
