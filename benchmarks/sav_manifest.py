@@ -93,6 +93,8 @@ def build_table(shape: ManifestShape) -> pa.Table:
         "point_labels": labels,
         "box": pa.nulls(n, MANIFEST_SCHEMA.field("box").type),
         "mask": mask,
+        "start_frame": pa.nulls(n, pa.int64()),  # no clips: every video whole
+        "end_frame": pa.nulls(n, pa.int64()),
     }
     return pa.Table.from_pydict(columns, schema=MANIFEST_SCHEMA)
 
