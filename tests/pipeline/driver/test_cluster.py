@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 import ipaddress
+import subprocess
+import sys
 
 import ray
 
 from pipeline.driver.cluster import connected
+from tests.pipeline.driver.propagate_support import REPO
 
 
 def _listening_hosts(node) -> set[str]:
@@ -48,9 +51,17 @@ def test_the_session_cluster_and_its_drivers_use_127_0_0_1_only(ray_cluster):
 
 
 def test_a_job_without_an_address_starts_its_ray_on_127_0_0_1():
-    with connected(None):
-        node = ray._private.worker.global_worker.node
-        assert node.node_ip_address == "127.0.0.1"
-        assert ray.get(_worker_ip.remote()) == "127.0.0.1"
-        hosts = _listening_hosts(node)
-        assert hosts and all(_loopback(h) for h in hosts), hosts
+    """In a process of its own, as a job runs: a second Ray instance started inside this test process breaks the
+    session cluster's later actors."""
+    code = ("import ray\n"
+            "from pipeline.driver.cluster import connected\n"
+            "from tests.pipeline.driver.test_cluster import _listening_hosts, _loopback, _worker_ip\n"
+            "with connected(None):\n"
+            "    node = ray._private.worker.global_worker.node\n"
+            "    hosts = _listening_hosts(node)\n"
+            "    assert hosts and all(_loopback(h) for h in hosts), hosts\n"
+            "    print(node.node_ip_address, ray.get(_worker_ip.remote()))\n")
+    proc = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True,
+                          timeout=600)  # a net against a hang only: about 15 s on a loaded machine
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert proc.stdout.split() == ["127.0.0.1", "127.0.0.1"]
