@@ -19,14 +19,14 @@ from pipeline.plan.sampling import FrameGrid
 class SampledSource(VideoSource):
     """The frames ``grid`` keeps of ``video`` (which it owns: ``close`` closes it), numbered 0..n-1. VideoError when
     the video has none of them (a clip that starts past its end). The tracked frames follow the video's count, so a
-    video found shorter while decoding is a shorter view; ``header_frames`` is the video's."""
+    video found shorter while decoding is a shorter view."""
 
     def __init__(self, video: VideoSource, grid: FrameGrid) -> None:
         self.video = video
         self.grid = grid
         if not self.frames:
-            raise VideoError(f"{video.uri}: the clip starts at frame {grid.start} but the video has "
-                             f"{video.num_frames} frames (0..{video.num_frames - 1})")
+            raise VideoError(f"{video.uri}: no frame to track ({grid.describe()}, first tracked frame {grid.first}) "
+                             f"in the video's {video.num_frames} frames (0..{video.num_frames - 1})")
         self.uri = video.uri
         self.height, self.width = video.height, video.width
         self.fps = None if video.fps is None else video.fps / grid.step
@@ -39,10 +39,6 @@ class SampledSource(VideoSource):
     @property
     def num_frames(self) -> int:  # type: ignore[override]
         return len(self.frames)
-
-    @property
-    def header_frames(self) -> int | None:  # type: ignore[override]
-        return getattr(self.video, "header_frames", None)
 
     def frame(self, position: int) -> int:
         """The video's frame number of the engine's frame ``position``."""

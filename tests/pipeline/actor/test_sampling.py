@@ -53,8 +53,9 @@ def test_sampled_source_presents_the_tracked_frames_and_maps_numbers_back(mp4):
             list(source.iter_frames([5]))
     finally:
         source.close()
-    with pytest.raises(VideoError, match="clip starts at frame 40 but the video has 30 frames"):
-        SampledSource(open_video(uri, decoder="pyav"), FrameGrid(4, 40, None))
+    with pytest.raises(VideoError, match=r"no frame to track \(data.frame_step=4, clip 29–the end of the video, "
+                                         r"first tracked frame 32\) in the video's 30 frames \(0..29\)"):
+        SampledSource(open_video(uri, decoder="pyav"), FrameGrid(4, 29, None))
 
 
 # the official predictor on a folder of frames 4, 8, …, 20 of a 23-frame video (clip 2–21, step 4), prompted on

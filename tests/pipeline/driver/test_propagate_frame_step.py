@@ -14,7 +14,7 @@ import pytest
 import torch
 
 from pipeline.actor.decoding import open_video
-from pipeline.driver.job import EXIT_BAD_INPUT, EXIT_OK, run
+from pipeline.driver.job import EXIT_BAD_INPUT, EXIT_FAILED_VIDEOS, EXIT_OK, run
 from pipeline.io.masklets import read_masklets
 from pipeline.io.rle import decode_rle
 from pipeline.specs import AutoSpec, DataSpec, SpecError
@@ -30,7 +30,8 @@ NUM_FRAMES = 18
 @pytest.fixture
 def strided(tmp_path) -> dict:
     """One 18-frame mp4 listed twice: "every4" prompted on frame 4 (a mask of the square, a click on the
-    background), "window" with the clip 5–14 (frames 8 and 12 at step 4) prompted on frame 8."""
+    background), "window" with the clip 5–14 (frames 8 and 12 at step 4) prompted on frame 8, and "past" whose clip
+    starts after the video's end (on the grid: the driver cannot know the video's length)."""
     frames = synthetic_frames(NUM_FRAMES, 64, 96, seed=5)
     make_video(tmp_path / "videos" / "clip.mp4", frames)
     rows = []
@@ -38,6 +39,8 @@ def strided(tmp_path) -> dict:
         for row in (prompt_row(video_id, "videos/clip.mp4", 0, frame, mask=square_mask(frames, frame)),
                     prompt_row(video_id, "videos/clip.mp4", 1, frame, points=[[92.0, 60.0]], labels=[1])):
             rows.append({**row, "start_frame": clip[0], "end_frame": clip[1]})
+    rows.append({**prompt_row("past", "videos/clip.mp4", 0, 40, points=[[5.0, 5.0]], labels=[1]),
+                 "start_frame": 40, "end_frame": None})
     return {"manifest": write_manifest(rows, str(tmp_path / "manifest.parquet")), "rows": rows,
             "video": str(tmp_path / "videos" / "clip.mp4")}
 
@@ -66,7 +69,10 @@ def test_a_strided_and_clipped_job_tracks_the_sampled_frames_and_keeps_their_num
                                                                                         ray_cluster, caplog):
     out = tmp_path / "out"
     spec = _with_step(job_spec(strided["manifest"], str(tmp_path), str(out), ray_cluster.address), 4)
-    assert run(spec) == EXIT_OK
+    assert run(spec) == EXIT_FAILED_VIDEOS
+    reason = json.loads((out / "_state" / "failed" / "past.json").read_text())["reason"]
+    assert "no frame to track (data.frame_step=4, clip 40–the end of the video, first tracked frame 40) in the " \
+           "video's 18 frames" in reason
 
     for video_id, kept in (("every4", [0, 4, 8, 12, 16]), ("window", [8, 12])):
         m = read_masklets(str(out / "masklets" / f"{video_id}.json"))
@@ -81,8 +87,8 @@ def test_a_strided_and_clipped_job_tracks_the_sampled_frames_and_keeps_their_num
     markers = {p.name: p.read_text() for p in (out / "_state" / "done").iterdir()}
     assert {name: json.loads(text)["frames"] for name, text in markers.items()} == {"every4.json": 5, "window.json": 2}
     with caplog.at_level(logging.INFO):
-        assert run(spec) == EXIT_OK  # the same step and clips: nothing to redo
-    assert "2 already done, 0 to run" in caplog.text
+        assert run(spec) == EXIT_FAILED_VIDEOS  # the same step and clips: only the failed video again
+    assert "2 already done, 1 to run" in caplog.text
     assert {p.name: p.read_text() for p in (out / "_state" / "done").iterdir()} == markers
 
 
