@@ -92,7 +92,8 @@ def read_manifest_table(uri: str, storage_options: dict | None = None, retry_s: 
     """The manifest as one Arrow table (a Parquet file or a folder of Parquet files, any fsspec URI); transient
     storage errors are retried for ``retry_s`` seconds.
 
-    Optional prompt and clip columns of Arrow type null (all values missing, as pandas writes them) are dropped.
+    Optional prompt and clip columns of Arrow type null (all values missing, as pandas writes them) are dropped, and
+    clip columns of whole floats (pandas' integers with missing values) become int64.
     """
     fs, path = filesystem(uri, storage_options)
     try:
@@ -106,7 +107,14 @@ def read_manifest_table(uri: str, storage_options: dict | None = None, retry_s: 
         raise ManifestReadError(f"manifest {uri} is {what}: {type(e).__name__}: {e}") from e
     empty = [c for c in ("points", "point_labels", "box", "mask", *CLIP_COLUMNS)
              if c in table.column_names and pa.types.is_null(table.schema.field(c).type)]
-    return table.drop_columns(empty) if empty else table
+    table = table.drop_columns(empty) if empty else table
+    for c in CLIP_COLUMNS:
+        if c in table.column_names and pa.types.is_floating(table.schema.field(c).type):
+            try:  # a safe cast: a fractional frame stays float and is refused by the checks
+                table = table.set_column(table.column_names.index(c), c, pc.cast(table[c], pa.int64()))
+            except pa.ArrowInvalid:
+                pass
+    return table
 
 
 def _read_parquet(fs: Any, path: str) -> pa.Table:
@@ -393,7 +401,7 @@ def _check_clips(table: pa.Table, ok_vid: np.ndarray, frame_step: int, errors: _
             continue
         arr = table[col]
         if not pa.types.is_integer(arr.type):
-            errors.add(-1, col, f"must be an integer column (or null), got {arr.type}")
+            errors.add(-1, col, f"must be an integer column (or null; floats only when whole), got {arr.type}")
             return np.zeros(n, dtype=bool)
         neg = _np(pc.less(pc.cast(arr, pa.int64(), safe=False), 0), False)
         errors.add_mask(neg, col, lambda r, a=arr, c=col: f"{c} {a[r].as_py()} must be >= 0")

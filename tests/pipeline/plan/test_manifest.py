@@ -363,9 +363,10 @@ def test_frame_step_and_clips_plan_into_task_grids(tmp_path):
     assert grids == {"v1": FrameGrid(4), "v2": FrameGrid(4, 301, 900), "v3": FrameGrid(4, None, 12)}
     every = load_manifest(_write(tmp_path / "e.parquet", _valid_rows()), data_root="/r")
     assert all(t.grid.every_frame for t in every.tasks)
-    # prompts=auto: only the videos and their clips; all-null clip columns (as pandas writes them) are none
+    # prompts=auto: only the videos and their clips, as pandas writes them: all-null columns are none, integers
+    # with missing values are whole floats
     pq.write_table(pa.table({"video_id": ["a", "b", "b"], "video_uri": ["a.mp4", "b.mp4", "b.mp4"],
-                             "start_frame": pa.array([None, 8, 8], pa.int32()), "end_frame": pa.nulls(3)}),
+                             "start_frame": pa.array([None, 8.0, 8.0]), "end_frame": pa.nulls(3)}),
                    tmp_path / "auto.parquet")
     auto = load_manifest(str(tmp_path / "auto.parquet"), data_root="/r", mode="auto", frame_step=2)
     assert {t.video_id: t.grid for t in auto.tasks} == {"a": FrameGrid(2), "b": FrameGrid(2, 8, None)}
@@ -402,3 +403,8 @@ def test_prompts_off_the_tracked_frames_and_bad_clips_are_refused_with_their_row
                              "box": [[0.0, 0.0, 2.0, 2.0]], "end_frame": ["9"]}), tmp_path / "s.parquet")
     with pytest.raises(ManifestError, match="column 'end_frame': must be an integer column"):
         load_manifest(str(tmp_path / "s.parquet"))
+    pq.write_table(pa.table({"video_id": ["a"], "video_uri": ["a.mp4"], "obj_id": [0], "frame_idx": [0],
+                             "box": [[0.0, 0.0, 2.0, 2.0]], "end_frame": [9.5]}), tmp_path / "f.parquet")
+    with pytest.raises(ManifestError, match=r"column 'end_frame': must be an integer column \(or null; floats only "
+                                            r"when whole\), got double"):
+        load_manifest(str(tmp_path / "f.parquet"))
