@@ -25,7 +25,7 @@ from pipeline.plan.manifest import load_manifest
 from pipeline.driver.pool import WorkerPool
 from pipeline.driver.scheduling import PoolPolicy
 from pipeline.io.prefix import make_sink
-from pipeline.specs import OutputSpec
+from pipeline.specs import ClusterSpec, OutputSpec
 from pipeline.plan.tasks import VideoTask, with_digests
 from pipeline.records import Status, WorkerIdentity, WorkerResult, WorkerStatus
 
@@ -76,7 +76,8 @@ def measure_dispatch(manifest: str, data_root: str, tasks: int, workers: int, de
             actors = [ray.remote(NullWorker).options(num_cpus=1).remote() for _ in range(workers)]
             ray.get([a.ready.remote() for a in actors])
             start = time.perf_counter()
-            records = WorkerPool(actors, sink, PoolPolicy(depth=depth, max_attempts=1), log_every_s=3600.0).run(todo)
+            policy = PoolPolicy.of(ClusterSpec(tasks_per_worker=depth, max_attempts=1))
+            records = WorkerPool(actors, sink, policy, log_every_s=3600.0).run(todo)
             seconds = time.perf_counter() - start
     finally:
         ray.shutdown()

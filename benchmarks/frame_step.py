@@ -66,8 +66,7 @@ def measure(run: StepRun) -> dict[str, Any]:
         ray.init(address="local", num_cpus=1, num_gpus=int(device == "cuda"), include_dashboard=False,
                  log_to_driver=False)
         try:
-            (actor,) = start_workers(spec, 1, num_cpus=1, num_gpus=int(device == "cuda"), max_restarts=0,
-                                     max_task_retries=0)
+            (actor,) = start_workers(spec, 1, num_cpus=1, num_gpus=int(device == "cuda"), max_restarts=0)
             ray.get(actor.ready.remote())
 
             def process(grid: FrameGrid) -> None:

@@ -19,16 +19,23 @@ The workload (assumed; SA-V's published figures where there are some):
   a real job.
 
 Faults (per run, drawn from the seed): each replica dies at random (``deaths_per_worker_hour``); Ray restarts it
-after ``restart_s`` (model rebuilt) and re-runs its queued videos once (``ClusterSpec.max_task_retries``), past
-that a video comes back to the pool as a death (as when the pool kills a replica for a video past its time
-budget); a replica that dies more than ``max_restarts`` times is gone, and ``lost_fraction`` of the replicas are
-lost for good at a random time (a node gone). ``slow_worker_fraction`` of the
-replicas are ``slow_worker_factor`` times slower for the whole run, and ``slow_task_fraction`` of the videos take
-``slow_task_factor`` times longer wherever they run (slow storage, a hard video). The pool's policy is the job's
-default (``ClusterSpec``: ``tasks_per_worker`` 2, 3 attempts, backoff 2 s, time budgets).
+after ``restart_s`` (model rebuilt) and runs none of its videos again: they come back to the pool as deaths, as
+when the pool kills a replica for a video past its time budget (the one it ran counts as an attempt, the queued
+ones do not); a replica that dies more than ``max_restarts`` times is gone, and ``lost_fraction`` of the replicas
+are lost for good at a random time (a node gone). ``slow_worker_fraction`` of the
+replicas are ``slow_worker_factor`` times slower for the whole run; ``slow_task_fraction`` of the attempts take
+``slow_task_factor`` times longer (slow storage, a congested node: another copy of the video runs at normal speed);
+``hard_video_fraction`` of the videos take ``hard_video_factor`` times longer wherever they run (their content):
+that is what they cost, so their work and the bound count it. The pool's policy is the job's
+default (``ClusterSpec``: ``tasks_per_worker`` 2, 3 attempts, backoff 2 s, time budgets, backup copies of
+stragglers past ``speculate_after`` times their expected time).
 
 The simulated driver reacts at once (the real loop waits at most 1 s for results; dispatch costs ~1 ms, see the
-driver section); a video past its time budget is seen by the next status poll (``POLL_S``).
+driver section); a video past its time budget is seen by the next status poll (``POLL_S``), and so is a straggler:
+the scheduler gets a replica's status when its video starts, and is asked for backup copies every ``POLL_S`` while
+a replica idles. A backup copy that lost is cancelled: taken out of its mailbox when queued, run to its end when
+running (Ray does not stop a running actor task); an original outrun by its backup is dropped (its replica
+replaced when it was running it).
 """
 
 from __future__ import annotations
@@ -49,7 +56,7 @@ from benchmarks.driver import measure_plan
 from benchmarks.harness import run_isolated
 from benchmarks.report import Figure, figure
 from benchmarks.sav_manifest import ManifestShape, write_manifest
-from pipeline.driver.scheduling import ActorKey, Phase, PoolPolicy, Restart, Scheduler
+from pipeline.driver.scheduling import ActorKey, Phase, PoolPolicy, Restart, Scheduler, Verdict
 from pipeline.plan.tasks import VideoTask, plan_order, video_cost
 from pipeline.records import Fault, Status, WorkerIdentity, WorkerResult, WorkerStatus
 from pipeline.specs import ClusterSpec
@@ -87,8 +94,10 @@ class Faults:
     lost_fraction: float = 0.01
     slow_worker_fraction: float = 0.02
     slow_worker_factor: float = 3.0
-    slow_task_fraction: float = 0.01
+    slow_task_fraction: float = 0.01  # of the attempts
     slow_task_factor: float = 4.0
+    hard_video_fraction: float = 0.01  # of the videos
+    hard_video_factor: float = 4.0
 
 
 @dataclass
@@ -103,6 +112,8 @@ class Outcome:
     restarts: int
     lost: int
     attempts: int  # over all videos
+    backups: int  # backup copies sent
+    stolen: int  # queued videos taken back from behind a straggler
 
 
 def sav_workload(w: Workload, seed: int) -> tuple[list[VideoTask], dict[str, float], dict[str, int]]:
@@ -133,24 +144,25 @@ class _Replica:
 
     key: ActorKey
     speed: float  # seconds of work per second of a normal replica (> 1: a straggler)
-    mailbox: deque = field(default_factory=deque)  # (task, Ray re-runs left)
+    mailbox: deque = field(default_factory=deque)  # tasks it runs in order (the first is running once alive)
     running: tuple | None = None  # (task, started, ends)
+    dropped: set = field(default_factory=set)  # videos in its mailbox the pool asked it to drop
     life: int = 0  # process generation: events of an earlier one are stale
     alive: bool = False
     deaths: int = 0
 
 
 class _Simulation:
-    """The event loop: replicas, Ray's restarts and task re-runs, and the scheduler fed its events."""
+    """The event loop: replicas, Ray's restarts, and the scheduler fed its events."""
 
     def __init__(self, tasks: list[VideoTask], work: dict[str, float], frames: dict[str, int], workers: int,
                  cluster: ClusterSpec, faults: Faults, seed: int) -> None:
-        self.work, self.frames, self.cluster, self.faults = work, frames, cluster, faults
+        self.frames, self.cluster, self.faults = frames, cluster, faults
         self.rng = random.Random(seed)
-        policy = PoolPolicy(cluster.tasks_per_worker, cluster.max_attempts, cluster.retry_backoff_s,
-                            cluster.video_timeout_s, cluster.timeout_s_per_object_frame, cluster.start_timeout_s)
-        self.s = Scheduler(policy, tasks, range(workers), 0.0, random.Random(seed + 1))
-        self.slow_tasks = {t.video_id for t in tasks if self.rng.random() < faults.slow_task_fraction}
+        self.s = Scheduler(PoolPolicy.of(cluster), tasks, range(workers), 0.0, random.Random(seed + 1))
+        hard = faults.hard_video_factor
+        self.work = {t.video_id: work[t.video_id] * (hard if self.rng.random() < faults.hard_video_fraction else 1.0)
+                     for t in tasks}  # what each video costs on a replica of normal speed, hard ones included
         self.events: list[tuple[float, int, str, ActorKey, int]] = []  # (time, seq, kind, replica, life)
         self.seq = itertools.count()
         self.results: list[WorkerResult] = []
@@ -183,7 +195,7 @@ class _Simulation:
             now, _, kind, key, life = heapq.heappop(self.events)
             r = self.replicas[key]
             if kind == "wake":
-                wake = None
+                wake = None if wake is not None and now >= wake else wake  # an earlier one is stale
             elif life == r.life or kind == "lost":  # a node is lost whatever its process went through
                 getattr(self, f"_{kind}")(r, now)
             for dropped in self.s.start_expired(now):  # not up in time: the pool kills it for good
@@ -191,9 +203,16 @@ class _Simulation:
             if self.s.in_flight == 0 and self.s.starting == 0 and self.s.up == 0:
                 self.results += self.s.abandon("all workers died")
                 break
+            for actor, vid in self.s.stealable(now):  # queued behind a straggler: dropped there, queued again
+                self.replicas[actor].dropped.add(vid)
+                self.s.on_dropped(actor, vid, True, now)
             for actor, task in self.s.assign(now):
                 self._send(self.replicas[actor], task, now)
+            for actor, task in self.s.speculate(now):
+                self._send(self.replicas[actor], task, now)
             due = self.s.next_wakeup(now)
+            if not self.s.fresh and not self.s.retries and self.s.in_flight < self.s.up * self.s.policy.depth:
+                due = now + POLL_S if due is None else min(due, now + POLL_S)  # the pool's next status poll
             if due is not None and (wake is None or due < wake):
                 wake = math.nextafter(max(due, now), math.inf)  # a start deadline has passed only after it
                 heapq.heappush(self.events, (wake, next(self.seq), "wake", 0, 0))
@@ -216,19 +235,24 @@ class _Simulation:
             self._at(now + self.rng.expovariate(rate), "death", r)
 
     def _send(self, r: _Replica, task: VideoTask, now: float) -> None:
-        r.mailbox.append((task, self.cluster.max_task_retries))
+        r.mailbox.append(task)
         if r.alive and r.running is None:
             self._start_next(r, now)
 
     def _start_next(self, r: _Replica, now: float) -> None:
+        while r.mailbox and r.running is None and r.mailbox[0].video_id in r.dropped:  # ends at once, unwritten
+            task = r.mailbox.popleft()
+            r.dropped.discard(task.video_id)
+            self._result(r, task, WorkerResult(task.video_id, Fault.ERROR, "dropped", objects=task.num_objects), now)
         if not r.mailbox or r.running is not None:
             return
-        task, _ = r.mailbox[0]
-        slow = self.faults.slow_task_factor if task.video_id in self.slow_tasks else 1.0
+        task = r.mailbox[0]
+        slow = self.faults.slow_task_factor if self.rng.random() < self.faults.slow_task_fraction else 1.0
         ends = now + self.work[task.video_id] * r.speed * slow
         r.running = (task, now, ends)
         self._at(ends, "done", r)
         status = self._status(task, now)
+        self.s.expired(now, {r.key: status})  # what the next status poll tells the pool (nothing expired yet)
         over = now + self.s.budget(status)
         if ends > over:  # the pool's status poll sees it past its budget
             self._at(over + POLL_S, "timeout", r)
@@ -241,15 +265,33 @@ class _Simulation:
         task, started, _ = r.running
         r.running = None
         r.mailbox.popleft()
-        result = WorkerResult(task.video_id, None, None, 0, task.num_objects, now - started, task.digest,
-                              worker=self._identity(r))
+        result = WorkerResult(task.video_id, None, None, self.frames[task.video_id], task.num_objects, now - started,
+                              task.digest, worker=self._identity(r))
         self._result(r, task, result, now)
         self._start_next(r, now)
 
     def _result(self, r: _Replica, task: VideoTask, result: WorkerResult, now: float) -> None:
         verdict = self.s.on_result(r.key, task, result, now)
+        self._verdict(r, verdict, now)
+
+    def _verdict(self, r: _Replica, verdict: Verdict, now: float) -> None:
         if verdict.final:
             self.results.append(verdict.result)
+        for key in verdict.cancel:  # a backup copy that lost: out of its mailbox if it waits there
+            other = self.replicas[key]
+            vid = verdict.result.video_id
+            if other.running is None or other.running[0].video_id != vid:
+                task = next((t for t in other.mailbox if t.video_id == vid), None)
+                if task is not None:
+                    other.mailbox.remove(task)
+                    self._result(other, task, WorkerResult(vid, Fault.ERROR, "cancelled", objects=task.num_objects),
+                                 now)
+        for key in verdict.stop:  # an original outrun by its backup: dropped (it has written nothing)
+            other = self.replicas[key]
+            other.dropped.add(verdict.result.video_id)
+            dropped = self.s.on_dropped(key, verdict.result.video_id, True, now)
+            if dropped is not None:
+                self._verdict(other, dropped, now)
         if verdict.restart is Restart.REPLACE:
             self._kill(r, now, restart=True)
 
@@ -268,15 +310,13 @@ class _Simulation:
         self._kill(r, now, restart=False)
 
     def _kill(self, r: _Replica, now: float, restart: bool) -> None:
-        """The process dies. Ray re-runs each queued video ``max_task_retries`` times on the restarted process;
-        the others (and all of them when it is not restarted) fail to the pool as deaths."""
+        """The process dies: every video in its mailbox fails to the pool as a death, the running one first."""
         r.life += 1
         r.alive = False
         r.running = None
         r.deaths += 1
-        keep = deque((t, left - 1) for t, left in r.mailbox if restart and left > 0)
-        failed = [t for t, left in r.mailbox if not (restart and left > 0)]
-        r.mailbox = keep
+        failed, r.mailbox = list(r.mailbox), deque()
+        r.dropped.clear()
         for task in failed:
             self._result(r, task, WorkerResult(task.video_id, Fault.DIED, "worker died", objects=task.num_objects),
                          now)
@@ -290,12 +330,13 @@ class _Simulation:
 def simulate(tasks: list[VideoTask], work: dict[str, float], frames: dict[str, int], workers: int, faults: Faults,
              seed: int, cluster: ClusterSpec | None = None) -> Outcome:
     """One run of the pool's policy on ``workers`` simulated replicas (``cluster``: the job's defaults); ``work`` and
-    ``frames`` per video as ``sav_workload`` gives them."""
+    ``frames`` per video as ``sav_workload`` gives them (the bound counts hard videos at what they cost)."""
     sim = _Simulation(tasks, work, frames, workers, cluster or ClusterSpec(), faults, seed)
     end = sim.run()
-    longest = max(work.values())
-    return Outcome(end - (sim.first_up or 0.0), max(sum(work.values()) / workers, longest), longest, sim.results,
-                   sum(r.deaths for r in sim.replicas), sim.restarts, sim.lost, sum(r.attempts for r in sim.results))
+    longest = max(sim.work.values())
+    return Outcome(end - (sim.first_up or 0.0), max(sum(sim.work.values()) / workers, longest), longest, sim.results,
+                   sum(r.deaths for r in sim.replicas), sim.restarts, sim.lost, sum(r.attempts for r in sim.results),
+                   sim.s.backups, sim.s.stolen)
 
 
 def run_section(cfg: dict[str, Any], seed: int, threads: int, target: str) -> list[Figure]:
@@ -304,7 +345,7 @@ def run_section(cfg: dict[str, Any], seed: int, threads: int, target: str) -> li
     workload = Workload(**cfg["workload"])
     faults = Faults(**cfg["faults"])
     calm = replace(faults, deaths_per_worker_hour=0.0, lost_fraction=0.0, slow_worker_fraction=0.0,
-                   slow_task_fraction=0.0)
+                   slow_task_fraction=0.0, hard_video_fraction=0.0)
     tasks, work, frames = sav_workload(workload, seed)
     figures = []
     for workers in cfg["workers"]:
@@ -314,7 +355,8 @@ def run_section(cfg: dict[str, Any], seed: int, threads: int, target: str) -> li
             "scheduling", f"makespan over LPT bound, {workers} workers", _excess(out), "%", target,
             note=f"{out.makespan:.0f} s vs {out.bound:.0f} s (longest video {out.longest:.0f} s); {done}/"
                  f"{len(tasks)} done; {out.deaths} deaths, {out.restarts} restarts, {out.lost} lost, "
-                 f"{out.attempts - len(tasks)} retries"))
+                 f"{out.attempts - len(tasks)} retries, {out.backups} backup copies, {out.stolen} videos taken back "
+                 "from stragglers"))
         alone = simulate(tasks, work, frames, workers, calm, seed)
         figures.append(figure("scheduling", "  the same without faults or stragglers", _excess(alone), "%",
                               note=f"{alone.makespan:.0f} s"))

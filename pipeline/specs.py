@@ -168,13 +168,16 @@ class ClusterSpec:
     gpus_per_worker: float | None = None  # null: 1 when the cluster has GPUs, else 0; fractions pack replicas on a GPU
     cpus_per_worker: float = 1  # also the torch thread count of a CPU worker
     tasks_per_worker: int = 2  # videos queued per replica, so the next one starts without a driver round trip
-    max_restarts: int = 2  # Ray restarts a worker process that died (each restart rebuilds the model)
-    max_task_retries: int = 1  # Ray re-runs the video on the restarted worker
+    max_restarts: int = 2  # Ray restarts a worker process that died (each restart rebuilds the model); the pool,
+    #                        not Ray, re-runs its videos
     max_attempts: int = 3  # attempts per video across workers before it is recorded as failed
     retry_backoff_s: float = 2.0  # first delay before a video is retried; doubles per attempt (jitter ±50%)
     video_timeout_s: float = 600.0  # a video's time budget: this, plus the next line's share per object-frame; past
     timeout_s_per_object_frame: float = 2.0  # it the worker is replaced and the video retried or failed
     start_timeout_s: float = 600.0  # a worker that has not built its model by then is dropped
+    # once no video waits, an idle worker runs a backup copy of a video past this many times its expected time
+    # (frames × objects at the throughput seen so far); the first copy done is used; 0: never
+    speculate_after: float = 2.0
     worker_class: str = "pipeline.actor.worker.PropagationWorker"  # the actor class (a testing/extension entry point)
 
     def __post_init__(self) -> None:
@@ -186,7 +189,7 @@ class ClusterSpec:
             _at_least(f"cluster.{key}", getattr(self, key), 0, strict=True)
         for key in ("tasks_per_worker", "max_attempts"):
             _at_least(f"cluster.{key}", getattr(self, key), 1)
-        for key in ("max_restarts", "max_task_retries", "retry_backoff_s", "timeout_s_per_object_frame"):
+        for key in ("max_restarts", "retry_backoff_s", "timeout_s_per_object_frame", "speculate_after"):
             _at_least(f"cluster.{key}", getattr(self, key), 0)
 
 

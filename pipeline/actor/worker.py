@@ -195,6 +195,8 @@ class PropagationWorker:
                                        self.options.dtype)
         self._lock = threading.Lock()
         self._status: WorkerStatus | None = None  # the video under way
+        self._writing: set[str] = set()  # videos whose writes began here
+        self._dropped: set[str] = set()  # videos the driver took back (``drop``): never written here
         tags = {"model": m.name}
         self._frames_metric = metrics.Counter("sam2_frames", "frames propagated", tag_keys=("model",))
         self._object_frames_metric = metrics.Counter("sam2_object_frames", "object-frames propagated",
@@ -213,9 +215,20 @@ class PropagationWorker:
         with self._lock:
             return None if self._status is None else replace(self._status)
 
-    def process(self, task: VideoTask) -> WorkerResult:
-        """Run ``task`` (``run_video``) and write its masklets + done marker; returns a small result, never raises
-        for one video's failure: its ``Fault`` tells the driver whether another attempt could succeed."""
+    @ray.method(concurrency_group="status")
+    def drop(self, video_id: str) -> bool:
+        """Give ``video_id`` up (the driver uses another copy of it): True when its writes had not begun here and
+        never will, False when they had (they complete, once)."""
+        with self._lock:
+            if video_id in self._writing:
+                return False
+            self._dropped.add(video_id)
+            return True
+
+    def process(self, task: VideoTask, mark_done: bool = True) -> WorkerResult:
+        """Run ``task`` (``run_video``) and write its masklets + done marker (a backup copy, ``mark_done`` False,
+        writes no marker: the driver does when it is used); returns a small result, never raises for one video's
+        failure: its ``Fault`` tells the driver whether another attempt could succeed."""
         start = time.perf_counter()
         frames, objects = 0, task.num_objects
         self._objects_held = 0
@@ -223,13 +236,16 @@ class PropagationWorker:
             self._status = WorkerStatus(task.video_id, started=time.time(), objects=task.num_objects)
         try:
             self.sink.fence()  # a prefix another job took over: fail at once (claim_lost), before any work
+            self._unless_dropped(task.video_id)
             masklets = self.run_video(task)
             frames, objects = len(masklets.frame_indices), len(masklets.obj_ids)  # the frames tracked
             result = WorkerResult(task.video_id, frames=frames, objects=objects,
                                   seconds=round(time.perf_counter() - start, 3), digest=task.digest,
                                   worker=self.identity)
+            self._unless_dropped(task.video_id, writing=True)
             self.sink.write(masklets)
-            self.sink.mark_done(result)
+            if mark_done:
+                self.sink.mark_done(result)
         except (PromptError, VideoError) as exc:
             result = self._failed(task, Fault.BAD_INPUT, f"{type(exc).__name__}: {exc}", frames, objects)
         except InputUnavailable as exc:
@@ -247,6 +263,15 @@ class PropagationWorker:
         result = replace(result, seconds=round(time.perf_counter() - start, 3))
         self._videos_metric.inc(tags={"status": result.status.value})
         return result
+
+    def _unless_dropped(self, video_id: str, writing: bool = False) -> None:
+        """Raise when the driver took ``video_id`` back; else, with ``writing``, its writes begin (no drop now)."""
+        with self._lock:
+            if video_id in self._dropped:
+                self._dropped.discard(video_id)
+                raise RuntimeError("dropped: another copy of the video is used")
+            if writing:
+                self._writing.add(video_id)
 
     def _failed(self, task: VideoTask, fault: Fault, error: str, frames: int, objects: int) -> WorkerResult:
         return WorkerResult(task.video_id, fault, error, frames, objects, worker=self.identity)
@@ -387,11 +412,12 @@ def _apply_prompt(session: VideoSession, prompt: Prompt) -> FrameResult:
 
 
 def start_workers(spec: WorkerSpec, count: int, *, num_cpus: float, num_gpus: float, max_restarts: int,
-                  max_task_retries: int, worker_class: type | None = None) -> list[ray.actor.ActorHandle]:
+                  worker_class: type | None = None) -> list[ray.actor.ActorHandle]:
     """``count`` replicas (``worker_class``, default ``PropagationWorker``) spread over the cluster's nodes, each
-    holding ``num_cpus``/``num_gpus``; ``status`` runs in its own concurrency group, beside ``process``."""
+    holding ``num_cpus``/``num_gpus``; ``status`` and ``drop`` run in their own concurrency group, beside ``process``.
+    Ray re-runs no task of theirs: the pool decides every re-run."""
     actor = ray.remote(concurrency_groups={"status": 1})(worker_class or PropagationWorker).options(
-        num_cpus=num_cpus, num_gpus=num_gpus, max_restarts=max_restarts, max_task_retries=max_task_retries,
+        num_cpus=num_cpus, num_gpus=num_gpus, max_restarts=max_restarts,
         scheduling_strategy="SPREAD",
     )
     return [actor.remote(spec) for _ in range(count)]

@@ -144,11 +144,10 @@ def _pool(spec: ImageJobSpec, todo: list[ImageTask], sink: ImageSink) -> WorkerP
             generator=dict(spec.auto.generator) if spec.data.prompts == "auto" else None)
         log.info("starting %d image workers (%s CPU, %s GPU each)", count, c.cpus_per_worker, gpus)
         actors = start_workers(worker_spec, count, num_cpus=c.cpus_per_worker, num_gpus=gpus,
-                               max_restarts=c.max_restarts, max_task_retries=c.max_task_retries,
+                               max_restarts=c.max_restarts,
                                worker_class=ImageWorker)
-        policy = PoolPolicy(c.tasks_per_worker, c.max_attempts, c.retry_backoff_s, c.video_timeout_s,
-                            c.timeout_s_per_object_frame, c.start_timeout_s)
-        pool = WorkerPool(actors, sink, policy, spec.log_every_s)
+        # no backup copies of image tasks: a task with failed images is done without a done marker
+        pool = WorkerPool(actors, sink, replace(PoolPolicy.of(c), speculate_after=0.0), spec.log_every_s)
         pool.run(todo)
         return pool
 

@@ -146,11 +146,9 @@ def _pool(spec: JobSpec, todo: list[VideoTask], provenance: dict, sink: Sink) ->
         )
         log.info("starting %d workers (%s CPU, %s GPU each)", count, c.cpus_per_worker, gpus)
         actors = start_workers(worker_spec, count, num_cpus=c.cpus_per_worker, num_gpus=gpus,
-                               max_restarts=c.max_restarts, max_task_retries=c.max_task_retries,
+                               max_restarts=c.max_restarts,
                                worker_class=_worker_class(c.worker_class))
-        policy = PoolPolicy(c.tasks_per_worker, c.max_attempts, c.retry_backoff_s, c.video_timeout_s,
-                            c.timeout_s_per_object_frame, c.start_timeout_s)
-        pool = WorkerPool(actors, sink, policy, spec.log_every_s)
+        pool = WorkerPool(actors, sink, PoolPolicy.of(c), spec.log_every_s)
         try:
             pool.run(todo)
         except KeyboardInterrupt:

@@ -12,11 +12,15 @@ never idles between videos. What can go wrong, and what the pool does:
 * a video runs past its time budget (``video_timeout_s`` + ``timeout_s_per_object_frame`` × frames × objects,
   read from the worker's status): its actor is killed and replaced and the video fails as "timed out after N s"
   (and is retried like the rest);
-* a video fails on its own (corrupt file, bad prompt): recorded as failed at once, the job goes on.
+* a video fails on its own (corrupt file, bad prompt): recorded as failed at once, the job goes on;
+* a straggler (a video far past its expected time): the videos queued behind it are taken back (``drop``) and go
+  to other actors; once nothing waits, an idle actor runs a backup copy of it, and the first copy done is used.
 
-The decisions (which task next for which actor, retry or not, backoff, time budgets, which actor to avoid) are
+Ray runs each task once (``max_task_retries=0``): every re-run is the pool's decision. The decisions (which task
+next for which actor, retry or not, backoff, time budgets, which actor to avoid, backups) are
 ``pipeline.driver.scheduling.Scheduler``'s, which knows no Ray; this loop makes the Ray calls (``process``, ready
-probes, status polls, ``ray.wait``, ``ray.kill``) and feeds what they return to it as events.
+probes, status polls, ``drop``, ``ray.wait``, ``ray.kill``, ``ray.cancel``) and feeds what they return to it as
+events.
 
 Results of videos that end failed are written through the sink; when even that fails (storage down for good) the
 video stays with the pool, in ``unrecorded``, and reaches the summary.
@@ -27,11 +31,12 @@ from __future__ import annotations
 import logging
 import random
 import time
+from dataclasses import replace
 
 import ray
 
 from pipeline.driver.progress import Progress
-from pipeline.driver.scheduling import ActorKey, Phase, PoolPolicy, Restart, Scheduler
+from pipeline.driver.scheduling import ActorKey, Phase, PoolPolicy, Restart, Scheduler, Verdict
 from pipeline.io.prefix import Sink
 from pipeline.plan.tasks import VideoTask
 from pipeline.records import Fault, Status, WorkerIdentity, WorkerResult, WorkerStartError
@@ -54,6 +59,7 @@ class WorkerPool:
         self.probes: dict[ray.ObjectRef, ActorKey] = {}  # ready probe -> actor
         self.running: dict[ray.ObjectRef, tuple[ActorKey, VideoTask]] = {}  # result -> (actor, task)
         self.statuses: dict[ray.ObjectRef, ActorKey] = {}  # status request -> actor
+        self.drops: dict[ray.ObjectRef, tuple[ActorKey, str]] = {}  # drop request -> (actor, video_id)
         self.last_status = 0.0
         self.records: list[WorkerResult] = []  # final results so far (also what an interrupted job reports)
         self.unrecorded: list[str] = []  # failed videos whose failed marker could not be written
@@ -67,8 +73,15 @@ class WorkerPool:
             self._probe(actor)
         progress = Progress(todo, self.log_every_s)
         while not s.finished:
-            for actor, task in s.assign(time.time()):
-                self.running[self.actors[actor].process.remote(task)] = (actor, task)
+            now = time.time()
+            for actor, video_id in s.stealable(now):
+                log.warning("video %s waits behind a straggler; taking it back", video_id)
+                self._drop(actor, video_id)
+            for actor, task in s.assign(now):
+                self._send(actor, task)
+            for actor, task in s.speculate(now):
+                log.warning("video %s runs far past its expected time; a backup copy starts", task.video_id)
+                self._send(actor, task, mark_done=False)
             if not s.in_flight and not s.starting:
                 if not self.workers:
                     raise WorkerStartError(f"no worker could start: {self.init_error}")
@@ -77,7 +90,7 @@ class WorkerPool:
                         self._final(result, progress)
                     break
             self._poll_status(s)
-            waiting = [*self.running, *self.probes, *self.statuses]
+            waiting = [*self.running, *self.probes, *self.statuses, *self.drops]
             wait_s = self._wait_s(s)
             ready, _ = ray.wait(waiting, num_returns=1, timeout=wait_s) if waiting else ([], [])
             if not waiting:
@@ -87,10 +100,10 @@ class WorkerPool:
                     self._probed(s, ref)
                 elif ref in self.statuses:
                     self._status(s, ref, progress)
+                elif ref in self.drops:
+                    self._dropped(s, ref, progress)
                 else:
-                    result = self._finished(s, ref)
-                    if result is not None:
-                        self._final(result, progress)
+                    self._finished(s, ref, progress)
             for actor in s.start_expired(time.time()):
                 self._drop(actor)
             progress.maybe_log()
@@ -102,6 +115,26 @@ class WorkerPool:
         now = time.time()
         wake = s.next_wakeup(now)
         return _WAIT_S if wake is None else max(0.05, min(_WAIT_S, wake - now))
+
+    def _send(self, actor: ActorKey, task: VideoTask, mark_done: bool = True) -> None:
+        """``process`` on ``actor``, run once by Ray whatever happens to it (the scheduler decides any re-run); a
+        backup copy writes no done marker."""
+        call = self.actors[actor].process.options(max_task_retries=0)
+        self.running[call.remote(task) if mark_done else call.remote(task, False)] = (actor, task)
+
+    def _drop(self, actor: ActorKey, video_id: str) -> None:
+        """Ask ``actor`` to give ``video_id`` up (it answers whether its writes had begun)."""
+        self.drops[self.actors[actor].drop.options(max_task_retries=0).remote(video_id)] = (actor, video_id)
+
+    def _dropped(self, s: Scheduler, ref: ray.ObjectRef, progress: Progress) -> None:
+        actor, video_id = self.drops.pop(ref)
+        try:
+            dropped = ray.get(ref)
+        except ray.exceptions.RayError:
+            dropped = False  # the actor is dying: its result decides
+        verdict = s.on_dropped(actor, video_id, dropped, time.time())
+        if verdict is not None:
+            self._act(s, actor, video_id, verdict, progress)
 
     def _probe(self, actor: ActorKey) -> None:
         """Ask ``actor`` whether it is up; waits through a restart, fails once Ray gave the actor up."""
@@ -157,25 +190,40 @@ class WorkerPool:
         ray.kill(self.actors[actor], no_restart=False)
         self._probe(actor)
 
-    def _finished(self, s: Scheduler, ref: ray.ObjectRef) -> WorkerResult | None:
-        """The final result of a finished task, or None when it goes back to the queue."""
+    def _finished(self, s: Scheduler, ref: ray.ObjectRef, progress: Progress) -> None:
+        """Feed a finished task's result to the scheduler and act on its verdict."""
         actor, task = self.running.pop(ref)
         try:
             result = ray.get(ref)
         except ray.exceptions.RayActorError as exc:
             result = WorkerResult(task.video_id, Fault.DIED, f"worker died: {_cause(exc)}", objects=task.num_objects)
-        verdict = s.on_result(actor, task, result, time.time())
+        except ray.exceptions.TaskCancelledError:  # a backup copy made useless before it ran
+            result = WorkerResult(task.video_id, Fault.ERROR, "cancelled", objects=task.num_objects)
+        self._act(s, actor, task.video_id, s.on_result(actor, task, result, time.time()), progress)
+
+    def _act(self, s: Scheduler, actor: ActorKey, video_id: str, verdict: Verdict, progress: Progress) -> None:
+        """Make the Ray calls a verdict asks for, and record the video when it is final."""
         if verdict.restart is Restart.PROBE:  # it died: no work until it answers a probe
             self._probe(actor)
-        elif verdict.restart is Restart.REPLACE:  # a CUDA error poisons the process: have Ray replace it
-            log.error("worker pid %s: GPU fault (%s); replacing it", result.worker.pid if result.worker else None,
-                      result.error)
+        elif verdict.restart is Restart.REPLACE:  # a CUDA error poisons the process, a straggler writes nothing
+            log.error("worker of video %s replaced (%s)", video_id, verdict.result.error or "its copy dropped")
             self._replace(actor)
+        for other in verdict.cancel:  # a backup copy that lost: it writes no done marker
+            for ref in [r for r, (a, t) in self.running.items() if a == other and t.video_id == video_id]:
+                ray.cancel(ref)
+        for other in verdict.stop:  # the original its backup outran: it must write nothing now
+            self._drop(other, video_id)
         if verdict.final:
-            return verdict.result
-        log.warning("video %s attempt %d failed (%s); retrying in %.1f s", task.video_id, verdict.attempt,
-                    verdict.result.error, verdict.retry_in)
-        return None
+            result = verdict.result
+            if verdict.mark_done:  # the backup copy used wrote the masklets; the marker is the driver's
+                try:
+                    self.sink.mark_done(result)
+                except Exception as exc:  # noqa: BLE001 - storage down for good: not done, a re-run recomputes it
+                    result = replace(result, fault=Fault.ERROR, error=f"done marker not written: {exc}")
+            self._final(result, progress)
+        elif verdict.retry_in is not None:
+            log.warning("video %s attempt %d failed (%s); retrying in %.1f s", video_id, verdict.attempt,
+                        verdict.result.error, verdict.retry_in)
 
     def _final(self, result: WorkerResult, progress: Progress) -> None:
         """Record a video's outcome; a failure is written through the sink (kept here when even that fails)."""

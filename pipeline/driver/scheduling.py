@@ -1,4 +1,5 @@
-"""The pool's retry and scheduling policy, without Ray: which task goes to which actor, what a failure costs.
+"""The pool's retry and scheduling policy, without Ray: which task goes to which actor, what a failure costs, which
+straggler gets a backup copy.
 
 ``Scheduler`` holds the queue, the retries waiting out their backoff and one ``ActorState`` per actor (keyed by a
 stable ``ActorKey``, the actor's index in the pool). It never reads a clock: every event carries ``now``, seconds on
@@ -7,15 +8,19 @@ a simulation). It never calls Ray either: it answers with decisions, and its dri
 
 Driving it (what ``WorkerPool`` does, and what a discrete-event simulation does on its own clock)::
 
-    s = Scheduler(PoolPolicy(...), tasks, actors=range(n), now=t0, rng=random.Random(seed))
+    s = Scheduler(PoolPolicy.of(cluster_spec), tasks, actors=range(n), now=t0, rng=random.Random(seed))
     while not s.finished:
         for actor, task in s.assign(now):          # send them (depth tasks in flight per actor, in queue order)
             ...
+        for actor, task in s.speculate(now):       # backup copies of stragglers for idle actors: send them so that
+            ...                                    # they write their masklets but no done marker
         # then, as things happen:
         s.on_actor_up(actor, now)                  # its ready probe answered (at start, or after a restart)
         v = s.on_result(actor, task, result, now)  # a WorkerResult; Fault.DIED when the actor died with it
-        #   v.final: the video's last result (record it); else it comes back after v.retry_in seconds
+        #   v.final: the video's last result (record it; v.mark_done: write its done marker, a backup copy won);
+        #   v.retry_in: it comes back after that many seconds; v.superseded: another copy's result was used
         #   v.restart: PROBE: the actor died, wait for its probe; REPLACE: kill it (Ray restarts it), then probe
+        #   v.cancel: backup copies to cancel; v.stop: actors to ask to drop the video (then on_dropped)
         for actor, reason in s.expired(now, {actor: status}):   # WorkerStatus of busy actors: over time budget?
             ...                                    # kill it (Ray restarts it) and probe it; its video fails as timeout
         for actor in s.start_expired(now):         # not up within start_timeout_s: dropped, kill it for good
@@ -25,15 +30,26 @@ Driving it (what ``WorkerPool`` does, and what a discrete-event simulation does 
             for result in s.abandon("all workers died"): ...   # final results of every task left
         wake = s.next_wakeup(now)                  # the next retry or start deadline (None: only results wake)
 
-The tasks of an actor that died or was replaced stay counted against it (``ActorState.in_flight``) until their
-results arrive: Ray either re-runs them on the restarted process (``max_task_retries``) or fails them, and a failed
-one is retried like any other death (an attempt counted, the actor avoided). An actor that comes back up gets
-``depth`` minus those tasks. A simulation that kills an actor does what Ray does with ``max_task_retries=0``:
-``on_actor_lost``, then ``on_result(..., Fault.DIED)`` for each task the actor held, then ``on_actor_up`` once the
-restarted process is ready (or ``on_actor_gone``).
+Every re-run is the policy's: the driver has Ray run each task once (``max_task_retries=0``), and an actor's tasks
+fail with it when it dies or is killed. The first task in an actor's queue is the one running (an actor runs its
+tasks one after the other, in the order sent): when the actor is lost it is the one that pays (an attempt counted,
+the actor avoided, or a timeout for a video killed for time); the others were only queued there and come back at
+once with their attempt given back. An actor that comes back up gets ``depth`` minus the tasks it still holds. A
+simulation that kills an actor does what Ray does: ``on_actor_lost``, then ``on_result(..., Fault.DIED)`` for each
+task the actor held (the running one first), then ``on_actor_up`` once the restarted process is ready (or
+``on_actor_gone``).
+
+Stragglers (what MapReduce and Spark call speculative execution): once no task waits for an actor, an idle actor
+gets a backup copy of a video that has run ``speculate_after`` times longer than expected (its frames × objects at
+the throughput of the videos done so far), or of one queued behind such a video. The first copy done wins. A backup
+copy writes the masklets (the same bytes to the same key) but never a done marker: when the original wins, the
+backup is cancelled; when the backup wins, the original's actor is asked to drop the video (``on_dropped``: it
+answers whether its writes had begun) and the done marker is the driver's to write only when they had not, so it is
+written once. Near the end (no more waiting tasks than up actors) no task is queued behind a busy actor.
 
 Cost per event: O(log n) in the actors and tasks (heaps and deques). ``assign`` costs that per task it hands out,
-plus a scan of the released retries an actor must avoid (a few: a retry avoids at most ``max_attempts`` actors).
+plus a scan of the released retries an actor must avoid (a few: a retry avoids at most ``max_attempts`` actors);
+``speculate`` scans the actors, and only once nothing waits and an actor is idle.
 """
 
 from __future__ import annotations
@@ -42,26 +58,35 @@ import heapq
 import itertools
 import random
 from collections import deque
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from enum import Enum
 from typing import Iterable, Mapping
 
 from pipeline.plan.tasks import VideoTask
 from pipeline.records import Fault, WorkerResult, WorkerStatus
+from pipeline.specs import ClusterSpec
 
 ActorKey = int  # an actor's stable key: its index in the pool (the same across Ray restarts of its process)
+_FIT_MIN = 3  # videos done before the throughput fit judges a video overdue
 
 
 @dataclass(frozen=True)
 class PoolPolicy:
-    """How hard the pool tries (conf/cluster)."""
+    """How hard the pool tries: values of ``ClusterSpec`` (conf/cluster), which holds their defaults."""
 
-    depth: int = 2  # tasks in flight per actor
-    max_attempts: int = 3  # tries per video, over all actors
-    retry_backoff_s: float = 2.0  # delay before the first retry; doubles per attempt, jitter ±50%
-    video_timeout_s: float = 600.0  # a video's budget: this ...
-    timeout_s_per_object_frame: float = 2.0  # ... plus this per object-frame
-    start_timeout_s: float = 600.0  # an actor that has not built its model by then is dropped
+    depth: int  # tasks in flight per actor
+    max_attempts: int  # tries per video, over all actors
+    retry_backoff_s: float  # delay before the first retry; doubles per attempt, jitter ±50%
+    video_timeout_s: float  # a video's budget: this ...
+    timeout_s_per_object_frame: float  # ... plus this per object-frame
+    start_timeout_s: float  # an actor that has not built its model by then is dropped
+    speculate_after: float  # a video past this many times its expected time gets a backup copy (0: never)
+
+    @classmethod
+    def of(cls, cluster: ClusterSpec) -> PoolPolicy:
+        """The policy of a job's ``cluster`` spec."""
+        return cls(cluster.tasks_per_worker, cluster.max_attempts, cluster.retry_backoff_s, cluster.video_timeout_s,
+                   cluster.timeout_s_per_object_frame, cluster.start_timeout_s, cluster.speculate_after)
 
 
 class Phase(Enum):
@@ -88,20 +113,31 @@ class ActorState:
     phase: Phase = Phase.STARTING
     since: float = 0.0  # when it was (re)started: the start timeout counts from here
     order: int = 0  # when it last came up: actors with free slots are filled in this order
-    in_flight: int = 0  # tasks sent and not answered, those waiting in its mailbox included
+    sent: list[str] = field(default_factory=list)  # videos sent, not answered, in the order it runs them
+    lost_with: dict[str, bool] = field(default_factory=dict)  # those it held when lost -> only queued there
+    status: WorkerStatus | None = None  # the last status of the video it runs
     listed: bool = False  # in the heap of actors with a free slot
+
+    @property
+    def in_flight(self) -> int:
+        """Tasks sent and not answered, those waiting in its mailbox included."""
+        return len(self.sent)
 
 
 @dataclass(frozen=True)
 class Verdict:
-    """What ``on_result`` decided."""
+    """What ``on_result`` (or ``on_dropped``) decided."""
 
     result: WorkerResult  # as recorded: a death of a video killed for time reads as a timeout; final ones
     #                       carry their attempts
-    final: bool  # the video's last result; else it is retried after ``retry_in`` seconds
+    final: bool  # the video's last result: record it
     attempt: int  # attempts at the video so far
-    retry_in: float = 0.0
+    retry_in: float | None = None  # not final: retried after this many seconds; None: another copy decides
     restart: Restart = Restart.NONE
+    superseded: bool = False  # a copy of a video whose result is another copy's: record nothing
+    mark_done: bool = False  # final, done by a backup copy, which writes no done marker: the driver writes it
+    cancel: tuple[ActorKey, ...] = ()  # actors running a backup copy this result made useless: cancel it there
+    stop: tuple[ActorKey, ...] = ()  # actors holding the original its backup outran: ask them to drop it
 
 
 class Scheduler:
@@ -117,10 +153,23 @@ class Scheduler:
         self.actors: dict[ActorKey, ActorState] = {}
         self.attempts: dict[str, int] = {}  # video_id -> attempts so far (until its result is final)
         self.failed_on: dict[str, set[ActorKey]] = {}  # video_id -> actors it failed on
-        self.timed_out: dict[str, str] = {}  # video_id -> reason, for a video whose actor was killed for time
+        self.timed_out: dict[tuple[ActorKey, str], str] = {}  # (actor, video_id) -> reason: killed there for time
+        self.holders: dict[str, list[ActorKey]] = {}  # video_id -> actors holding a copy of it (sent, unanswered)
+        self.backup_on: dict[str, ActorKey] = {}  # video_id -> the actor holding its backup copy
+        self.won: dict[str, WorkerResult] = {}  # video_id -> its backup's result, until the original dropped it
+        self.settled: set[str] = set()  # final videos with a copy still out
+        self.asked: set[tuple[ActorKey, str]] = set()  # copies an actor was asked to drop (no answer yet)
+        self.dropped: set[tuple[ActorKey, str]] = set()  # copies dropped: their result is nobody's
+        self._overdue: list[tuple[float, ActorKey, str, float]] = []  # heap: (when, actor, video, started)
+        self.tasks: dict[str, VideoTask] = {}  # video_id -> its task, while a copy is out
+        self.unfinished = len(self.fresh)  # videos without a final result
         self.in_flight = 0  # tasks sent and not answered, over all actors
         self.up = 0  # actors that take work
         self.starting = 0  # actors starting or restarting
+        self.backups = 0  # backup copies sent
+        self.stolen = 0  # queued videos taken back from behind a straggler
+        self._fit = [0.0] * 5  # weighted sums of (1, x, y, x², xy): seconds per frame y against objects x
+        self._fitted = 0  # videos in the fit
         self._free: list[tuple[int, ActorKey]] = []  # heap: (order, actor) of up actors with a free slot
         self._deadlines: list[tuple[float, ActorKey, float]] = []  # heap: (start deadline, actor, since)
         self._seq = itertools.count()
@@ -132,12 +181,25 @@ class Scheduler:
 
     @property
     def finished(self) -> bool:
-        """Every task has its final result."""
-        return not (self.fresh or self.retries or self.delayed or self.in_flight)
+        """Every task has its final result (backup copies made useless may still be out)."""
+        return self.unfinished == 0
 
     def budget(self, status: WorkerStatus) -> float:
         """Seconds a video may run: ``video_timeout_s`` + ``timeout_s_per_object_frame`` × frames × objects."""
         return self.policy.video_timeout_s + self.policy.timeout_s_per_object_frame * status.frames * status.objects
+
+    def expected(self, status: WorkerStatus) -> float | None:
+        """Seconds the video of ``status`` should take at the throughput seen so far: frames × (a + b × objects),
+        fitted (weighted by frames) over the videos done; None before ``_FIT_MIN`` are."""
+        if self._fitted < _FIT_MIN or status.frames <= 0:
+            return None
+        w, wx, wy, wxx, wxy = self._fit
+        spread = w * wxx - wx * wx
+        b = (w * wxy - wx * wy) / spread if spread > 1e-9 * w * wxx else 0.0
+        a = (wy - b * wx) / w
+        if b < 0 or a < 0:  # too few or too alike videos for a slope: seconds per object-frame
+            a, b = (wy / w, 0.0) if b < 0 else (0.0, wxy / wxx)
+        return status.frames * (a + b * max(status.objects, 1))
 
     def backoff(self, attempt: int) -> float:
         """Delay before retrying after ``attempt`` failed: ``retry_backoff_s`` × 2^(attempt−1), jitter ±50%."""
@@ -155,7 +217,8 @@ class Scheduler:
 
     def assign(self, now: float) -> list[tuple[ActorKey, VideoTask]]:
         """Due retries back in the queue (ahead of fresh tasks), then every up actor filled to ``depth`` in the
-        order the actors came up; a retry avoids the actors it failed on while another one is up."""
+        order the actors came up; a retry avoids the actors it failed on while another one is up. Near the end
+        (no more tasks waiting than actors up) only idle actors get one: none waits behind a straggler."""
         while self.delayed and self.delayed[0][0] <= now:
             self.retries.appendleft(heapq.heappop(self.delayed)[2])
         sent: list[tuple[ActorKey, VideoTask]] = []
@@ -167,17 +230,72 @@ class Scheduler:
                 continue  # came down (or back up, listed anew) since it was listed
             actor.listed = False
             while actor.in_flight < self.policy.depth:
+                if actor.in_flight and len(self.fresh) + len(self.retries) <= self.up:
+                    break  # near the end: listed again once idle
                 task = self._take(key)
                 if task is None:
                     blocked.append(actor)
                     break
                 self.attempts[task.video_id] = self.attempts.get(task.video_id, 0) + 1
-                actor.in_flight += 1
-                self.in_flight += 1
+                self._send(actor, task)
                 sent.append((key, task))
         for actor in blocked:
             self._list(actor)
         return sent
+
+    def speculate(self, now: float) -> list[tuple[ActorKey, VideoTask]]:
+        """Backup copies for idle actors, once no task waits: of the videos that have run ``speculate_after``
+        times longer than expected (most overdue first); one per video, never on an actor it failed on. A backup
+        is no attempt; it must write no done marker (see the module)."""
+        if self.policy.speculate_after <= 0 or self.fresh or self.retries:
+            return []
+        idle = [a for a in self.actors.values() if a.phase is Phase.UP and not a.sent]
+        if not idle:
+            return []
+        overdue: list[tuple[float, int, str]] = []
+        for actor in self.actors.values():
+            status = actor.status
+            if actor.phase is not Phase.UP or status is None or not actor.sent or status.video_id != actor.sent[0]:
+                continue
+            expected = self.expected(status)
+            if expected is None or now - status.started <= self.policy.speculate_after * expected:
+                continue
+            vid = status.video_id
+            if vid not in self.backup_on and vid not in self.won and vid not in self.settled:
+                overdue.append(((status.started - now) / expected, actor.key, vid))
+        sent: list[tuple[ActorKey, VideoTask]] = []
+        for _, _, vid in sorted(overdue):
+            avoid = self.failed_on.get(vid, set()) | set(self.holders.get(vid, ()))
+            actor = next((a for a in idle if a.key not in avoid), None)
+            if actor is None:
+                continue
+            idle.remove(actor)
+            task = self.tasks[vid]
+            self.backup_on[vid] = actor.key
+            self.backups += 1
+            self._send(actor, task)
+            sent.append((actor.key, task))
+            if not idle:
+                break
+        return sent
+
+    def stealable(self, now: float) -> list[tuple[ActorKey, str]]:
+        """Videos queued behind one that has run ``speculate_after`` times longer than expected: ask their actor to
+        drop them (``on_dropped``), and they go back first in the queue, for another actor."""
+        found: list[tuple[ActorKey, str]] = []
+        while self.policy.speculate_after > 0 and self._overdue and self._overdue[0][0] <= now:
+            _, key, vid, started = heapq.heappop(self._overdue)
+            actor = self.actors[key]
+            status = actor.status
+            if actor.phase is not Phase.UP or status is None or (status.video_id, status.started) != (vid, started) \
+                    or not actor.sent or actor.sent[0] != vid:
+                continue
+            for queued in actor.sent[1:]:
+                if queued not in self.backup_on and queued not in self.won and queued not in self.settled \
+                        and (key, queued) not in self.asked and (key, queued) not in self.dropped:
+                    self.asked.add((key, queued))
+                    found.append((key, queued))
+        return found
 
     def on_actor_up(self, actor: ActorKey, now: float) -> None:
         """``actor`` answered its ready probe: it takes work (``depth`` less the tasks it still holds)."""
@@ -189,11 +307,15 @@ class Scheduler:
         state.phase, state.order, state.listed = Phase.UP, next(self._seq), False  # an old listing is stale now
         self._list(state)
 
-    def on_actor_lost(self, actor: ActorKey, now: float) -> bool:
-        """``actor`` died or was killed: no work until it is up again. True when it was up (probe it now)."""
+    def on_actor_lost(self, actor: ActorKey, now: float, running: str | None = None) -> bool:
+        """``actor`` died or was killed with ``running`` under way (None: the first task of its queue): no work
+        until it is up again, and its other tasks were only queued there. True when it was up (probe it now)."""
         state = self.actors[actor]
         if state.phase is not Phase.UP:
             return False
+        running = running if running is not None else (state.sent[0] if state.sent else None)
+        state.lost_with.update((v, v != running) for v in state.sent)
+        state.status = None
         self.up -= 1
         self._start(state, now)
         return True
@@ -219,40 +341,84 @@ class Scheduler:
 
     def expired(self, now: float, statuses: Mapping[ActorKey, WorkerStatus | None]) -> list[tuple[ActorKey, str]]:
         """The up actors whose current video ran past its budget, with the reason its video fails with; each is
-        taken out of service (kill it so Ray replaces it, then probe it)."""
+        taken out of service (kill it so Ray replaces it, then probe it). The statuses are also what
+        ``speculate`` judges the running videos by."""
         killed = []
         for actor, status in statuses.items():
-            if status is None or self.actors[actor].phase is not Phase.UP:
+            state = self.actors[actor]
+            if status is None or state.phase is not Phase.UP or status.video_id not in state.sent:
                 continue
+            if state.status is None or (state.status.video_id, state.status.started) != (status.video_id,
+                                                                                          status.started):
+                self._judge(state, status)
+            state.status = status
             budget = self.budget(status)
             if now - status.started > budget:
                 reason = f"timed out after {budget:.0f} s"
-                self.timed_out[status.video_id] = reason
-                self.on_actor_lost(actor, now)
+                self.timed_out[(actor, status.video_id)] = reason
+                self.on_actor_lost(actor, now, running=status.video_id)
                 killed.append((actor, reason))
         return killed
 
     def on_result(self, actor: ActorKey, task: VideoTask, result: WorkerResult, now: float) -> Verdict:
         """``actor`` answered ``task`` with ``result`` (``Fault.DIED``: it died with the task). Decides whether
         the video is final or retried (a retryable fault, attempts left: after a backoff, avoiding ``actor``,
-        with half the object batch after out of memory) and what becomes of the actor."""
-        state = self.actors[actor]
-        state.in_flight -= 1
-        self.in_flight -= 1
-        restart = Restart.NONE
+        with half the object batch after out of memory; at once and with its attempt back when it was only
+        queued on an actor that was lost), what becomes of the actor, and of the video's other copy if any."""
         vid = task.video_id
+        state = self.actors[actor]
+        restart = Restart.NONE
         if result.fault is Fault.DIED:
-            if self.on_actor_lost(actor, now):
+            # the first news of its death (not of one already known): the first of its queue was running
+            if vid not in state.lost_with and self.on_actor_lost(actor, now):
                 restart = Restart.PROBE
-            reason = self.timed_out.pop(vid, None)
+            reason = self.timed_out.pop((actor, vid), None)
             if reason is not None:
                 result = replace(result, fault=Fault.TIMEOUT, error=reason)
-        elif state.phase is Phase.UP:
+        state.sent.remove(vid)
+        self.in_flight -= 1
+        if state.status is not None and state.status.video_id == vid:
+            state.status = None
+        queued = state.lost_with.pop(vid, False) and result.fault is Fault.DIED
+        if result.fault is not Fault.DIED and state.phase is Phase.UP:
             if result.fault is Fault.GPU_FAULT:  # a CUDA error poisons the process
-                self.on_actor_lost(actor, now)
+                self.on_actor_lost(actor, now, running=vid)
                 restart = Restart.REPLACE
             else:
                 self._list(state)
+        holders = self.holders[vid]
+        holders.remove(actor)
+        backup = self.backup_on.get(vid) == actor
+        if backup:
+            del self.backup_on[vid]
+        self.asked.discard((actor, vid))
+        if (actor, vid) in self.dropped or vid in self.settled:  # the video's result is another copy's
+            self.dropped.discard((actor, vid))
+            self._forget(vid)
+            return Verdict(result, False, 0, None, restart, superseded=True)
+        holders = [a for a in holders if (a, vid) not in self.dropped]  # the copies that may still count
+        if vid in self.won:  # the original its backup outran ended before it could drop the video
+            won = self.won.pop(vid)
+            if result.fault is None:  # it wrote its own done marker
+                return self._final(vid, result, restart)
+            return self._final(vid, won, restart, mark_done=True)
+        if result.fault is None:
+            if result.frames > 0 and result.seconds > 0:
+                self._learn(result)
+            if backup and holders:  # the backup outran its original, which must now write nothing
+                self.won[vid] = result
+                self.asked.update((a, vid) for a in holders)
+                return Verdict(result, False, self.attempts[vid], None, restart, stop=tuple(holders))
+            return self._final(vid, result, restart, mark_done=backup, cancel=tuple(holders))
+        if holders:  # its other copy goes on
+            if not queued:
+                self.failed_on.setdefault(vid, set()).add(actor)
+            return Verdict(result, False, self.attempts[vid], None, restart)
+        self._forget(vid)
+        if queued:  # never ran: back first in the queue, its attempt given back
+            self.attempts[vid] -= not backup
+            self.retries.appendleft(task)
+            return Verdict(result, False, self.attempts[vid], 0.0, restart)
         attempt = self.attempts[vid]
         if result.retryable and attempt < self.policy.max_attempts:
             self.failed_on.setdefault(vid, set()).add(actor)
@@ -260,9 +426,32 @@ class Scheduler:
             retry = task.with_smaller_batches(result.object_batch) if result.fault is Fault.OUT_OF_MEMORY else task
             heapq.heappush(self.delayed, (now + delay, next(self._seq), retry))
             return Verdict(result, False, attempt, delay, restart)
-        del self.attempts[vid]
-        self.failed_on.pop(vid, None)
-        return Verdict(replace(result, attempts=attempt), True, attempt, 0.0, restart)
+        return self._final(vid, result, restart)
+
+    def on_dropped(self, actor: ActorKey, video_id: str, dropped: bool, now: float) -> Verdict | None:
+        """``actor``, asked to drop ``video_id`` (``stealable``, or a ``Verdict.stop``), answered. ``dropped``: its
+        writes had not begun and never will; a stolen video goes back first in the queue (its attempt given
+        back, avoiding ``actor``); a video whose backup won is final with the backup's result, its done marker
+        the driver's to write, and the actor is replaced when the video was running there. Otherwise (its writes
+        had begun, or its result came first) that copy's own result decides: None."""
+        if (actor, video_id) not in self.asked:
+            return None  # its result came first
+        self.asked.discard((actor, video_id))
+        if not dropped:
+            return None
+        self.dropped.add((actor, video_id))
+        if video_id not in self.won:
+            if video_id not in self.settled:
+                self.attempts[video_id] -= 1
+                self.failed_on.setdefault(video_id, set()).add(actor)
+                self.retries.appendleft(self.tasks[video_id])
+                self.stolen += 1
+            return None
+        state = self.actors[actor]
+        restart = Restart.NONE
+        if state.sent and state.sent[0] == video_id and self.on_actor_lost(actor, now, running=video_id):
+            restart = Restart.REPLACE  # free it of a straggler that writes nothing
+        return self._final(video_id, self.won.pop(video_id), restart, mark_done=True)
 
     def abandon(self, reason: str) -> list[WorkerResult]:
         """Final results (``Fault.NO_WORKERS``) of every task not yet sent, retries included; the queue empties."""
@@ -270,6 +459,7 @@ class Scheduler:
         self.retries.clear()
         self.fresh.clear()
         self.delayed.clear()
+        self.unfinished -= len(left)
         return [WorkerResult(t.video_id, Fault.NO_WORKERS, reason, objects=t.num_objects,
                              attempts=self.attempts.pop(t.video_id, 0)) for t in left]
 
@@ -289,6 +479,49 @@ class Scheduler:
         if not state.listed and state.phase is Phase.UP and state.in_flight < self.policy.depth:
             state.listed = True
             heapq.heappush(self._free, (state.order, state.key))
+
+    def _send(self, state: ActorState, task: VideoTask) -> None:
+        state.sent.append(task.video_id)
+        self.holders.setdefault(task.video_id, []).append(state.key)
+        self.tasks[task.video_id] = task
+        self.in_flight += 1
+
+    def _forget(self, vid: str) -> None:
+        """Drop what is kept of ``vid`` while a copy is out, once none is."""
+        if not self.holders.get(vid, True):
+            del self.holders[vid]
+            self.tasks.pop(vid, None)
+            self.settled.discard(vid)
+
+    def _final(self, vid: str, result: WorkerResult, restart: Restart, mark_done: bool = False,
+               cancel: tuple[ActorKey, ...] = ()) -> Verdict:
+        attempt = self.attempts.pop(vid)
+        self.failed_on.pop(vid, None)
+        self.unfinished -= 1
+        if self.holders.get(vid):
+            self.settled.add(vid)
+        self._forget(vid)
+        return Verdict(replace(result, attempts=attempt), True, attempt, None, restart, mark_done=mark_done,
+                       cancel=cancel)
+
+    def _learn(self, result: WorkerResult) -> None:
+        """Add a done video to the throughput fit."""
+        w, x = float(result.frames), float(max(result.objects, 1))
+        y = result.seconds / result.frames
+        for i, term in enumerate((w, w * x, w * y, w * x * x, w * x * y)):
+            self._fit[i] += term
+        self._fitted += 1
+        if self._fitted == _FIT_MIN:  # the videos already under way can be judged now
+            for state in self.actors.values():
+                if state.status is not None:
+                    self._judge(state, state.status)
+
+    def _judge(self, state: ActorState, status: WorkerStatus) -> None:
+        """Note when the video of ``status`` becomes overdue (``stealable`` looks then)."""
+        expected = self.expected(status)
+        if self.policy.speculate_after > 0 and expected is not None:
+            when = status.started + self.policy.speculate_after * expected
+            heapq.heappush(self._overdue, (when, state.key, status.video_id, status.started))
 
     def _take(self, actor: ActorKey) -> VideoTask | None:
         """The next task for ``actor``: the first due retry it may take, else the next fresh task."""

@@ -6,13 +6,15 @@ Faults are raised from ``PropagationWorker.run_video``, the worker's documented 
 
 * ``device``: a CUDA-style error (the process must be replaced), ``oom``: ``torch.OutOfMemoryError``;
 * ``exit``: the process dies mid-video; ``wait``: it announces itself and waits for a ``go`` file (so a test can act
-  on a known, live, busy process without racing for the moment).
+  on a known, live, busy process without racing for the moment); ``stall``: it blocks for good before the video is
+  open (a hung read: only its time budget ends it, whatever the machine's speed).
 """
 
 from __future__ import annotations
 
 import json
 import os
+import threading
 import time
 from pathlib import Path
 
@@ -41,6 +43,8 @@ class FaultWorker(PropagationWorker):
             raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
         if fault == "exit":
             os._exit(1)
+        if fault == "stall":
+            threading.Event().wait()
         if fault == "wait":
             (root / f"busy.{task.video_id}").write_text(str(os.getpid()))
             while not (root / "go").exists():

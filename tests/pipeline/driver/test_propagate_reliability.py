@@ -60,8 +60,7 @@ def test_a_storage_outage_shorter_than_the_retry_window_loses_nothing(tmp_path, 
     with local_s3() as s3:
         out = f"s3://{s3.make_bucket('outage')}/run"
         spec = job_spec(manifest, str(tmp_path), out, ray_cluster.address, worker_class=FAULTS,
-                        output_options={"retry_s": 600, "storage_options": s3.storage_options},  # > any outage
-                        max_task_retries=0)
+                        output_options={"retry_s": 600, "storage_options": s3.storage_options})  # > any outage
         assert _run_with_outage(spec, tmp_path, s3, restart_after_s=5) == EXIT_OK
         assert list_names(f"{out}/_state/done", s3.storage_options) == {"v0.json", "v1.json", "v2.json"}
 
@@ -75,7 +74,7 @@ def test_storage_down_for_good_ends_the_job_cleanly_and_a_rerun_completes_it(tmp
         spec = job_spec(manifest, str(tmp_path), out, ray_cluster.address, worker_class=FAULTS,
                         output_options={"retry_s": 2, "storage_options": s3.storage_options,
                                         "fallback_dir": str(fallback)},
-                        max_task_retries=0, max_attempts=2, retry_backoff_s=0.1)
+                        max_attempts=2, retry_backoff_s=0.1)
         assert _run_with_outage(spec, tmp_path, s3, restart_after_s=None) == EXIT_FAILED_VIDEOS
         (summary_file,) = fallback.glob("*/summary.json")
         summary = json.loads(summary_file.read_text())

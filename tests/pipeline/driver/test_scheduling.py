@@ -1,13 +1,16 @@
 """The pool's policy without Ray: queue order, retries and backoff, attempts, avoidance, time budgets, out of memory,
-a replaced worker's queued tasks, start timeouts. Time is a number the test passes in."""
+a replaced worker's queued tasks, start timeouts, stragglers (videos taken back from behind them, backup copies).
+Time is a number the test passes in."""
 
 from __future__ import annotations
 
 import random
+from dataclasses import replace
 
 from pipeline.driver.scheduling import Phase, PoolPolicy, Restart, Scheduler
 from pipeline.plan.tasks import VideoTask
 from pipeline.records import Fault, Status, WorkerResult, WorkerStatus
+from pipeline.specs import ClusterSpec
 
 
 class _Middle(random.Random):
@@ -17,12 +20,17 @@ class _Middle(random.Random):
         return (a + b) / 2
 
 
+def _policy(**changes: float) -> PoolPolicy:
+    """The job's default policy (``ClusterSpec()``) with ``changes`` (PoolPolicy field names)."""
+    return replace(PoolPolicy.of(ClusterSpec()), **changes)
+
+
 def _tasks(n: int, objects: int = 2) -> list[VideoTask]:
     return [VideoTask(f"v{i}", f"v{i}.mp4", (), objects, float(n - i)) for i in range(n)]
 
 
 def _scheduler(tasks: list[VideoTask], actors: int = 2, **policy: float) -> Scheduler:
-    s = Scheduler(PoolPolicy(**{"retry_backoff_s": 2.0, **policy}), tasks, range(actors), now=0.0, rng=_Middle())
+    s = Scheduler(_policy(**{"retry_backoff_s": 2.0, **policy}), tasks, range(actors), now=0.0, rng=_Middle())
     for a in range(actors):
         s.on_actor_up(a, 0.0)
     return s
@@ -37,8 +45,8 @@ def _failed(task: VideoTask, fault: Fault, **extra: object) -> WorkerResult:
 
 
 def test_tasks_go_out_in_queue_order_depth_per_actor_in_the_order_actors_came_up() -> None:
-    tasks = _tasks(5)
-    s = Scheduler(PoolPolicy(depth=2), tasks, range(2), now=0.0, rng=_Middle())
+    tasks = _tasks(8)
+    s = Scheduler(_policy(depth=2), tasks, range(2), now=0.0, rng=_Middle())
     assert s.assign(0.0) == []  # nobody is up yet
     s.on_actor_up(1, 1.0)
     s.on_actor_up(0, 2.0)
@@ -47,18 +55,28 @@ def test_tasks_go_out_in_queue_order_depth_per_actor_in_the_order_actors_came_up
     verdict = s.on_result(0, tasks[2], _done(tasks[2]), 4.0)
     assert verdict.final and verdict.result.attempts == 1 and verdict.result.status is Status.DONE
     assert s.assign(4.0) == [(0, tasks[4])]
-    for actor, task in ((1, tasks[0]), (1, tasks[1]), (0, tasks[3]), (0, tasks[4])):
-        s.on_result(actor, task, _done(task), 5.0)
+    s.on_result(1, tasks[0], _done(tasks[0]), 5.0)
+    assert s.assign(5.0) == [(1, tasks[5])]
+    # near the end (no more tasks waiting than actors up) none waits behind a busy actor
+    s.on_result(0, tasks[3], _done(tasks[3]), 6.0)
+    assert s.assign(6.0) == [] and list(s.fresh) == tasks[6:]  # actor 0 still runs tasks[4]
+    s.on_result(0, tasks[4], _done(tasks[4]), 7.0)
+    assert s.assign(7.0) == [(0, tasks[6])]  # idle now
+    for actor, task in ((1, tasks[1]), (1, tasks[5]), (0, tasks[6])):
+        s.on_result(actor, task, _done(task), 8.0)
+    assert s.assign(8.0) == [(1, tasks[7])] and not s.finished
+    s.on_result(1, tasks[7], _done(tasks[7]), 9.0)
     assert s.finished
 
 
 def test_a_retryable_failure_comes_back_after_its_backoff_and_a_permanent_one_is_final() -> None:
     tasks = _tasks(2)
     s = _scheduler(tasks, actors=1)
-    s.assign(0.0)
+    assert s.assign(0.0) == [(0, tasks[0])]  # the last task waits for an idle actor
     verdict = s.on_result(0, tasks[0], _failed(tasks[0], Fault.ERROR), 10.0)
     assert not verdict.final and verdict.retry_in == 2.0 and verdict.attempt == 1
     assert s.next_wakeup(10.0) == 12.0 and not s.finished
+    assert s.assign(10.0) == [(0, tasks[1])]
     bad = s.on_result(0, tasks[1], _failed(tasks[1], Fault.BAD_INPUT), 10.0)
     assert bad.final and bad.result.attempts == 1 and not bad.result.retryable
     assert s.assign(11.9) == []  # not due yet
@@ -80,7 +98,7 @@ def test_backoff_doubles_per_attempt_and_max_attempts_ends_it() -> None:
         now = s.next_wakeup(now)
     assert delays == [2.0, 4.0, 8.0]
     assert verdict.result.attempts == 4 and verdict.result.fault is Fault.INPUT_UNAVAILABLE and s.finished
-    jittered = Scheduler(PoolPolicy(retry_backoff_s=2.0), [], [], now=0.0, rng=random.Random(7))
+    jittered = Scheduler(_policy(retry_backoff_s=2.0), [], [], now=0.0, rng=random.Random(7))
     assert all(0.5 * 2 ** k * 2.0 <= jittered.backoff(k + 1) <= 1.5 * 2 ** k * 2.0 for k in range(5))
 
 
@@ -115,9 +133,9 @@ def test_out_of_memory_is_retried_with_half_of_what_the_attempt_batched() -> Non
 
 
 def test_a_video_past_its_budget_kills_its_actor_and_fails_as_timed_out() -> None:
-    tasks = _tasks(2)
+    tasks = _tasks(3)
     s = _scheduler(tasks, actors=1, max_attempts=1, video_timeout_s=60, timeout_s_per_object_frame=0.5)
-    s.assign(0.0)
+    assert s.assign(0.0) == [(0, tasks[0]), (0, tasks[1])]
     status = WorkerStatus("v0", started=1000.0, objects=2, frames=100, frames_done=30)
     assert s.budget(status) == 160.0
     assert s.expired(1160.0, {0: status}) == []  # at its budget, not past it
@@ -125,36 +143,39 @@ def test_a_video_past_its_budget_kills_its_actor_and_fails_as_timed_out() -> Non
     assert s.expired(1161.0, {0: status}) == [(0, "timed out after 160 s")]
     assert s.actors[0].phase is Phase.STARTING and s.up == 0
     assert s.expired(1162.0, {0: status}) == []  # already being replaced
-    # Ray fails the actor's tasks: the running one as timed out, the queued one as a death
+    # Ray fails the actor's tasks: the running one as timed out, the queued one as a death that costs it nothing
     died = s.on_result(0, tasks[0], _failed(tasks[0], Fault.DIED), 1162.0)
     assert died.final and died.result.fault is Fault.TIMEOUT and died.result.error == "timed out after 160 s"
     assert died.restart is Restart.NONE  # already restarting: its probe is out
     queued = s.on_result(0, tasks[1], _failed(tasks[1], Fault.DIED), 1162.0)
-    assert queued.result.fault is Fault.DIED and queued.result.error == "died: boom"
+    assert not queued.final and queued.retry_in == 0.0 and queued.restart is Restart.NONE
+    assert s.attempts["v1"] == 0 and "v1" not in s.failed_on and list(s.retries) == [tasks[1]]
+    s.on_actor_up(0, 1200.0)
+    assert s.assign(1200.0) == [(0, tasks[1])]  # its one attempt (max_attempts=1) is still to come
+    assert s.on_result(0, tasks[1], _done(tasks[1]), 1210.0).result.attempts == 1
 
 
-def test_a_replaced_workers_queued_tasks_go_elsewhere_and_it_comes_back_with_fewer_slots() -> None:
+def test_a_replaced_workers_queued_tasks_get_their_attempt_back_and_go_out_again() -> None:
     tasks = _tasks(6)
     s = _scheduler(tasks, actors=2, depth=2)
     assert s.assign(0.0) == [(0, tasks[0]), (0, tasks[1]), (1, tasks[2]), (1, tasks[3])]
     gpu = s.on_result(0, tasks[0], _failed(tasks[0], Fault.GPU_FAULT), 1.0)
     assert gpu.restart is Restart.REPLACE and not gpu.final
     assert s.actors[0].phase is Phase.STARTING and s.actors[0].in_flight == 1  # tasks[1] still in its mailbox
-    s.on_actor_up(0, 2.0)  # Ray restarted it before its queued task came back: one slot left
+    died = s.on_result(0, tasks[1], _failed(tasks[1], Fault.DIED), 1.5)  # it dies with the old process
+    assert not died.final and died.retry_in == 0.0 and died.restart is Restart.NONE  # a death already known
+    assert s.attempts["v1"] == 0 and "v1" not in s.failed_on and s.up == 1
+    s.on_actor_up(0, 2.0)
     s.on_result(1, tasks[2], _done(tasks[2]), 2.0)
-    assert s.assign(5.0) == [(1, tasks[0]), (0, tasks[4])]  # the retry avoids actor 0; 0 gets one fresh task
-    died = s.on_result(0, tasks[1], _failed(tasks[1], Fault.DIED), 6.0)  # the queued task died with the process
-    assert not died.final and died.restart is Restart.PROBE and s.up == 1
-    assert s.attempts["v1"] == 1 and s.failed_on["v1"] == {0}
-    s.on_result(1, tasks[3], _done(tasks[3]), 7.0)
-    assert s.assign(100.0) == [(1, tasks[1])]  # actor 0 is restarting again; actor 1 had one slot free
-    s.on_actor_up(0, 101.0)
-    assert s.assign(101.0) == [(0, tasks[5])]
+    # the GPU fault's retry avoids actor 0; the queued one may go anywhere, and ahead of fresh tasks
+    assert s.assign(5.0) == [(1, tasks[0]), (0, tasks[1])]
+    died = s.on_result(0, tasks[1], _failed(tasks[1], Fault.DIED), 6.0)  # now it ran there: an attempt
+    assert not died.final and died.restart is Restart.PROBE and s.attempts["v1"] == 1 and s.failed_on["v1"] == {0}
 
 
 def test_a_worker_that_does_not_start_in_time_is_dropped_and_the_rest_fails_without_workers() -> None:
     tasks = _tasks(3)
-    s = Scheduler(PoolPolicy(start_timeout_s=30.0), tasks, range(2), now=0.0, rng=_Middle())
+    s = Scheduler(_policy(start_timeout_s=30.0), tasks, range(2), now=0.0, rng=_Middle())
     assert s.next_wakeup(0.0) == 30.0 and s.start_expired(30.0) == []
     s.on_actor_up(0, 10.0)
     assert s.start_expired(30.5) == [1] and s.starting == 0 and s.actors[1].phase is Phase.GONE
@@ -165,8 +186,9 @@ def test_a_worker_that_does_not_start_in_time_is_dropped_and_the_rest_fails_with
     s.on_result(0, tasks[1], _failed(tasks[1], Fault.DIED), 42.0)
     left = s.abandon("all workers died")
     assert [(r.video_id, r.fault, r.error, r.attempts) for r in left] == [
-        ("v2", Fault.NO_WORKERS, "all workers died", 0), ("v0", Fault.NO_WORKERS, "all workers died", 1),
-        ("v1", Fault.NO_WORKERS, "all workers died", 1)]  # the queue, then the retries waiting out their backoff
+        ("v1", Fault.NO_WORKERS, "all workers died", 0), ("v2", Fault.NO_WORKERS, "all workers died", 0),
+        ("v0", Fault.NO_WORKERS, "all workers died", 1)]  # v1 was only queued: due at once, no attempt spent;
+    #                                                     then the queue, then the retries waiting out their backoff
     assert s.finished
 
 
@@ -177,3 +199,81 @@ def test_a_restart_resets_the_start_deadline() -> None:
     assert s.next_wakeup(100.0) == 130.0 and s.start_expired(120.0) == []
     s.on_actor_up(0, 125.0)
     assert s.start_expired(200.0) == [] and s.next_wakeup(200.0) is None
+
+
+def _timed(task: VideoTask, seconds: float = 10.0) -> WorkerResult:
+    """Done in ``seconds``: 100 frames of 2 objects (what the throughput fit learns from)."""
+    return WorkerResult(task.video_id, frames=100, objects=2, seconds=seconds)
+
+
+def _straggling() -> tuple[Scheduler, list[VideoTask]]:
+    """Three actors one video each; actor 0 stays on v0 (100 frames, 2 objects, from t=0) while the others do the
+    rest in 10 s a video: v0 is expected to take 10 s, so it is overdue (speculate_after 2) from t=20."""
+    tasks = _tasks(5)
+    s = _scheduler(tasks, actors=3, depth=1)
+    assert s.assign(0.0) == [(0, tasks[0]), (1, tasks[1]), (2, tasks[2])]
+    s.expired(0.0, {0: WorkerStatus("v0", started=0.0, objects=2, frames=100)})
+    for actor, task in ((1, tasks[1]), (2, tasks[2])):
+        s.on_result(actor, task, _timed(task), 10.0)
+    assert s.assign(10.0) == [(1, tasks[3]), (2, tasks[4])]
+    assert s.speculate(10.0) == []  # tasks waited until now, and no actor is idle
+    for actor, task in ((1, tasks[3]), (2, tasks[4])):
+        s.on_result(actor, task, _timed(task), 12.0)
+    assert s.expected(s.actors[0].status) == 10.0
+    return s, tasks
+
+
+def test_a_straggler_gets_one_backup_copy_once_nothing_waits_and_a_backup_that_wins_is_marked_by_the_driver() -> None:
+    s, tasks = _straggling()
+    assert s.speculate(19.0) == []  # 19 s: not yet twice its expected time
+    assert s.speculate(21.0) == [(1, tasks[0])] and s.backups == 1 and s.attempts["v0"] == 1  # no attempt
+    assert s.speculate(30.0) == []  # one backup per video
+    won = s.on_result(1, tasks[0], _timed(tasks[0]), 31.0)
+    assert not won.final and won.retry_in is None and won.stop == (0,)  # the original must write nothing
+    final = s.on_dropped(0, "v0", True, 31.5)  # it had not begun writing: the driver writes the done marker
+    assert final.final and final.mark_done and final.result.attempts == 1 and final.restart is Restart.REPLACE
+    assert s.finished
+    late = s.on_result(0, tasks[0], _failed(tasks[0], Fault.DIED), 32.0)  # the replaced process's copy
+    assert late.superseded and not late.final
+
+
+def test_an_original_that_wins_has_its_backup_cancelled_and_one_already_writing_keeps_its_own_marker() -> None:
+    s, tasks = _straggling()
+    assert s.speculate(21.0) == [(1, tasks[0])]
+    first = s.on_result(0, tasks[0], _timed(tasks[0], 25.0), 25.0)
+    assert first.final and not first.mark_done and first.cancel == (1,)
+    assert s.on_result(1, tasks[0], _failed(tasks[0], Fault.ERROR), 25.5).superseded  # cancelled
+
+    s, tasks = _straggling()
+    s.speculate(21.0)
+    assert s.on_result(1, tasks[0], _timed(tasks[0]), 31.0).stop == (0,)
+    assert s.on_dropped(0, "v0", False, 31.5) is None  # its writes had begun: its own result decides
+    own = s.on_result(0, tasks[0], _timed(tasks[0], 32.0), 32.0)
+    assert own.final and not own.mark_done and own.result.seconds == 32.0
+
+
+def test_a_video_queued_behind_a_straggler_is_taken_back_and_runs_elsewhere_with_its_attempt() -> None:
+    tasks = _tasks(8)
+    s = _scheduler(tasks, actors=2, depth=2)
+    assert s.assign(0.0) == [(0, tasks[0]), (0, tasks[1]), (1, tasks[2]), (1, tasks[3])]
+    s.expired(0.0, {0: WorkerStatus("v0", started=0.0, objects=2, frames=100)})
+    for t, (task, nxt) in enumerate(((tasks[2], tasks[4]), (tasks[3], tasks[5]))):
+        s.on_result(1, task, _timed(task), 10.0 * (t + 1))
+        assert s.assign(10.0 * (t + 1)) == [(1, nxt)]
+    assert s.stealable(25.0) == []  # two videos in the fit: nothing is judged yet
+    s.on_result(1, tasks[4], _timed(tasks[4]), 30.0)  # the third: v0 (expected 10 s) is overdue since t=20
+    assert s.stealable(30.0) == [(0, "v1")] and s.stealable(31.0) == []  # asked once
+    assert s.on_dropped(0, "v1", True, 31.0) is None  # dropped: back first in the queue, attempt given back
+    assert list(s.retries) == [tasks[1]] and s.attempts["v1"] == 0 and s.stolen == 1
+    assert s.assign(31.0) == [(1, tasks[1])]  # not to actor 0 (it has a free slot now)
+    assert s.on_result(0, tasks[1], _failed(tasks[1], Fault.ERROR), 40.0).superseded  # the dropped copy
+    assert s.on_result(1, tasks[1], _timed(tasks[1]), 41.0).result.attempts == 1
+
+
+def test_the_policy_is_the_cluster_specs() -> None:
+    cluster = ClusterSpec(tasks_per_worker=3, max_attempts=5, speculate_after=0.0)
+    assert PoolPolicy.of(cluster) == PoolPolicy(3, 5, cluster.retry_backoff_s, cluster.video_timeout_s,
+                                                cluster.timeout_s_per_object_frame, cluster.start_timeout_s, 0.0)
+    s, tasks = _straggling()
+    s.policy = replace(s.policy, speculate_after=0.0)
+    assert s.speculate(1000.0) == [] and s.stealable(1000.0) == []  # 0: never
