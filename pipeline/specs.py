@@ -18,7 +18,7 @@ from typing import Any
 from omegaconf import MISSING
 
 from pipeline.actor.decoding import DECODERS, decoder_unavailable
-from pipeline.plan.manifest import DEFAULT_PROTOCOLS, MODES
+from pipeline.plan.manifest import DEFAULT_PROTOCOLS, MODES, RETRY_S
 from sam2core.automatic import GeneratorOptions
 from sam2core.config import MODEL_NAMES
 from sam2core.video import SessionOptions
@@ -109,7 +109,7 @@ class DataSpec:
     # fsspec protocols video_uri may use; add http, https only for manifests you trust (the job fetches them with its
     # own network and credentials)
     protocols: tuple[str, ...] = DEFAULT_PROTOCOLS
-    retry_s: float = 30.0  # transient storage errors on the manifest are retried this long
+    retry_s: float = RETRY_S  # transient storage errors on the manifest are retried this long
     prompts: str = "manifest"  # manifest: its prompts; auto: only its videos, objects discovered; manifest+auto: both
     videos: str | None = None  # prompts=auto only: a glob or prefix of video files, instead of the manifest
     # track every k-th decoded frame, counted from frame 0 (4: SA-V's 6 fps of 24 fps video); masklets keep the

@@ -30,7 +30,7 @@ def annotations_name(shard: tuple[int, int]) -> str:
 class ImageSink(Sink):
     """Part files, markers and the COCO output of one prefix; transient storage errors retried as ``Sink`` does."""
 
-    def __init__(self, output_uri: str, storage_options: dict | None = None, retry_s: float = 120.0,
+    def __init__(self, output_uri: str, storage_options: dict | None, retry_s: float,
                  claim: str | None = None) -> None:
         super().__init__(output_uri, "sav_json", storage_options, retry_s, claim)
 

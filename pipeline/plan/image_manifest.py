@@ -18,8 +18,8 @@ import pyarrow.compute as pc
 
 from pipeline.io.storage import uri_protocols
 from pipeline.plan.image_tasks import ImageTask, plan_image_tasks
-from pipeline.plan.manifest import (DEFAULT_PROTOCOLS, ManifestError, ManifestReadError, RowError, _check_box,
-                                    _check_mask, _check_points, _Errors, _np, read_manifest_table)
+from pipeline.plan.manifest import (DEFAULT_PROTOCOLS, RETRY_S, ManifestError, ManifestReadError, RowError, _check_box,
+                                    _check_mask, _check_points, _Errors, _np, check_protocols, read_manifest_table)
 
 MODES = ("manifest", "auto")
 # The contract types (DESIGN.md, "Image manifest"); readers also accept other int/float widths and large types.
@@ -125,27 +125,9 @@ def validate_images(table: pa.Table, mode: str = "manifest") -> list[RowError]:
     return errors.items
 
 
-def _check_protocols(table: pa.Table, data_root: str | None, protocols: Sequence[str], errors: _Errors) -> None:
-    """Image URIs (relative ones under ``data_root``) may only use the allowed fsspec protocols."""
-    col = table["image_uri"]
-    if not _is_string(col.type):
-        return
-    root = uri_protocols(data_root) if data_root else ["file"]
-    bad = {}
-    for u in pc.unique(col).to_pylist():
-        if u:
-            refused = sorted({p for p in (uri_protocols(u) if "://" in u else root) if p not in protocols})
-            if refused:
-                bad[u] = refused
-    if bad:
-        hit = _np(pc.is_in(col, value_set=pa.array(sorted(bad), col.type)), False)
-        errors.add_mask(hit, "image_uri", lambda r: f"protocol {', '.join(bad[col[r].as_py()])} is not allowed "
-                                                    f"(allowed: {', '.join(protocols)}; see data.protocols)")
-
-
 def load_image_manifest(uri: str, data_root: str | None = None, storage_options: dict | None = None,
                         images_per_task: int = 64, protocols: Sequence[str] = DEFAULT_PROTOCOLS,
-                        retry_s: float = 30.0, mode: str = "manifest") -> ImagePlan:
+                        retry_s: float = RETRY_S, mode: str = "manifest") -> ImagePlan:
     """Read, validate and plan an image manifest; ManifestError lists every bad row, ManifestReadError when it
     cannot be read at all."""
     table = read_manifest_table(uri, storage_options, retry_s)
@@ -154,7 +136,7 @@ def load_image_manifest(uri: str, data_root: str | None = None, storage_options:
     errors = _Errors()
     errors.items = validate_images(table, mode)
     if "image_uri" in table.column_names:
-        _check_protocols(table, data_root, protocols, errors)
+        check_protocols(table, "image_uri", data_root, protocols, errors)
     if errors.items:
         raise ManifestError(uri, sorted(errors.items, key=lambda e: e.row))
     if mode == "auto":

@@ -34,6 +34,7 @@ _VIDEO_ONLY = "no prompt (obj_id/frame_idx missing); video-only rows need prompt
 # local files and the object stores fsspec/s3fs serve, and tar members of those (SA-V's shards); http(s) only when
 # a config allows it (data.protocols)
 DEFAULT_PROTOCOLS = ("file", "local", "s3", "s3a", "gs", "gcs", "abfs", "az", "tar")
+RETRY_S = 30.0  # how long transient storage errors on reading a manifest are retried (data.retry_s)
 # The contract types (DESIGN.md, "Prompt manifest"). Readers also accept other int/float widths, large_string/large_list and
 # fixed-size lists; writers should use this schema.
 MANIFEST_SCHEMA = pa.schema([
@@ -88,7 +89,7 @@ class ManifestReadError(ValueError):
     """The manifest could not be read at all (missing, not Parquet, storage unreachable); one line naming it."""
 
 
-def read_manifest_table(uri: str, storage_options: dict | None = None, retry_s: float = 30.0) -> pa.Table:
+def read_manifest_table(uri: str, storage_options: dict | None = None, retry_s: float = RETRY_S) -> pa.Table:
     """The manifest as one Arrow table (a Parquet file or a folder of Parquet files, any fsspec URI); transient
     storage errors are retried for ``retry_s`` seconds.
 
@@ -497,10 +498,11 @@ def validate(table: pa.Table, mode: str = "manifest", frame_step: int = 1) -> tu
     return errors.items, ok_vid
 
 
-def _check_protocols(table: pa.Table, data_root: str | None, protocols: Sequence[str], errors: _Errors) -> None:
-    """Every video URI (relative ones under ``data_root``) may only use the allowed fsspec protocols: a manifest
-    must not make the job fetch arbitrary URLs with its own network and credentials."""
-    col = table["video_uri"]
+def check_protocols(table: pa.Table, column: str, data_root: str | None, protocols: Sequence[str],
+                    errors: _Errors) -> None:
+    """Every URI of ``column`` (relative ones under ``data_root``) may only use the allowed fsspec protocols: a
+    manifest must not make the job fetch arbitrary URLs with its own network and credentials."""
+    col = table[column]
     if not (pa.types.is_string(col.type) or pa.types.is_large_string(col.type)):
         return
     root = uri_protocols(data_root) if data_root else ["file"]
@@ -514,13 +516,13 @@ def _check_protocols(table: pa.Table, data_root: str | None, protocols: Sequence
             bad[u] = refused
     if bad:
         hit = _np(pc.is_in(col, value_set=pa.array(sorted(bad), col.type)), False)
-        errors.add_mask(hit, "video_uri", lambda r: f"protocol {', '.join(bad[col[r].as_py()])} is not allowed "
+        errors.add_mask(hit, column, lambda r: f"protocol {', '.join(bad[col[r].as_py()])} is not allowed "
                         f"(allowed: {', '.join(protocols)}; see data.protocols)")
 
 
 def load_manifest(uri: str, data_root: str | None = None, storage_options: dict | None = None,
                   on_invalid: str = "fail", protocols: Sequence[str] = DEFAULT_PROTOCOLS,
-                  retry_s: float = 30.0, mode: str = "manifest", frame_step: int = 1) -> ManifestPlan:
+                  retry_s: float = RETRY_S, mode: str = "manifest", frame_step: int = 1) -> ManifestPlan:
     """Read, validate and plan a manifest. ``mode`` (``data.prompts``): "manifest" needs prompt rows; "auto" only
     video_id/video_uri (any prompt columns are ignored; objects are discovered); "manifest+auto" both, and a video
     listed only by video-only rows (every prompt column null) is planned as in "auto".
@@ -537,7 +539,7 @@ def load_manifest(uri: str, data_root: str | None = None, storage_options: dict 
     pool.release_unused()
     if "video_uri" in table.column_names:
         extra = _Errors()
-        _check_protocols(table, data_root, protocols, extra)
+        check_protocols(table, "video_uri", data_root, protocols, extra)
         errors = sorted(errors + extra.items, key=lambda e: e.row)
     dropped: dict[str, list[RowError]] = {}
     keep = np.ones(table.num_rows, dtype=bool)
@@ -588,7 +590,7 @@ def list_videos(pattern: str, storage_options: dict | None = None, protocols: Se
         if not usable_video_id(v):
             errors.add(row, "video_id", f"{u}: its file name gives the id {_shown(v)}, not usable in output keys: "
                                         f"{VIDEO_ID_RULE}")
-    _check_protocols(table, None, protocols, errors)
+    check_protocols(table, "video_uri", None, protocols, errors)
     if errors.items:
         raise ManifestError(pattern, errors.items)
     table = table.append_column("__row", pa.array(np.arange(table.num_rows)))

@@ -8,6 +8,7 @@ import pytest
 
 from pipeline.io.image_prefix import ImageSink, annotations_name
 from pipeline.records import ProvenanceError, WorkerResult
+from pipeline.specs import OutputSpec
 
 PROV = {"model": "sam2.1_hiera_tiny", "image_size": 128, "checkpoint": "random", "checkpoint_sha256": None,
         "session": {"images": True}}
@@ -22,7 +23,7 @@ def _part(image_id: str) -> dict:
 
 
 def test_parts_markers_and_annotations(tmp_path):
-    sink = ImageSink(str(tmp_path / "out"))
+    sink = ImageSink(str(tmp_path / "out"), None, OutputSpec.retry_s)
     sink.claim(PROV)
     sink.write_part("images-000000", _part("b"))
     sink.mark_done(WorkerResult("images-000000", frames=1, objects=1, digest="d0"))
@@ -39,7 +40,7 @@ def test_parts_markers_and_annotations(tmp_path):
 
 def test_another_model_is_refused_unless_overwrite_which_clears_everything(tmp_path):
     out = tmp_path / "out"
-    sink = ImageSink(str(out))
+    sink = ImageSink(str(out), None, OutputSpec.retry_s)
     sink.claim(PROV)
     sink.write_part("images-000000", _part("a"))
     sink.mark_done(WorkerResult("images-000000", digest="d0"))
