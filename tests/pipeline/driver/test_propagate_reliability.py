@@ -71,9 +71,9 @@ def test_storage_down_for_good_ends_the_job_cleanly_and_a_rerun_completes_it(tmp
     fallback = tmp_path / "fallback"
     with local_s3() as s3:
         out = f"s3://{s3.make_bucket('down')}/run"
+        once = {**s3.storage_options, "config_kwargs": {"retries": {"max_attempts": 1}}}  # no botocore retries
         spec = job_spec(manifest, str(tmp_path), out, ray_cluster.address, worker_class=FAULTS,
-                        output_options={"retry_s": 2, "storage_options": s3.storage_options,
-                                        "fallback_dir": str(fallback)},
+                        output_options={"retry_s": 2, "storage_options": once, "fallback_dir": str(fallback)},
                         max_attempts=2, retry_backoff_s=0.1)
         assert _run_with_outage(spec, tmp_path, s3, restart_after_s=None) == EXIT_FAILED_VIDEOS
         (summary_file,) = fallback.glob("*/summary.json")
