@@ -17,8 +17,6 @@ for progress and the task's time budget (``cluster.video_timeout_s`` + ``timeout
 from __future__ import annotations
 
 import contextlib
-import os
-import threading
 import time
 from collections import deque
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -29,17 +27,15 @@ import numpy as np
 import ray
 import torch
 
-from pipeline.actor.decoding import InputUnavailable
 from pipeline.actor.image_loading import ImageError, LoadedImage, load
-from pipeline.actor.worker import fault_of, pick_device, pick_dtype
+from pipeline.actor.replica import Replica, failure, pick_device, pick_dtype
 from pipeline.image_specs import ImageWorkerSpec
 from pipeline.io.coco import annotation_records, image_record
 from pipeline.io.image_prefix import ImageSink
 from pipeline.io.rle import Boundaries, coco_rles, full_boundaries
 from pipeline.plan.image_tasks import ImageItem, ImageTask
-from pipeline.records import Fault, WorkerIdentity, WorkerResult, WorkerStatus
+from pipeline.records import Fault, WorkerResult, WorkerStatus
 from sam2core.automatic import AutomaticMaskGenerator
-from sam2core.build import build_model
 from sam2core.image_predictor import decode_objects, prepare_image, upsample
 from sam2core.mask_ops import stability_score
 from sam2core.modeling.sam2 import ImageFeatures, SAM2Model
@@ -47,36 +43,20 @@ from sam2core.modeling.sam2 import ImageFeatures, SAM2Model
 STABILITY_OFFSET = 1.0  # the stability score written: IoU of the masks cut at +1 and -1 (the generator's default)
 
 
-class ImageWorker:
+class ImageWorker(Replica):
     """One model replica; ``process`` segments every image of one task and writes its part and done marker."""
 
     def __init__(self, spec: ImageWorkerSpec) -> None:
         self.spec = spec
         m = spec.model
-        self.device = pick_device(m.device)
-        torch.manual_seed(m.seed)
-        self.model = build_model(m.name, m.checkpoint, image_size=m.image_size, device=self.device,
-                                 storage_options=m.storage_options, cache_dir=m.cache_dir)
-        self.dtype = pick_dtype(m.dtype, self.device)
+        device = pick_device(m.device)
+        self.dtype = pick_dtype(m.dtype, device)
+        super().__init__(m, device, self.dtype)
         generator = AutomaticMaskGenerator(self.model, **spec.generator) if spec.generator is not None else None
         cpus = ray.get_runtime_context().get_assigned_resources().get("CPU", 1.0)
         self.segmenter = ImageSegmenter(self.model, self.dtype, spec.images.loader_threads or max(1, int(cpus)),
                                         spec.images.ahead, spec.input_storage_options, generator)
         self.sink = ImageSink(spec.output_uri, spec.output_storage_options, spec.retry_s, spec.claim)
-        self.identity = WorkerIdentity(ray.get_runtime_context().get_node_id(), os.getpid(), str(self.device),
-                                       self.dtype)
-        self._lock = threading.Lock()
-        self._status: WorkerStatus | None = None
-
-    def ready(self) -> WorkerIdentity:
-        """Where this replica runs; returns once the model is built."""
-        return self.identity
-
-    @ray.method(concurrency_group="status")
-    def status(self) -> WorkerStatus | None:
-        """The task under way: its key, images (done and total); None if idle."""
-        with self._lock:
-            return None if self._status is None else replace(self._status)
 
     def process(self, task: ImageTask) -> WorkerResult:
         """Run ``task`` and write its part + done marker; returns a small result and never raises for the task's
@@ -93,13 +73,9 @@ class ImageWorker:
             self.sink.write_part(task.key, part)
             if not part["failed"]:  # a task with failed images stays to do: a re-run retries it
                 self.sink.mark_done(result)
-        except InputUnavailable as exc:
-            result = WorkerResult(task.key, Fault.INPUT_UNAVAILABLE, f"{type(exc).__name__}: {exc}",
-                                  worker=self.identity)
         except Exception as exc:  # noqa: BLE001 - one task's failure must not take the replica down
-            fault = fault_of(exc)
-            kind = {Fault.OUT_OF_MEMORY: "out of memory", Fault.GPU_FAULT: "GPU fault"}.get(fault, type(exc).__name__)
-            result = WorkerResult(task.key, fault, f"{kind}: {exc}".splitlines()[0], worker=self.identity,
+            fault, reason = failure(exc)
+            result = WorkerResult(task.key, fault, reason, worker=self.identity,
                                   object_batch=self._batch(task) if fault is Fault.OUT_OF_MEMORY else None)
         finally:
             with self._lock:

@@ -24,10 +24,7 @@ tests.
 from __future__ import annotations
 
 import math
-import os
-import threading
 import time
-from collections.abc import Sequence
 from dataclasses import replace
 
 import ray
@@ -40,54 +37,14 @@ from pipeline.io.rle import decode_rle
 from pipeline.actor.output_stage import OutputStage
 from pipeline.actor.sampling import SampledSource
 from pipeline.io.prefix import make_sink
-from pipeline.records import ClaimLost, Fault, WorkerIdentity, WorkerResult, WorkerStartError, WorkerStatus
-from pipeline.actor.decoding import InputUnavailable, VideoError, VideoSource, open_video, sweep_stale_copies
+from pipeline.actor.replica import Replica, failure, pick_device, pick_dtype
+from pipeline.records import Fault, WorkerResult, WorkerStatus
+from pipeline.actor.decoding import VideoError, VideoSource, open_video, sweep_stale_copies
 from pipeline.specs import WorkerSpec
 from pipeline.plan.tasks import Prompt, VideoTask
 from sam2core.automatic import AutomaticMaskGenerator
-from sam2core.build import build_model
 from sam2core.video import FrameResult, PromptError, SessionOptions, VideoSession
 from sam2core.video.discovery import FoundObject
-
-_DEVICE_ERRORS = ("CUDA error", "CUBLAS_STATUS", "CUDNN_STATUS", "cuDNN error", "device-side assert",
-                  "an illegal memory access")
-
-
-NOSET_VISIBLE_DEVICES = "RAY_EXPERIMENTAL_NOSET_CUDA_VISIBLE_DEVICES"  # Ray leaves CUDA_VISIBLE_DEVICES alone
-
-
-def pick_device(requested: str) -> torch.device:
-    """``auto`` → the GPU Ray assigned to this actor, else CPU; ``cuda`` → that GPU; ``cpu`` → CPU (see
-    ``device_for``). A worker holding a GPU it cannot use refuses to start instead of silently running on the CPU."""
-    gpus = ray.get_gpu_ids()
-    if (gpus or requested == "cuda") and not torch.cuda.is_available():
-        held = f"Ray gave it GPU {', '.join(str(g) for g in gpus)}" if gpus else "model.device=cuda"
-        raise WorkerStartError(f"worker on {os.uname().nodename}: {held}, but torch {torch.__version__} cannot "
-                               f"use CUDA (CUDA_VISIBLE_DEVICES={os.environ.get('CUDA_VISIBLE_DEVICES')!r}, "
-                               f"torch built with CUDA {torch.version.cuda})")
-    ray_sets_visible = os.environ.get(NOSET_VISIBLE_DEVICES, "").lower() not in ("1", "true")
-    return device_for(requested, gpus, os.environ.get("CUDA_VISIBLE_DEVICES"), ray_sets_visible)
-
-
-def device_for(requested: str, gpu_ids: Sequence[int | str], visible: str | None, ray_sets_visible: bool
-               ) -> torch.device:
-    """The device of a replica asking for ``requested`` that Ray assigned GPUs ``gpu_ids`` (its first one is used).
-
-    Ray normally sets the actor's CUDA_VISIBLE_DEVICES to its GPUs, so the GPU is device 0 (``cuda``). With
-    ``RAY_EXPERIMENTAL_NOSET_CUDA_VISIBLE_DEVICES`` the actor sees the node's devices (``visible``: the
-    CUDA_VISIBLE_DEVICES it inherited, if any, whose entries Ray's ids are) and must pick its own by index, or
-    every replica on the node would share device 0."""
-    if requested == "cpu" or (requested == "auto" and not gpu_ids):
-        return torch.device("cpu")
-    if ray_sets_visible or not gpu_ids:
-        return torch.device("cuda")
-    assigned = str(gpu_ids[0])
-    if visible is None:
-        return torch.device("cuda", int(assigned))
-    entries = [entry.strip() for entry in visible.split(",")]
-    if assigned not in entries:
-        raise WorkerStartError(f"Ray assigned GPU {assigned}, which CUDA_VISIBLE_DEVICES={visible!r} does not list")
-    return torch.device("cuda", entries.index(assigned))
 
 
 def memory_fraction(gpu_share: float) -> float | None:
@@ -114,27 +71,6 @@ def keep_to_share(device: torch.device, gpu_share: float, cpus: float, compile_s
         import torch._inductor.config as inductor_config
 
         inductor_config.compile_threads = replica_threads(cpus)
-
-
-def pick_dtype(requested: str, device: torch.device) -> str:
-    """``auto`` → bfloat16 on GPU (as the official tools run), float32 on CPU."""
-    if requested != "auto":
-        return requested
-    return "bfloat16" if device.type == "cuda" else "float32"
-
-
-def fault_of(exc: BaseException) -> Fault:
-    """The fault of an unexpected exception: out of memory, a GPU fault that poisons the process, the output prefix
-    taken over by another job, else ERROR."""
-    if isinstance(exc, ClaimLost):
-        return Fault.CLAIM_LOST
-    if isinstance(exc, torch.OutOfMemoryError):
-        return Fault.OUT_OF_MEMORY
-    accelerator_error = getattr(torch, "AcceleratorError", None)
-    if (accelerator_error is not None and isinstance(exc, accelerator_error)) or any(
-            marker in str(exc) for marker in _DEVICE_ERRORS):
-        return Fault.GPU_FAULT
-    return Fault.ERROR
 
 
 def batched_objects(task: VideoTask, default_cap: int, held: int) -> int:
@@ -170,20 +106,18 @@ def check_geometry(prompt: Prompt, height: int, width: int) -> Prompt:
     return prompt
 
 
-class PropagationWorker:
+class PropagationWorker(Replica):
     """One model replica; ``process`` propagates one video's prompts through the whole video."""
 
     def __init__(self, spec: WorkerSpec) -> None:
         sweep_stale_copies()  # temp video copies of workers killed before they could remove them
         self.spec = spec
-        self.device = pick_device(spec.model.device)
         m = spec.model
+        device = pick_device(m.device)
         resources = ray.get_runtime_context().get_assigned_resources()  # this actor's share of its node
-        keep_to_share(self.device, resources.get("GPU", 0.0), resources.get("CPU", 1.0), m.compile)
-        torch.manual_seed(m.seed)
-        self.model = build_model(m.name, m.checkpoint, image_size=m.image_size, device=self.device,
-                                 storage_options=m.storage_options, cache_dir=m.cache_dir)
-        self.options = SessionOptions(dtype=pick_dtype(m.dtype, self.device), compile=m.compile, **spec.session)
+        keep_to_share(device, resources.get("GPU", 0.0), resources.get("CPU", 1.0), m.compile)
+        self.options = SessionOptions(dtype=pick_dtype(m.dtype, device), compile=m.compile, **spec.session)
+        super().__init__(m, device, self.options.dtype)
         self.sink = make_sink(spec.output_uri, spec.output_format, spec.output_storage_options, spec.retry_s,
                               spec.claim)
         self.session: VideoSession | None = None
@@ -191,10 +125,6 @@ class PropagationWorker:
         self.generator = AutomaticMaskGenerator(self.model, **spec.auto.generator) if spec.auto else None
         self.low_res_size = (m.image_size // 4, m.image_size // 4)
         self.encode_threads = spec.encode_threads or replica_threads(resources.get("CPU", 1.0))
-        self.identity = WorkerIdentity(ray.get_runtime_context().get_node_id(), os.getpid(), str(self.device),
-                                       self.options.dtype)
-        self._lock = threading.Lock()
-        self._status: WorkerStatus | None = None  # the video under way
         self._writing: set[str] = set()  # videos whose writes began here
         self._dropped: set[str] = set()  # videos the driver took back (``drop``): never written here
         tags = {"model": m.name}
@@ -204,16 +134,6 @@ class PropagationWorker:
         self._videos_metric = metrics.Counter("sam2_videos", "videos finished", tag_keys=("model", "status"))
         for metric in (self._frames_metric, self._object_frames_metric, self._videos_metric):
             metric.set_default_tags(tags)
-
-    def ready(self) -> WorkerIdentity:
-        """Where this replica runs (node, pid, device, dtype); returns once the model is built."""
-        return self.identity
-
-    @ray.method(concurrency_group="status")
-    def status(self) -> WorkerStatus | None:
-        """The video being processed: id, frames (done and total), objects, start time (wall clock); None if idle."""
-        with self._lock:
-            return None if self._status is None else replace(self._status)
 
     @ray.method(concurrency_group="status")
     def drop(self, video_id: str) -> bool:
@@ -248,12 +168,9 @@ class PropagationWorker:
                 self.sink.mark_done(result)
         except (PromptError, VideoError) as exc:
             result = self._failed(task, Fault.BAD_INPUT, f"{type(exc).__name__}: {exc}", frames, objects)
-        except InputUnavailable as exc:
-            result = self._failed(task, Fault.INPUT_UNAVAILABLE, f"{type(exc).__name__}: {exc}", frames, objects)
         except Exception as exc:  # noqa: BLE001 - one video's failure must not take the replica down
-            fault = fault_of(exc)
-            kind = {Fault.OUT_OF_MEMORY: "out of memory", Fault.GPU_FAULT: "GPU fault"}.get(fault, type(exc).__name__)
-            result = self._failed(task, fault, f"{kind}: {exc}".splitlines()[0], frames, objects)
+            fault, reason = failure(exc)
+            result = self._failed(task, fault, reason, frames, objects)
             if fault is Fault.OUT_OF_MEMORY:  # what this attempt batched, for the retry to halve
                 result = replace(result, object_batch=batched_objects(task, self.options.objects_per_batch(
                     self.device), self._objects_held))

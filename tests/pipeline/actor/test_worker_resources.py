@@ -6,7 +6,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from pipeline.actor.worker import device_for, keep_to_share, memory_fraction, replica_threads
+from pipeline.actor.replica import device_for
+from pipeline.actor.worker import keep_to_share, memory_fraction, replica_threads
 from pipeline.records import WorkerStartError
 
 
