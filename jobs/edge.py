@@ -33,9 +33,9 @@ from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import ConfigAttributeError, ConfigKeyError, MissingMandatoryValue, OmegaConfBaseException
 
 from jobs.redaction import SECRET_KEYS, scrub, secret_values
+from pipeline.records import EXIT_FAILED, EXIT_INTERRUPTED, EXIT_OK, EXIT_REFUSED
 from pipeline.specs import SpecError
 
-EXIT_OK, EXIT_FAILED, EXIT_REFUSED, EXIT_INTERRUPTED = 0, 1, 2, 130
 CONF_DIR = Path(__file__).resolve().parents[1] / "conf"
 
 S = TypeVar("S")

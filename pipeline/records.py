@@ -21,6 +21,9 @@ from enum import Enum
 from typing import Any
 
 
+EXIT_OK, EXIT_FAILED, EXIT_REFUSED, EXIT_INTERRUPTED = 0, 1, 2, 130  # every job's exit status (README)
+
+
 class Status(str, Enum):
     """How a video ended."""
 

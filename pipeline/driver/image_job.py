@@ -28,11 +28,10 @@ from pipeline.io.image_prefix import ImageSink, annotations_name
 from pipeline.plan.image_manifest import ImagePlan, ManifestError, ManifestReadError, load_image_manifest
 from pipeline.plan.image_tasks import ImageTask
 from pipeline.plan.tasks import shard_of
-from pipeline.records import PrefixIdentity, Status, WorkerStartError
+from pipeline.records import (EXIT_FAILED, EXIT_INTERRUPTED, EXIT_OK, EXIT_REFUSED, PrefixIdentity, Status,
+                              WorkerStartError)
 
 log = logging.getLogger(__name__)
-
-EXIT_OK, EXIT_FAILED, EXIT_REFUSED, EXIT_INTERRUPTED = 0, 1, 2, 130
 
 
 def run_images(spec: ImageJobSpec) -> int:

@@ -25,11 +25,10 @@ from pipeline.io.prefix import Sink, make_sink
 from pipeline.specs import JobSpec, WorkerSpec
 from pipeline.plan.tasks import VideoTask, shard_of, with_digests
 from pipeline.actor.worker import start_workers
-from pipeline.records import PrefixIdentity, Status, WorkerIdentity, WorkerResult, WorkerStartError
+from pipeline.records import (EXIT_FAILED, EXIT_INTERRUPTED, EXIT_OK, EXIT_REFUSED, PrefixIdentity, Status,
+                              WorkerIdentity, WorkerResult, WorkerStartError)
 
 log = logging.getLogger(__name__)
-
-EXIT_OK, EXIT_FAILED_VIDEOS, EXIT_BAD_INPUT, EXIT_INTERRUPTED = 0, 1, 2, 130
 
 
 def run(spec: JobSpec) -> int:
@@ -40,7 +39,7 @@ def run(spec: JobSpec) -> int:
         plan, provenance, sink = _prepare(spec)
     except Refused as exc:
         log.error("%s", exc)
-        return EXIT_BAD_INPUT
+        return EXIT_REFUSED
     tasks, todo = _plan_shard(spec, plan, provenance, sink)
     shard = (spec.shard_id, spec.num_shards)
     if not todo and finished(sink, shard):
@@ -52,14 +51,14 @@ def run(spec: JobSpec) -> int:
         pool = _pool(spec, todo, provenance, sink) if todo else None
     except WorkerStartError as exc:
         log.error("%s; no video was processed.", exc)
-        return EXIT_BAD_INPUT
+        return EXIT_REFUSED
     except KeyboardInterrupt as exc:
         records = exc.pool.records if isinstance(exc, _Interrupted) else []
         log.error("interrupted: %d of %d videos done in this run, %d before; re-run the same command to resume",
                   sum(r.status is Status.DONE for r in records), len(todo), len(tasks) - len(todo))
         return EXIT_INTERRUPTED
     if claim_lost(sink):
-        return EXIT_BAD_INPUT
+        return EXIT_REFUSED
     records, workers, unrecorded = (pool.records, pool.workers, pool.unrecorded) if pool else ([], [], [])
     failures = {r.video_id: r.error for r in records if r.status is not Status.DONE}
     summary = _summary(spec, tasks, records, failures, len(tasks) - len(todo), plan.dropped, workers, unrecorded,
@@ -69,7 +68,7 @@ def run(spec: JobSpec) -> int:
     if failures:
         log.error("%d of %d videos failed (reasons in the summary):\n%s", len(failures), len(todo),
                   "\n".join(f"  {v}: {r}" for v, r in failures.items()))
-        return EXIT_FAILED_VIDEOS
+        return EXIT_FAILED
     log.info("all %d videos done: %s", len(tasks), spec.output.uri)
     return EXIT_OK
 

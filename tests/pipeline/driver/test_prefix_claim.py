@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from pipeline.driver.job import EXIT_BAD_INPUT, EXIT_OK, run
+from pipeline.driver.job import EXIT_REFUSED, EXIT_OK, run
 from pipeline.io.masklets import read_masklets
 from pipeline.io.prefix import make_sink
 from pipeline.io.storage import list_names, read_bytes
@@ -56,8 +56,8 @@ def test_two_jobs_of_other_checkpoints_started_together_on_one_prefix_one_runs(t
             for seed in (0, 1)]
     logs = [job.communicate(timeout=900)[0] for job in jobs]
     codes = [job.returncode for job in jobs]
-    assert sorted(codes) == [EXIT_OK, EXIT_BAD_INPUT], logs
-    winner, loser = codes.index(EXIT_OK), codes.index(EXIT_BAD_INPUT)
+    assert sorted(codes) == [EXIT_OK, EXIT_REFUSED], logs
+    winner, loser = codes.index(EXIT_OK), codes.index(EXIT_REFUSED)
     refusal = [line for line in logs[loser].splitlines() if "ERROR" in line]
     assert len(refusal) == 1 and "Traceback" not in logs[loser], logs[loser]
     assert f"{out} holds results of another model/checkpoint/options (random_seed {winner} there, {loser} now)" \
@@ -89,7 +89,7 @@ def test_a_job_whose_prefix_is_taken_over_stops_and_writes_no_more_markers(tmp_p
         make_sink(out, "sav_json", None, 30.0).claim(other, overwrite=True, decoder="pyav")
         (tmp_path / "go").write_text("")
         job.join(timeout=900)
-    assert codes == [EXIT_BAD_INPUT]
+    assert codes == [EXIT_REFUSED]
     assert f"{out} was taken over by another job while this one ran" in caplog.text
     assert json.loads((tmp_path / "out" / "_state" / "provenance.json").read_text())["random_seed"] == 7
     assert sorted(p.relative_to(tmp_path / "out").as_posix() for p in (tmp_path / "out").rglob("*")
@@ -112,9 +112,9 @@ def test_a_deleted_masklet_is_recomputed_and_switching_format_or_decoder_is_refu
     caplog.clear()
     parquet = job_spec(manifest, str(tmp_path), str(out), ray_cluster.address, output_options={"format": "parquet"})
     with caplog.at_level(logging.ERROR):
-        assert run(parquet) == EXIT_BAD_INPUT
+        assert run(parquet) == EXIT_REFUSED
         assert run(job_spec(manifest, str(tmp_path), str(out), ray_cluster.address, decoder="decord")) \
-            == EXIT_BAD_INPUT
+            == EXIT_REFUSED
     refusals = [r.getMessage() for r in caplog.records if r.levelno >= logging.ERROR]
     assert len(refusals) == 2 and all("\n" not in line for line in refusals)
     assert (f"{out} holds sav_json masklets, output.format=parquet now (output.format=sav_json resumes there): use "

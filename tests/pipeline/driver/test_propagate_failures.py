@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 import logging
 
-from pipeline.driver.job import EXIT_BAD_INPUT, EXIT_FAILED_VIDEOS, EXIT_OK, run
+from pipeline.driver.job import EXIT_REFUSED, EXIT_FAILED, EXIT_OK, run
 from pipeline.io.masklets import read_masklets
 from tests.helpers import make_video, synthetic_frames
 from tests.pipeline.driver.propagate_support import MODEL, job_spec, prompt_row, prompts_for, write_manifest
@@ -28,7 +28,7 @@ def test_corrupt_video_and_late_prompt_fail_alone(tmp_path, ray_cluster, caplog)
     with caplog.at_level(logging.INFO):
         status = run(job_spec(manifest, str(tmp_path), str(out), ray_cluster.address))
 
-    assert status == EXIT_FAILED_VIDEOS
+    assert status == EXIT_FAILED
     assert "2 of 3 videos failed" in caplog.text
     summary = json.loads((out / "summary.json").read_text())
     assert (summary["done"], summary["failed"], summary["videos"]) == (1, 2, 3)
@@ -54,7 +54,7 @@ def test_malformed_manifest_rejected_before_anything(tmp_path, caplog):
     with caplog.at_level(logging.INFO):
         status = run(job_spec(manifest, str(tmp_path), str(out), "127.0.0.1:1"))  # Ray is never reached
 
-    assert status == EXIT_BAD_INPUT
+    assert status == EXIT_REFUSED
     for row, column in ((2, "frame_idx"), (3, "point_labels"), (4, "video_id")):
         assert f"row {row}, column {column!r}" in caplog.text
     assert "nothing was written" in caplog.text
@@ -69,7 +69,7 @@ def test_prefix_of_another_model_is_refused(tmp_path, ray_cluster, caplog):
 
     with caplog.at_level(logging.INFO):
         status = run(job_spec(manifest, str(tmp_path), out, ray_cluster.address, model="sam2_hiera_tiny"))
-    assert status == EXIT_BAD_INPUT
+    assert status == EXIT_REFUSED
     assert "output.overwrite=true" in caplog.text
     assert read_masklets(f"{out}/masklets/good.json").provenance["model"] == MODEL
 

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from pipeline.driver.job import EXIT_BAD_INPUT, EXIT_FAILED_VIDEOS, EXIT_OK, run
+from pipeline.driver.job import EXIT_REFUSED, EXIT_FAILED, EXIT_OK, run
 from pipeline.plan.tasks import VideoTask
 from pipeline.actor.worker import batched_objects
 from tests.helpers import make_video, synthetic_frames
@@ -96,7 +96,7 @@ def test_a_stalled_read_times_out_and_the_video_queued_behind_it_is_not_charged(
     out = tmp_path / "out"
     spec = job_spec(manifest, str(tmp_path), str(out), ray_cluster.address, max_restarts=2, max_attempts=1,
                     video_timeout_s=10, timeout_s_per_object_frame=60, worker_class=FAULTS)
-    assert run(spec) == EXIT_FAILED_VIDEOS
+    assert run(spec) == EXIT_FAILED
     summary = _summary(out)
     assert summary["done"] == 1 and summary["failures"] == {"stalled": "timed out after 10 s"}
     failed = json.loads((out / "_state" / "failed" / "stalled.json").read_text())
@@ -112,7 +112,7 @@ def test_a_gpu_worker_without_usable_cuda_refuses_to_start(tmp_path, ray_cluster
     out = tmp_path / "out"
     spec = job_spec(manifest, str(tmp_path), str(out), ray_cluster.address, device="cuda", max_restarts=0)
     with caplog.at_level(logging.ERROR):
-        assert run(spec) == EXIT_BAD_INPUT
+        assert run(spec) == EXIT_REFUSED
     assert "cannot use CUDA" in caplog.text
     assert not (out / "_state" / "done").exists()
 
@@ -122,7 +122,7 @@ def test_a_worker_that_never_starts_is_dropped(tmp_path, ray_cluster, caplog):
     spec = job_spec(manifest, str(tmp_path), str(tmp_path / "out"), ray_cluster.address, max_restarts=0,
                     start_timeout_s=3, worker_class="tests.pipeline.driver.fault_workers.SlowStartWorker")
     with caplog.at_level(logging.ERROR):
-        assert run(spec) == EXIT_BAD_INPUT
+        assert run(spec) == EXIT_REFUSED
     assert "worker did not start within 3 s" in caplog.text
 
 

@@ -14,7 +14,7 @@ import pytest
 import torch
 
 from pipeline.actor.decoding import open_video
-from pipeline.driver.job import EXIT_BAD_INPUT, EXIT_FAILED_VIDEOS, EXIT_OK, run
+from pipeline.driver.job import EXIT_REFUSED, EXIT_FAILED, EXIT_OK, run
 from pipeline.io.masklets import read_masklets
 from pipeline.io.rle import decode_rle
 from pipeline.specs import AutoSpec, DataSpec, SpecError
@@ -69,7 +69,7 @@ def test_a_strided_and_clipped_job_tracks_the_sampled_frames_and_keeps_their_num
                                                                                         ray_cluster, caplog):
     out = tmp_path / "out"
     spec = _with_step(job_spec(strided["manifest"], str(tmp_path), str(out), ray_cluster.address), 4)
-    assert run(spec) == EXIT_FAILED_VIDEOS
+    assert run(spec) == EXIT_FAILED
     reason = json.loads((out / "_state" / "failed" / "past.json").read_text())["reason"]
     assert "no frame to track (data.frame_step=4, clip 40–the end of the video, first tracked frame 40) in the " \
            "video's 18 frames" in reason
@@ -87,7 +87,7 @@ def test_a_strided_and_clipped_job_tracks_the_sampled_frames_and_keeps_their_num
     markers = {p.name: p.read_text() for p in (out / "_state" / "done").iterdir()}
     assert {name: json.loads(text)["frames"] for name, text in markers.items()} == {"every4.json": 5, "window.json": 2}
     with caplog.at_level(logging.INFO):
-        assert run(spec) == EXIT_FAILED_VIDEOS  # the same step and clips: only the failed video again
+        assert run(spec) == EXIT_FAILED  # the same step and clips: only the failed video again
     assert "2 already done, 1 to run" in caplog.text
     assert {p.name: p.read_text() for p in (out / "_state" / "done").iterdir()} == markers
 
@@ -96,7 +96,7 @@ def test_a_prompt_off_the_sampled_frames_is_refused_before_any_work(tmp_path, st
     out = tmp_path / "out"
     spec = _with_step(job_spec(strided["manifest"], str(tmp_path), str(out), "127.0.0.1:1"), 8)  # Ray never reached
     with caplog.at_level(logging.INFO):
-        assert run(spec) == EXIT_BAD_INPUT
+        assert run(spec) == EXIT_REFUSED
     assert ("row 0, column 'frame_idx': frame 4 is not sampled (data.frame_step=8); nearest sampled frames: 0, 8"
             in caplog.text)
     assert "row 2, column 'frame_idx': frame 8 is outside the clip (data.frame_step=8, clip 5–14 inclusive); " \

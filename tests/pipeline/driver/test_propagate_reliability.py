@@ -17,7 +17,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from pipeline.driver.job import EXIT_BAD_INPUT, EXIT_FAILED_VIDEOS, EXIT_OK, run
+from pipeline.driver.job import EXIT_REFUSED, EXIT_FAILED, EXIT_OK, run
 from pipeline.plan.manifest import MANIFEST_SCHEMA
 from pipeline.io.storage import list_names
 from testkit.seaweedfs import local_s3
@@ -75,7 +75,7 @@ def test_storage_down_for_good_ends_the_job_cleanly_and_a_rerun_completes_it(tmp
         spec = job_spec(manifest, str(tmp_path), out, ray_cluster.address, worker_class=FAULTS,
                         output_options={"retry_s": 2, "storage_options": once, "fallback_dir": str(fallback)},
                         max_attempts=2, retry_backoff_s=0.1)
-        assert _run_with_outage(spec, tmp_path, s3, restart_after_s=None) == EXIT_FAILED_VIDEOS
+        assert _run_with_outage(spec, tmp_path, s3, restart_after_s=None) == EXIT_FAILED
         (summary_file,) = fallback.glob("*/summary.json")
         summary = json.loads(summary_file.read_text())
         assert summary["status"] == "failed" and summary["unwritten_prefix"] == out
@@ -112,7 +112,7 @@ def test_resume_recomputes_changed_and_unreadable_videos_and_refuses_other_optio
 
     other = job_spec(manifest, str(tmp_path), str(out), ray_cluster.address, session={"fill_hole_area": 8})
     with caplog.at_level(logging.ERROR):
-        assert run(other) == EXIT_BAD_INPUT
+        assert run(other) == EXIT_REFUSED
     assert "session" in caplog.text and "overwrite" in caplog.text
 
 
@@ -151,7 +151,7 @@ def test_prompt_geometry_is_checked_against_the_video(tmp_path, ray_cluster):
     ]
     manifest = write_manifest(rows, str(tmp_path / "manifest.parquet"))
     out = tmp_path / "out"
-    assert run(job_spec(manifest, str(tmp_path), str(out), ray_cluster.address)) == EXIT_FAILED_VIDEOS
+    assert run(job_spec(manifest, str(tmp_path), str(out), ray_cluster.address)) == EXIT_FAILED
     failures = json.loads((out / "summary.json").read_text())["failures"]
     assert sorted(failures) == ["far_point", "flat_box", "off_box", "small_mask"]
     assert "manifest row 0" in failures["small_mask"] and "mask is 32x48 (HxW) but the video is 64x96" in \
@@ -177,7 +177,7 @@ def test_unreadable_manifests_are_refused_in_one_line(tmp_path, run_job, ray_clu
     proc = run_job([f"data.manifest={manifest}", f"data.root={tmp_path}", f"output.uri={tmp_path / 'out'}",
                     "model.checkpoint=random", "model.image_size=128", f"cluster.address={ray_cluster.address}"])
     text = proc.stdout + proc.stderr
-    assert proc.returncode == EXIT_BAD_INPUT, text
+    assert proc.returncode == EXIT_REFUSED, text
     assert "Traceback" not in text
     expected = {"not_parquet": "is not a Parquet file", "empty": "it has no rows", "missing": "not found"}[case]
     assert expected in text and str(manifest) in text
@@ -194,7 +194,7 @@ def test_unusable_output_storage_is_refused_before_any_work(tmp_path, run_job, s
     proc = run_job([f"data.manifest={manifest}", f"data.root={tmp_path}", f"output.uri=s3://{s3_bucket}/out",
                     options, "output.retry_s=1", "model.checkpoint=random", "model.image_size=128"])
     text = proc.stdout + proc.stderr
-    assert proc.returncode == EXIT_BAD_INPUT, text
+    assert proc.returncode == EXIT_REFUSED, text
     assert "Traceback" not in text and f"output prefix s3://{s3_bucket}/out is not usable" in text
     assert secret not in text
 
@@ -245,7 +245,7 @@ def test_a_full_disk_leaves_no_partial_files_and_a_rerun_completes(tmp_path, ray
         filler.write_bytes(b"\0" * (stat.f_bavail * stat.f_frsize - 4096))  # one page left: provenance only
         spec = job_spec(manifest, str(tmp_path), str(out), ray_cluster.address, max_attempts=1,
                         output_options={"retry_s": 1, "fallback_dir": str(tmp_path / "fallback")})
-        assert run(spec) == EXIT_FAILED_VIDEOS
+        assert run(spec) == EXIT_FAILED
         leftovers = [p for p in out.rglob("*") if p.is_file()]
         assert not [p for p in leftovers if p.name.endswith(".tmp")], leftovers
         assert not [p for p in leftovers if p.parent.name in ("masklets", "done")], leftovers
