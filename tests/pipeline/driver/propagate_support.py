@@ -16,6 +16,7 @@ from pipeline.actor.decoding import open_video
 from pipeline.io.storage import write_bytes
 from sam2core.build import build_model
 from sam2core.video import SessionOptions, VideoSession
+from tests.helpers import make_video, synthetic_frames
 
 REPO = Path(__file__).resolve().parents[3]
 IMAGE_SIZE = 128
@@ -58,6 +59,17 @@ def prompts_for(video_id: str, uri: str, frames: np.ndarray, kind: str) -> list[
         first = prompt_row(video_id, uri, 0, 0, mask=m)
     h, w = frames.shape[1:3]
     return [first, prompt_row(video_id, uri, 1, 0, points=[[w - 4.0, h - 4.0]], labels=[1])]
+
+
+def point_videos(root: Path, n: int = 3, frames: int = 8, seed: int = 10) -> tuple[str, list[dict]]:
+    """``n`` mp4 files ``videos/v{i}.mp4`` under ``root`` (64×96 synthetic frames) with point prompts, and the manifest
+    of them: its path and its rows."""
+    rows = []
+    for i in range(n):
+        f = synthetic_frames(frames, 64, 96, seed=seed + i)
+        make_video(root / "videos" / f"v{i}.mp4", f)
+        rows += prompts_for(f"v{i}", f"videos/v{i}.mp4", f, "points")
+    return write_manifest(rows, str(root / "manifest.parquet")), rows
 
 
 def job_overrides(manifest: str, root: str, output: str, address: str, **extra: object) -> list[str]:

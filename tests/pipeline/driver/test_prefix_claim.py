@@ -18,19 +18,9 @@ from pipeline.driver.job import EXIT_REFUSED, EXIT_OK, run
 from pipeline.io.masklets import read_masklets
 from pipeline.io.prefix import make_sink
 from pipeline.io.storage import list_names, read_bytes
-from tests.helpers import make_video, synthetic_frames
-from tests.pipeline.driver.propagate_support import REPO, job_overrides, job_spec, prompts_for, write_manifest
+from tests.pipeline.driver.propagate_support import REPO, job_overrides, job_spec, point_videos
 
 FAULTS = "tests.pipeline.driver.fault_workers.FaultWorker"
-
-
-def _videos(root: Path, n: int = 2, frames: int = 4) -> str:
-    rows = []
-    for i in range(n):
-        f = synthetic_frames(frames, 64, 96, seed=30 + i)
-        make_video(root / "videos" / f"v{i}.mp4", f)
-        rows += prompts_for(f"v{i}", f"videos/v{i}.mp4", f, "points")
-    return write_manifest(rows, str(root / "manifest.parquet"))
 
 
 # the local race is also run at the storage level (tests/pipeline/io/test_prefix.py), so the default suite runs
@@ -40,7 +30,7 @@ def test_two_jobs_of_other_checkpoints_started_together_on_one_prefix_one_runs(t
                                                                               request):
     """Both real jobs start at once; whichever claims the prefix first runs, the other is refused in one line
     before any work, and every masklet and the provenance record are the winner's."""
-    manifest = _videos(tmp_path)
+    manifest, _ = point_videos(tmp_path, n=2, frames=4, seed=30)
     env = {**os.environ, "OMP_NUM_THREADS": "1", "HYDRA_FULL_ERROR": "1"}
     out, so, options = str(tmp_path / "out"), None, {}
     if where == "s3":
@@ -73,7 +63,7 @@ def test_two_jobs_of_other_checkpoints_started_together_on_one_prefix_one_runs(t
 def test_a_job_whose_prefix_is_taken_over_stops_and_writes_no_more_markers(tmp_path, ray_cluster, caplog):
     """While the job's worker holds its first video (either), another job claims the prefix with output.overwrite (driven
     at the storage level, so the moment is known): the job writes no masklet, marker or summary there and exits 2."""
-    manifest = _videos(tmp_path)
+    manifest, _ = point_videos(tmp_path, n=2, frames=4, seed=30)
     (tmp_path / "faults.json").write_text(json.dumps({"v0": ["wait"], "v1": ["wait"]}))
     out = str(tmp_path / "out")
     spec = job_spec(manifest, str(tmp_path), out, ray_cluster.address, worker_class=FAULTS)
@@ -97,7 +87,7 @@ def test_a_job_whose_prefix_is_taken_over_stops_and_writes_no_more_markers(tmp_p
 
 
 def test_a_deleted_masklet_is_recomputed_and_switching_format_or_decoder_is_refused(tmp_path, ray_cluster, caplog):
-    manifest = _videos(tmp_path)
+    manifest, _ = point_videos(tmp_path, n=2, frames=4, seed=30)
     out = tmp_path / "out"
     spec = job_spec(manifest, str(tmp_path), str(out), ray_cluster.address)
     assert run(spec) == EXIT_OK

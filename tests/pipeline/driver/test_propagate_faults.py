@@ -15,18 +15,9 @@ from pipeline.driver.job import EXIT_REFUSED, EXIT_FAILED, EXIT_OK, run
 from pipeline.plan.tasks import VideoTask
 from pipeline.actor.worker import batched_objects
 from tests.helpers import make_video, synthetic_frames
-from tests.pipeline.driver.propagate_support import job_spec, prompts_for, write_manifest
+from tests.pipeline.driver.propagate_support import job_spec, point_videos, prompts_for, write_manifest
 
 FAULTS = "tests.pipeline.driver.fault_workers.FaultWorker"
-
-
-def _videos(tmp_path: Path, n: int = 3, frames: int = 8) -> str:
-    rows = []
-    for i in range(n):
-        f = synthetic_frames(frames, 64, 96, seed=10 + i)
-        make_video(tmp_path / "videos" / f"v{i}.mp4", f)
-        rows += prompts_for(f"v{i}", f"videos/v{i}.mp4", f, "points")
-    return write_manifest(rows, str(tmp_path / "manifest.parquet"))
 
 
 def _script(tmp_path: Path, faults: dict[str, list]) -> None:
@@ -43,7 +34,7 @@ def _summary(out: Path) -> dict:
 
 
 def test_worker_process_dies_mid_video(tmp_path, ray_cluster):
-    manifest = _videos(tmp_path)
+    manifest, _ = point_videos(tmp_path)
     _script(tmp_path, {"v1": ["exit"]})
     out = tmp_path / "out"
     # Ray restarts the actor but runs nothing again: the pool retries the video
@@ -58,7 +49,7 @@ def test_worker_process_dies_mid_video(tmp_path, ray_cluster):
 
 
 def test_gpu_fault_replaces_the_process_and_retries_on_another_worker(tmp_path, ray_cluster):
-    manifest = _videos(tmp_path, n=2)
+    manifest, _ = point_videos(tmp_path, n=2)
     _script(tmp_path, {"v0": ["device"]})
     out = tmp_path / "out"
     spec = job_spec(manifest, str(tmp_path), str(out), ray_cluster.address, num_workers=2, cpus_per_worker=1,
@@ -72,7 +63,7 @@ def test_gpu_fault_replaces_the_process_and_retries_on_another_worker(tmp_path, 
 
 
 def test_out_of_memory_is_retried_with_smaller_object_batches(tmp_path, ray_cluster):
-    manifest = _videos(tmp_path, n=1)
+    manifest, _ = point_videos(tmp_path, n=1)
     _script(tmp_path, {"v0": ["oom"]})
     out = tmp_path / "out"
     spec = job_spec(manifest, str(tmp_path), str(out), ray_cluster.address, max_restarts=0,
@@ -108,7 +99,7 @@ def test_a_stalled_read_times_out_and_the_video_queued_behind_it_is_not_charged(
 
 
 def test_a_gpu_worker_without_usable_cuda_refuses_to_start(tmp_path, ray_cluster, caplog):
-    manifest = _videos(tmp_path, n=1)
+    manifest, _ = point_videos(tmp_path, n=1)
     out = tmp_path / "out"
     spec = job_spec(manifest, str(tmp_path), str(out), ray_cluster.address, device="cuda", max_restarts=0)
     with caplog.at_level(logging.ERROR):
@@ -118,7 +109,7 @@ def test_a_gpu_worker_without_usable_cuda_refuses_to_start(tmp_path, ray_cluster
 
 
 def test_a_worker_that_never_starts_is_dropped(tmp_path, ray_cluster, caplog):
-    manifest = _videos(tmp_path, n=1)
+    manifest, _ = point_videos(tmp_path, n=1)
     spec = job_spec(manifest, str(tmp_path), str(tmp_path / "out"), ray_cluster.address, max_restarts=0,
                     start_timeout_s=3, worker_class="tests.pipeline.driver.fault_workers.SlowStartWorker")
     with caplog.at_level(logging.ERROR):

@@ -22,18 +22,9 @@ from pipeline.plan.manifest import MANIFEST_SCHEMA
 from pipeline.io.storage import list_names
 from testkit.seaweedfs import local_s3
 from tests.helpers import make_video, synthetic_frames
-from tests.pipeline.driver.propagate_support import job_spec, prompt_row, prompts_for, write_manifest
+from tests.pipeline.driver.propagate_support import job_spec, point_videos, prompt_row, write_manifest
 
 FAULTS = "tests.pipeline.driver.fault_workers.FaultWorker"
-
-
-def _videos(tmp_path: Path, n: int = 3, frames: int = 8) -> tuple[str, list[dict]]:
-    rows = []
-    for i in range(n):
-        f = synthetic_frames(frames, 64, 96, seed=10 + i)
-        make_video(tmp_path / "videos" / f"v{i}.mp4", f)
-        rows += prompts_for(f"v{i}", f"videos/v{i}.mp4", f, "points")
-    return write_manifest(rows, str(tmp_path / "manifest.parquet")), rows
 
 
 def _run_with_outage(spec, tmp_path: Path, s3, restart_after_s: float | None) -> int:
@@ -55,7 +46,7 @@ def _run_with_outage(spec, tmp_path: Path, s3, restart_after_s: float | None) ->
 
 
 def test_a_storage_outage_shorter_than_the_retry_window_loses_nothing(tmp_path, ray_cluster):
-    manifest, _ = _videos(tmp_path)
+    manifest, _ = point_videos(tmp_path)
     (tmp_path / "faults.json").write_text(json.dumps({"v0": ["wait"]}))
     with local_s3() as s3:
         out = f"s3://{s3.make_bucket('outage')}/run"
@@ -66,7 +57,7 @@ def test_a_storage_outage_shorter_than_the_retry_window_loses_nothing(tmp_path, 
 
 
 def test_storage_down_for_good_ends_the_job_cleanly_and_a_rerun_completes_it(tmp_path, ray_cluster):
-    manifest, _ = _videos(tmp_path)
+    manifest, _ = point_videos(tmp_path)
     (tmp_path / "faults.json").write_text(json.dumps({"v0": ["wait"]}))
     fallback = tmp_path / "fallback"
     with local_s3() as s3:
@@ -87,7 +78,7 @@ def test_storage_down_for_good_ends_the_job_cleanly_and_a_rerun_completes_it(tmp
 
 
 def test_resume_recomputes_changed_and_unreadable_videos_and_refuses_other_options(tmp_path, ray_cluster, caplog):
-    manifest, rows = _videos(tmp_path, n=2)
+    manifest, rows = point_videos(tmp_path, n=2)
     out = tmp_path / "out"
     spec = job_spec(manifest, str(tmp_path), str(out), ray_cluster.address)
     assert run(spec) == EXIT_OK
@@ -119,7 +110,7 @@ def test_resume_recomputes_changed_and_unreadable_videos_and_refuses_other_optio
 def test_a_rerun_reads_the_done_markers_of_the_previous_release(tmp_path, ray_cluster, caplog):
     """Resume across the upgrade: done markers in the format the previous release wrote (the whole worker record:
     status, error, retryable, identity, seconds, digest, plus masklets and time) count as done with their digest."""
-    manifest, _ = _videos(tmp_path, n=2, frames=4)
+    manifest, _ = point_videos(tmp_path, n=2, frames=4)
     out = tmp_path / "out"
     spec = job_spec(manifest, str(tmp_path), str(out), ray_cluster.address)
     assert run(spec) == EXIT_OK
@@ -186,7 +177,7 @@ def test_unreadable_manifests_are_refused_in_one_line(tmp_path, run_job, ray_clu
 
 @pytest.mark.parametrize("case", ["unreachable", "credentials"])
 def test_unusable_output_storage_is_refused_before_any_work(tmp_path, run_job, s3_server, s3_bucket, case):
-    manifest, _ = _videos(tmp_path, n=1)
+    manifest, _ = point_videos(tmp_path, n=1)
     endpoint = "http://127.0.0.1:9" if case == "unreachable" else s3_server["endpoint_url"]
     secret = "wrong-secret" if case == "credentials" else s3_server["secret"]
     options = (f"output.storage_options={{key: {s3_server['key']}, secret: {secret}, "
@@ -202,7 +193,7 @@ def test_unusable_output_storage_is_refused_before_any_work(tmp_path, run_job, s
 def test_credentials_never_reach_the_files_the_job_writes(tmp_path, s3_server, s3_bucket):
     """A sweep with credentials on the command line: neither Hydra's files, the job's outputs nor its logs hold
     them (the config the job records has them redacted)."""
-    manifest, _ = _videos(tmp_path, n=2, frames=4)
+    manifest, _ = point_videos(tmp_path, n=2, frames=4)
     out = f"s3://{s3_bucket}/swept"
     options = (f"{{key: {s3_server['key']}, secret: {s3_server['secret']}, "
                f"client_kwargs: {{endpoint_url: '{s3_server['endpoint_url']}', region_name: us-east-1}}}}")
@@ -237,7 +228,7 @@ def test_a_full_disk_leaves_no_partial_files_and_a_rerun_completes(tmp_path, ray
     if not _mount_tmpfs(disk, "1m"):
         pytest.skip("this machine does not allow mounting a tmpfs")
     try:
-        manifest, _ = _videos(tmp_path, n=1)
+        manifest, _ = point_videos(tmp_path, n=1)
         out = disk / "out"
         out.mkdir()
         stat = os.statvfs(disk)
