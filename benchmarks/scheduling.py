@@ -28,12 +28,14 @@ replicas are ``slow_worker_factor`` times slower for the whole run; ``slow_task_
 ``hard_video_fraction`` of the videos take ``hard_video_factor`` times longer wherever they run (their content):
 that is what they cost, so their work and the bound count it. The pool's policy is the job's
 default (``ClusterSpec``: ``tasks_per_worker`` 2, 3 attempts, backoff 2 s, time budgets, backup copies of
-stragglers past ``speculate_after`` times their expected time).
+stragglers past ``speculate_after`` times their expected time, and of the videos that would end the job).
 
 The simulated driver reacts at once (the real loop waits at most 1 s for results; dispatch costs ~1 ms, see the
 driver section); a video past its time budget is seen by the next status poll (``POLL_S``), and so is a straggler:
-the scheduler gets a replica's status when its video starts, and is asked for backup copies every ``POLL_S`` while
-a replica idles. A backup copy that lost is cancelled: taken out of its mailbox when queued, run to its end when
+the scheduler gets a replica's status when its video starts and, every ``POLL_S``, that of every busy replica with
+its frames done (a video goes at a steady pace), which is what it projects a running video's end from; it is asked
+for backup copies at every event (first, so that a backup of the job's tail may take a slot just freed) and every
+``POLL_S`` while a replica idles. A backup copy that lost is cancelled: taken out of its mailbox when queued, run to its end when
 running (Ray does not stop a running actor task); an original outrun by its backup is dropped (its replica
 replaced when it was running it).
 """
@@ -178,6 +180,7 @@ class _Simulation:
                 self._at(self.rng.uniform(0.0, span), "lost", r)
             self.replicas.append(r)
             self._at(self.rng.uniform(faults.start_s, 2 * faults.start_s), "up", r)
+        self._at(faults.start_s, "poll", self.replicas[0])
 
     def _at(self, when: float, kind: str, r: _Replica) -> None:
         heapq.heappush(self.events, (when, next(self.seq), kind, r.key, r.life))
@@ -196,6 +199,8 @@ class _Simulation:
             r = self.replicas[key]
             if kind == "wake":
                 wake = None if wake is not None and now >= wake else wake  # an earlier one is stale
+            elif kind == "poll":
+                self._poll(now)
             elif life == r.life or kind == "lost":  # a node is lost whatever its process went through
                 getattr(self, f"_{kind}")(r, now)
             for dropped in self.s.start_expired(now):  # not up in time: the pool kills it for good
@@ -206,9 +211,9 @@ class _Simulation:
             for actor, vid in self.s.stealable(now):  # queued behind a straggler: dropped there, queued again
                 self.replicas[actor].dropped.add(vid)
                 self.s.on_dropped(actor, vid, True, now)
-            for actor, task in self.s.assign(now):
+            for actor, task in self.s.speculate(now):  # first: a tail backup may take a slot just freed
                 self._send(self.replicas[actor], task, now)
-            for actor, task in self.s.speculate(now):
+            for actor, task in self.s.assign(now):
                 self._send(self.replicas[actor], task, now)
             due = self.s.next_wakeup(now)
             if not self.s.fresh and not self.s.retries and self.s.in_flight < self.s.up * self.s.policy.depth:
@@ -257,9 +262,22 @@ class _Simulation:
         if ends > over:  # the pool's status poll sees it past its budget
             self._at(over + POLL_S, "timeout", r)
 
-    def _status(self, task: VideoTask, started: float) -> WorkerStatus:
-        """What the worker reports while on ``task`` (the pool's budgets are read from it)."""
-        return WorkerStatus(task.video_id, started, max(task.num_objects, 1), self.frames[task.video_id])
+    def _status(self, task: VideoTask, started: float, done: int = 0) -> WorkerStatus:
+        """What the worker reports while on ``task`` with ``done`` frames done (the pool's budgets are read
+        from it, its backups judged by it)."""
+        return WorkerStatus(task.video_id, started, max(task.num_objects, 1), self.frames[task.video_id], done)
+
+    def _poll(self, now: float) -> None:
+        """The pool's status poll: every busy replica's frames done so far (its work goes at a steady pace)."""
+        statuses = {}
+        for r in self.replicas:
+            if r.alive and r.running is not None:
+                task, started, ends = r.running
+                frames = self.frames[task.video_id]
+                statuses[r.key] = self._status(task, started, int(frames * (now - started) / (ends - started)))
+        for actor, _reason in self.s.expired(now, statuses):
+            self._kill(self.replicas[actor], now, restart=True)
+        self._at(now + POLL_S, "poll", self.replicas[0])
 
     def _done(self, r: _Replica, now: float) -> None:
         task, started, _ = r.running

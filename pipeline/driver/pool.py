@@ -14,7 +14,8 @@ never idles between videos. What can go wrong, and what the pool does:
   (and is retried like the rest);
 * a video fails on its own (corrupt file, bad prompt): recorded as failed at once, the job goes on;
 * a straggler (a video far past its expected time): the videos queued behind it are taken back (``drop``) and go
-  to other actors; once nothing waits, an idle actor runs a backup copy of it, and the first copy done is used.
+  to other actors; once nothing waits, an idle actor runs a backup copy of it (sooner, on the next free slot, when
+  its frames done project it to end long after the rest of the job), and the first copy done is used.
 
 Ray runs each task once (``max_task_retries=0``): every re-run is the pool's decision. The decisions (which task
 next for which actor, retry or not, backoff, time budgets, which actor to avoid, backups) are
@@ -77,11 +78,11 @@ class WorkerPool:
             for actor, video_id in s.stealable(now):
                 log.warning("video %s waits behind a straggler; taking it back", video_id)
                 self._drop(actor, video_id)
-            for actor, task in s.assign(now):
-                self._send(actor, task)
-            for actor, task in s.speculate(now):
+            for actor, task in s.speculate(now):  # first: a backup of the job's tail may take a slot just freed
                 log.warning("video %s runs far past its expected time; a backup copy starts", task.video_id)
                 self._send(actor, task, mark_done=False)
+            for actor, task in s.assign(now):
+                self._send(actor, task)
             if not s.in_flight and not s.starting:
                 if not self.workers:
                     raise WorkerStartError(f"no worker could start: {self.init_error}")

@@ -10,10 +10,10 @@ Driving it (what ``WorkerPool`` does, and what a discrete-event simulation does 
 
     s = Scheduler(PoolPolicy.of(cluster_spec), tasks, actors=range(n), now=t0, rng=random.Random(seed))
     while not s.finished:
+        for actor, task in s.speculate(now):       # backup copies of stragglers for free actors: send them so that
+            ...                                    # they write their masklets but no done marker
         for actor, task in s.assign(now):          # send them (depth tasks in flight per actor, in queue order)
             ...
-        for actor, task in s.speculate(now):       # backup copies of stragglers for idle actors: send them so that
-            ...                                    # they write their masklets but no done marker
         # then, as things happen:
         s.on_actor_up(actor, now)                  # its ready probe answered (at start, or after a restart)
         v = s.on_result(actor, task, result, now)  # a WorkerResult; Fault.DIED when the actor died with it
@@ -41,7 +41,12 @@ task the actor held (the running one first), then ``on_actor_up`` once the resta
 
 Stragglers (what MapReduce and Spark call speculative execution): once no task waits for an actor, an idle actor
 gets a backup copy of a video that has run ``speculate_after`` times longer than expected (its frames × objects at
-the throughput of the videos done so far), or of one queued behind such a video. The first copy done wins. A backup
+the throughput of the videos done so far), or of one queued behind such a video. Queue or not, a running video
+that would end the job gets a backup copy on an idle actor or one with a free slot (hence ``speculate`` before
+``assign``): its end, projected from the frames done in its status, lies ``_TAIL_MARGIN`` expected times past the
+end of the rest of the work (queued and in flight, expected from the videos done, over the up actors), and a copy
+is projected to end that much sooner; at most one such copy per ``_TAIL_SHARE`` up actors at once, so that they go
+only to the few videos that would set the makespan. The first copy done wins. A backup
 copy writes the masklets (the same bytes to the same key) but never a done marker: when the original wins, the
 backup is cancelled; when the backup wins, the original's actor is asked to drop the video (``on_dropped``: it
 answers whether its writes had begun) and the done marker is the driver's to write only when they had not, so it is
@@ -49,7 +54,7 @@ written once. Near the end (no more waiting tasks than up actors) no task is que
 
 Cost per event: O(log n) in the actors and tasks (heaps and deques). ``assign`` costs that per task it hands out,
 plus a scan of the released retries an actor must avoid (a few: a retry avoids at most ``max_attempts`` actors);
-``speculate`` scans the actors, and only once nothing waits and an actor is idle.
+``speculate`` scans the actors once nothing waits and an actor is idle, and every ``_TAIL_EVERY_S`` for the tail.
 """
 
 from __future__ import annotations
@@ -68,6 +73,10 @@ from pipeline.specs import ClusterSpec
 
 ActorKey = int  # an actor's stable key: its index in the pool (the same across Ray restarts of its process)
 _FIT_MIN = 3  # videos done before the throughput fit judges a video overdue
+_TAIL_EVERY_S = 2.0  # how often ``speculate`` looks for attempts that would end after the rest of the job
+_TAIL_MARGIN = 2.0  # a tail: its projected end this many expected times past the rest of the work, and a copy
+#                    started now projected to end that much sooner (what noise and a slow copy do not explain)
+_TAIL_SHARE = 64  # tail backups at once: at most one per this many up actors (at least one)
 
 
 @dataclass(frozen=True)
@@ -170,6 +179,10 @@ class Scheduler:
         self.stolen = 0  # queued videos taken back from behind a straggler
         self._fit = [0.0] * 5  # weighted sums of (1, x, y, x², xy): seconds per frame y against objects x
         self._fitted = 0  # videos in the fit
+        self._fresh_cost = sum(t.cost for t in self.fresh)  # the fresh tasks' cost, for the work left
+        self._done_cost = self._done_s = 0.0  # cost and seconds of the videos done: seconds per unit of cost
+        self._tail_at = 0.0  # when ``speculate`` picks the tail videos next
+        self._tails: list[tuple[float, str, float]] = []  # (projected end, video, expected): want a backup
         self._free: list[tuple[int, ActorKey]] = []  # heap: (order, actor) of up actors with a free slot
         self._deadlines: list[tuple[float, ActorKey, float]] = []  # heap: (start deadline, actor, since)
         self._seq = itertools.count()
@@ -244,14 +257,18 @@ class Scheduler:
         return sent
 
     def speculate(self, now: float) -> list[tuple[ActorKey, VideoTask]]:
-        """Backup copies for idle actors, once no task waits: of the videos that have run ``speculate_after``
-        times longer than expected (most overdue first); one per video, never on an actor it failed on. A backup
-        is no attempt; it must write no done marker (see the module)."""
-        if self.policy.speculate_after <= 0 or self.fresh or self.retries:
+        """Backup copies of the videos that would end the job (``_tail_backups``), then, for idle actors once no
+        task waits, of the videos that have run ``speculate_after`` times longer than expected (most overdue
+        first); one per video, never on an actor it failed on. A backup is no attempt; it must write no done
+        marker (see the module)."""
+        if self.policy.speculate_after <= 0:
             return []
+        sent = self._tail_backups(now)
+        if self.fresh or self.retries:
+            return sent
         idle = [a for a in self.actors.values() if a.phase is Phase.UP and not a.sent]
         if not idle:
-            return []
+            return sent
         overdue: list[tuple[float, int, str]] = []
         for actor in self.actors.values():
             status = actor.status
@@ -263,7 +280,6 @@ class Scheduler:
             vid = status.video_id
             if vid not in self.backup_on and vid not in self.won and vid not in self.settled:
                 overdue.append(((status.started - now) / expected, actor.key, vid))
-        sent: list[tuple[ActorKey, VideoTask]] = []
         for _, _, vid in sorted(overdue):
             avoid = self.failed_on.get(vid, set()) | set(self.holders.get(vid, ()))
             actor = next((a for a in idle if a.key not in avoid), None)
@@ -278,6 +294,82 @@ class Scheduler:
             if not idle:
                 break
         return sent
+
+    def _tail_backups(self, now: float) -> list[tuple[ActorKey, VideoTask]]:
+        """Backup copies, queue or not, of the running videos that would end the job: projected (from the frames
+        done in their status, else their expected time) to end after the rest of the work would (the work queued
+        and in flight, expected from the videos done, spread over the up actors), when a copy on an idle actor or
+        one with a free slot is projected to end ``_TAIL_MARGIN`` expected times sooner. Latest first, at most one
+        per ``_TAIL_SHARE`` up actors at once. The videos are picked every ``_TAIL_EVERY_S``; a slot that frees
+        between two looks takes one."""
+        if self._fitted < _FIT_MIN or self._done_cost <= 0 or not self.up:
+            return []
+        per_cost = self._done_s / self._done_cost
+        if now >= self._tail_at:
+            self._tail_at = now + _TAIL_EVERY_S
+            self._pick_tails(now, per_cost)
+        room = max(1, self.up // _TAIL_SHARE) - len(self.backup_on)
+        if not self._tails or room <= 0:
+            return []
+        free = {key: self._busy(self.actors[key], now, per_cost)[0] for _, key in self._free
+                if self.actors[key].phase is Phase.UP and self.actors[key].in_flight < self.policy.depth}
+        sent: list[tuple[ActorKey, VideoTask]] = []
+        waiting: list[tuple[float, str, float]] = []  # no actor for them yet
+        for end, vid, expected in self._tails:
+            if vid not in self.tasks or vid in self.backup_on or vid in self.won or vid in self.settled:
+                continue
+            avoid = self.failed_on.get(vid, set()) | set(self.holders.get(vid, ()))
+            fit = [(busy, key) for key, busy in free.items() if key not in avoid] if room > 0 else []
+            if not fit:
+                waiting.append((end, vid, expected))
+                continue
+            busy, key = min(fit)
+            if max(busy, now) + (1 + _TAIL_MARGIN) * expected >= end:
+                if busy <= now:  # not even an idle actor would outrun it: looked at again with the next pick
+                    continue
+                waiting.append((end, vid, expected))
+                continue
+            del free[key]
+            task = self.tasks[vid]
+            self.backup_on[vid] = key
+            self.backups += 1
+            room -= 1
+            self._send(self.actors[key], task)
+            sent.append((key, task))
+        self._tails = waiting
+        return sent
+
+    def _pick_tails(self, now: float, per_cost: float) -> None:
+        """The running videos projected to end after the rest of the work would, latest first (``_tails``)."""
+        left = per_cost * (self._fresh_cost + sum(t.cost for t in self.retries)
+                           + sum(t.cost for _, _, t in self.delayed))  # seconds of work queued, in flight below
+        tails: list[tuple[float, str, float]] = []  # (projected end, video, expected)
+        for actor in self.actors.values():
+            if actor.phase is not Phase.UP or not actor.sent:
+                continue
+            busy, end, expected = self._busy(actor, now, per_cost)
+            left += busy - now
+            vid = actor.sent[0]
+            if end is not None and vid not in self.backup_on and vid not in self.won and vid not in self.settled:
+                tails.append((end, vid, expected))
+        job_end = now + left / self.up
+        self._tails = sorted((t for t in tails if t[0] > job_end + _TAIL_MARGIN * t[2]), reverse=True)
+
+    def _busy(self, actor: ActorState, now: float, per_cost: float) -> tuple[float, float | None, float]:
+        """When ``actor`` should be done with what it holds; when its running video should end and its expected
+        time (None, 0 before its status tells)."""
+        status = actor.status
+        if not actor.sent:
+            return now, None, 0.0
+        expected = self.expected(status) if status is not None and status.video_id == actor.sent[0] else None
+        if expected is None:
+            return now + per_cost * sum(self.tasks[v].cost for v in actor.sent), None, 0.0
+        elapsed = now - status.started
+        if status.frames_done > 0:
+            end = status.started + elapsed * status.frames / status.frames_done
+        else:
+            end = status.started + max(expected, elapsed)
+        return end + per_cost * sum(self.tasks[v].cost for v in actor.sent[1:]), end, expected
 
     def stealable(self, now: float) -> list[tuple[ActorKey, str]]:
         """Videos queued behind one that has run ``speculate_after`` times longer than expected: ask their actor to
@@ -405,6 +497,8 @@ class Scheduler:
         if result.fault is None:
             if result.frames > 0 and result.seconds > 0:
                 self._learn(result)
+                self._done_cost += task.cost
+                self._done_s += result.seconds
             if backup and holders:  # the backup outran its original, which must now write nothing
                 self.won[vid] = result
                 self.asked.update((a, vid) for a in holders)
@@ -458,6 +552,7 @@ class Scheduler:
         left = [*self.retries, *self.fresh, *(task for _, _, task in sorted(self.delayed))]
         self.retries.clear()
         self.fresh.clear()
+        self._fresh_cost = 0.0
         self.delayed.clear()
         self.unfinished -= len(left)
         return [WorkerResult(t.video_id, Fault.NO_WORKERS, reason, objects=t.num_objects,
@@ -530,4 +625,7 @@ class Scheduler:
             if actor not in avoid or sum(self.actors[a].phase is Phase.UP for a in avoid) == self.up:
                 del self.retries[i]
                 return task
-        return self.fresh.popleft() if self.fresh else None
+        if not self.fresh:
+            return None
+        self._fresh_cost -= self.fresh[0].cost
+        return self.fresh.popleft()

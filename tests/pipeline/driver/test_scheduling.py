@@ -277,3 +277,24 @@ def test_the_policy_is_the_cluster_specs() -> None:
     s, tasks = _straggling()
     s.policy = replace(s.policy, speculate_after=0.0)
     assert s.speculate(1000.0) == [] and s.stealable(1000.0) == []  # 0: never
+
+
+def test_a_video_that_would_end_the_job_gets_a_backup_while_tasks_still_wait() -> None:
+    """Tail backups: a running video projected (from its frames done) to end long after the rest of the work gets
+    a backup copy on a free actor though tasks still wait; one that keeps pace with the rest does not."""
+    tasks = _tasks(8)
+    s = _scheduler(tasks, actors=3, depth=1)
+    assert s.assign(0.0) == [(0, tasks[0]), (1, tasks[1]), (2, tasks[2])]
+    s.expired(0.0, {0: WorkerStatus("v0", started=0.0, objects=2, frames=100)})
+    for actor, task in ((1, tasks[1]), (2, tasks[2])):
+        s.on_result(actor, task, _timed(task), 10.0)
+    assert s.assign(10.0) == [(1, tasks[3]), (2, tasks[4])]
+    s.on_result(1, tasks[3], _timed(tasks[3]), 20.0)  # the third video done: v0 is expected to take 10 s
+    s.expired(20.0, {0: WorkerStatus("v0", started=0.0, objects=2, frames=100, frames_done=60)})
+    assert s.speculate(20.0) == []  # projected to end at ~33 s, with the rest of the work
+    assert s.assign(20.0) == [(1, tasks[5])]
+    s.on_result(2, tasks[4], _timed(tasks[4]), 100.0)
+    s.expired(100.0, {0: WorkerStatus("v0", started=0.0, objects=2, frames=100, frames_done=62)})  # ends at ~161 s
+    assert s.speculate(100.0) == [(2, tasks[0])]  # before v6 and v7, which still wait
+    assert list(s.fresh) == tasks[6:] and s.backups == 1 and s.attempts["v0"] == 1  # a backup is no attempt
+    assert s.assign(100.0) == [] and s.speculate(110.0) == []  # one backup per video
