@@ -297,9 +297,9 @@ class Scheduler:
 
     def _tail_backups(self, now: float) -> list[tuple[ActorKey, VideoTask]]:
         """Backup copies, queue or not, of the running videos that would end the job: projected (from the frames
-        done in their status, else their expected time) to end after the rest of the work would (the work queued
-        and in flight, expected from the videos done, spread over the up actors), when a copy on an idle actor or
-        one with a free slot is projected to end ``_TAIL_MARGIN`` expected times sooner. Latest first, at most one
+        done in their status, else their expected time) to end ``_TAIL_MARGIN`` expected times after the rest of
+        the work would (queued and in flight, expected from the videos done, over the up actors), when a copy on
+        an idle actor or one with a free slot is projected to end that much sooner. Latest first, at most one
         per ``_TAIL_SHARE`` up actors at once. The videos are picked every ``_TAIL_EVERY_S``; a slot that frees
         between two looks takes one."""
         if self._fitted < _FIT_MIN or self._done_cost <= 0 or not self.up:
@@ -340,7 +340,8 @@ class Scheduler:
         return sent
 
     def _pick_tails(self, now: float, per_cost: float) -> None:
-        """The running videos projected to end after the rest of the work would, latest first (``_tails``)."""
+        """The running videos projected to end ``_TAIL_MARGIN`` expected times after the rest of the work would,
+        latest first (``_tails``)."""
         left = per_cost * (self._fresh_cost + sum(t.cost for t in self.retries)
                            + sum(t.cost for _, _, t in self.delayed))  # seconds of work queued, in flight below
         tails: list[tuple[float, str, float]] = []  # (projected end, video, expected)
