@@ -206,16 +206,23 @@ def _timed(task: VideoTask, seconds: float = 10.0) -> WorkerResult:
     return WorkerResult(task.video_id, frames=100, objects=2, seconds=seconds)
 
 
-def _straggling() -> tuple[Scheduler, list[VideoTask]]:
-    """Three actors one video each; actor 0 stays on v0 (100 frames, 2 objects, from t=0) while the others do the
-    rest in 10 s a video: v0 is expected to take 10 s, so it is overdue (speculate_after 2) from t=20."""
-    tasks = _tasks(5)
+def _v0_behind(tasks: list[VideoTask]) -> Scheduler:
+    """Three actors, one video each from t=0; actors 1 and 2 finish theirs at t=10 and take the next two, actor 0
+    is still on v0 (100 frames, 2 objects)."""
     s = _scheduler(tasks, actors=3, depth=1)
     assert s.assign(0.0) == [(0, tasks[0]), (1, tasks[1]), (2, tasks[2])]
     s.expired(0.0, {0: WorkerStatus("v0", started=0.0, objects=2, frames=100)})
     for actor, task in ((1, tasks[1]), (2, tasks[2])):
         s.on_result(actor, task, _timed(task), 10.0)
     assert s.assign(10.0) == [(1, tasks[3]), (2, tasks[4])]
+    return s
+
+
+def _straggling() -> tuple[Scheduler, list[VideoTask]]:
+    """Three actors one video each; actor 0 stays on v0 (100 frames, 2 objects, from t=0) while the others do the
+    rest in 10 s a video: v0 is expected to take 10 s, so it is overdue (speculate_after 2) from t=20."""
+    tasks = _tasks(5)
+    s = _v0_behind(tasks)
     assert s.speculate(10.0) == []  # tasks waited until now, and no actor is idle
     for actor, task in ((1, tasks[3]), (2, tasks[4])):
         s.on_result(actor, task, _timed(task), 12.0)
@@ -283,12 +290,7 @@ def test_a_video_that_would_end_the_job_gets_a_backup_while_tasks_still_wait() -
     """Tail backups: a running video projected (from its frames done) to end long after the rest of the work gets
     a backup copy on a free actor though tasks still wait; one that keeps pace with the rest does not."""
     tasks = _tasks(8)
-    s = _scheduler(tasks, actors=3, depth=1)
-    assert s.assign(0.0) == [(0, tasks[0]), (1, tasks[1]), (2, tasks[2])]
-    s.expired(0.0, {0: WorkerStatus("v0", started=0.0, objects=2, frames=100)})
-    for actor, task in ((1, tasks[1]), (2, tasks[2])):
-        s.on_result(actor, task, _timed(task), 10.0)
-    assert s.assign(10.0) == [(1, tasks[3]), (2, tasks[4])]
+    s = _v0_behind(tasks)
     s.on_result(1, tasks[3], _timed(tasks[3]), 20.0)  # the third video done: v0 is expected to take 10 s
     s.expired(20.0, {0: WorkerStatus("v0", started=0.0, objects=2, frames=100, frames_done=60)})
     assert s.speculate(20.0) == []  # projected to end at ~33 s, with the rest of the work
