@@ -79,6 +79,7 @@ def test_unknown_section_is_refused(tmp_path: Path) -> None:
     assert "unknown benchmark section" in proc.stderr and "engin" in proc.stderr
 
 
+@pytest.mark.slow  # the engine section test runs the same engine measurement
 def test_engine_command_prints_its_table() -> None:
     """One row per thread count (1 and 2 by default)."""
     proc = _run("benchmarks.engine", "--sizes", "128", "--objects", "1", "--frames", "3", "--variants",

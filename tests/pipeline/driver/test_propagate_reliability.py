@@ -56,6 +56,7 @@ def test_a_storage_outage_shorter_than_the_retry_window_loses_nothing(tmp_path, 
         assert list_names(f"{out}/_state/done", s3.storage_options) == {"v0.json", "v1.json", "v2.json"}
 
 
+@pytest.mark.slow  # ~70 s: the outage test above covers the retry path; this one the give-up path
 def test_storage_down_for_good_ends_the_job_cleanly_and_a_rerun_completes_it(tmp_path, ray_cluster):
     manifest, _ = point_videos(tmp_path)
     (tmp_path / "faults.json").write_text(json.dumps({"v0": ["wait"]}))
