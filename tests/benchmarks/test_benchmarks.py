@@ -50,7 +50,10 @@ def _report(*overrides: str, tmp_path: Path, check: bool = True) -> subprocess.C
     return _run("benchmarks", *overrides, f"hydra.run.dir={tmp_path / 'hydra'}", check=check)
 
 
-@pytest.mark.parametrize("section", sorted(TINY))
+HEAVY = {"engine", "worker"}  # ~25 s each; the gpu preset's smoke test and the frame_step section run the same paths
+
+
+@pytest.mark.parametrize("section", [pytest.param(s, marks=pytest.mark.slow) if s in HEAVY else s for s in sorted(TINY)])
 def test_section_runs_and_reports(section: str, tmp_path: Path) -> None:
     report = tmp_path / "bench.json"
     proc = _report(f"sections=[{section}]", f"report={report}", *TINY[section], tmp_path=tmp_path)

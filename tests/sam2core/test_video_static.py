@@ -132,6 +132,7 @@ class CallLog:
         return {tuple(frame) for frame in self.frames[since:]}
 
 
+@pytest.mark.slow  # ~30 s; test_warm_up_covers_every_call_pattern_of_a_pass guards the same in the default suite
 def test_compiled_steps_never_recompile_during_a_pass(monkeypatch) -> None:
     """A video whose tracked objects go 1 -> 9 (cap 4: 1, 2, 2 + 1, 4, 4 + 1, 4 + 2, 8, 8, 8 + 1) and whose memory
     fills from 1 to 7 frames compiles each pass's shapes before its first frame, nothing while it runs, and gives

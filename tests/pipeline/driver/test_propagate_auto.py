@@ -29,6 +29,7 @@ AUTO_KEYS = ("masklet_stability_score", "masklet_size_rel", "masklet_size_abs", 
              "masklet_first_appeared_frame", "masklet_frame_count", "masklet_visibility_changes", "masklet_type")
 
 
+@pytest.mark.slow  # ~45 s; prompts=auto runs end to end in the default suite in the mixed, frame_step and image jobs
 def test_auto_job_on_the_sample_writes_sav_auto_masklets(tmp_path: Path, run_job, ray_cluster) -> None:
     out = tmp_path / "out"
     overrides = job_overrides(str(SAMPLE / "manifest.parquet"), str(SAMPLE), str(out), ray_cluster.address,
