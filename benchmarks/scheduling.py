@@ -2,9 +2,14 @@
 on a simulated clock over an SA-V-sized workload, on 64, 256 and 1,024 workers, with worker deaths and stragglers.
 
 What it reports, per worker count: the makespan (first worker up to last final result) against the
-longest-processing-time lower bound ``max(total work / workers, longest video)`` (work = what each video costs on a
-worker of normal speed), and how many deaths, Ray restarts and retries the run saw. It also plans an SA-V-sized
-synthetic manifest as the driver section does (``benchmarks.driver.measure_plan``: seconds and peak RSS).
+longest-processing-time lower bound of the cluster the run had (``cluster_bound``: the work spread over the
+replicas' time up, each at its speed, and no less than the longest video; work = what each video costs on a
+replica of normal speed). A replica that is down (a death until Ray's restart is up, a node lost), still starting,
+or 3× slower is capacity no scheduler has: that bound is what the policy is judged by. The note also gives the
+makespan over the bound of a cluster without faults, ``max(total work / workers, longest video)``, and how many
+deaths, Ray restarts, retries and backup copies the run saw. Rows: deaths, lost nodes and stragglers (the target);
+the same with hard videos too; no fault. It also plans an SA-V-sized synthetic manifest as the driver section does
+(``benchmarks.driver.measure_plan``: seconds and peak RSS).
 
 The workload (assumed; SA-V's published figures where there are some):
 
@@ -15,8 +20,8 @@ The workload (assumed; SA-V's published figures where there are some):
 * A video costs ``per_video_s`` (open, reset, write) + frames × (``per_frame_s`` for the image encoder +
   ``per_object_frame_s`` × objects), times a log-normal content factor (``jitter_sigma``): ~23 s for an average
   video on one H100-class replica. Its file size is duration × a log-normal bitrate (``bitrate_sigma``), so the
-  driver's order (``video_cost`` = objects × file size, largest first: ``plan_order``) is an estimate, as it is for
-  a real job.
+  driver's order (``video_cost``, from objects and file size, largest first: ``plan_order``) and the pool's
+  fitted seconds per byte are estimates, as they are for a real job.
 
 Faults (per run, drawn from the seed): each replica dies at random (``deaths_per_worker_hour``); Ray restarts it
 after ``restart_s`` (model rebuilt) and runs none of its videos again: they come back to the pool as deaths, as
@@ -35,9 +40,9 @@ driver section); a video past its time budget is seen by the next status poll (`
 the scheduler gets a replica's status when its video starts and, every ``POLL_S``, that of every busy replica with
 its frames done (a video goes at a steady pace), which is what it projects a running video's end from; it is asked
 for backup copies at every event (first, so that a backup of the job's tail may take a slot just freed) and every
-``POLL_S`` while a replica idles. A backup copy that lost is cancelled: taken out of its mailbox when queued, run to its end when
-running (Ray does not stop a running actor task); an original outrun by its backup is dropped (its replica
-replaced when it was running it).
+``POLL_S`` while a replica idles. A copy the pool drops (a backup that lost or runs no faster than its original,
+an original outrun by its backup) is taken out of its mailbox when queued, and stops ``STOP_S`` later when
+running (the worker checks between frames).
 """
 
 from __future__ import annotations
@@ -65,6 +70,7 @@ from pipeline.specs import ClusterSpec
 
 GB = 1024 ** 3
 POLL_S = 2.0  # how often the pool asks busy workers for their status (pipeline.driver.pool)
+STOP_S = 1.0  # a worker asked to drop the video it runs stops at its next frame
 
 
 @dataclass(frozen=True)
@@ -108,6 +114,7 @@ class Outcome:
 
     makespan: float  # seconds from the first replica up to the last final result
     bound: float  # max(total work / workers, longest video)
+    cluster_bound: float  # the same on the cluster the run had: replicas' time up and speed (``cluster_bound``)
     longest: float
     results: list[WorkerResult]  # the final result of every video, in the order they ended
     deaths: int
@@ -135,7 +142,7 @@ def sav_workload(w: Workload, seed: int) -> tuple[list[VideoTask], dict[str, flo
         * rng.lognormal(0.0, w.jitter_sigma, w.videos)
     size = seconds * rng.lognormal(0.0, w.bitrate_sigma, w.videos)
     ids = [f"sav_{i:06d}" for i in range(w.videos)]
-    tasks = [VideoTask(v, f"s3://sa-v/{v}.mp4", (), int(o), video_cost(int(o), float(s)))
+    tasks = [VideoTask(v, f"s3://sa-v/{v}.mp4", (), int(o), video_cost(int(o), float(s)), file_size=float(s))
              for v, o, s in zip(ids, objects, size)]
     return plan_order(tasks), dict(zip(ids, work.tolist())), dict(zip(ids, frames.tolist()))
 
@@ -147,11 +154,13 @@ class _Replica:
     key: ActorKey
     speed: float  # seconds of work per second of a normal replica (> 1: a straggler)
     mailbox: deque = field(default_factory=deque)  # tasks it runs in order (the first is running once alive)
-    running: tuple | None = None  # (task, started, ends)
+    running: tuple | None = None  # (task, started, ends, stopped: it ends dropped)
     dropped: set = field(default_factory=set)  # videos in its mailbox the pool asked it to drop
     life: int = 0  # process generation: events of an earlier one are stale
     alive: bool = False
     deaths: int = 0
+    up: list[list[float]] = field(default_factory=list)  # [from, to] it could work: up, and not down for a fault
+    #                        of the cluster (death, node lost); the pool's own kills (time budgets) are its cost
 
 
 class _Simulation:
@@ -208,8 +217,11 @@ class _Simulation:
             if self.s.in_flight == 0 and self.s.starting == 0 and self.s.up == 0:
                 self.results += self.s.abandon("all workers died")
                 break
-            for actor, vid in self.s.stealable(now):  # queued behind a straggler: dropped there, queued again
-                self.replicas[actor].dropped.add(vid)
+            for actor, vid in self.s.stealable(now):  # queued behind a straggler, or a useless backup: dropped
+                other = self.replicas[actor]
+                other.dropped.add(vid)
+                if other.running is not None and other.running[0].video_id == vid:
+                    self._stop(other, now)
                 self.s.on_dropped(actor, vid, True, now)
             for actor, task in self.s.speculate(now):  # first: a tail backup may take a slot just freed
                 self._send(self.replicas[actor], task, now)
@@ -229,6 +241,8 @@ class _Simulation:
         """Its process is up (model built): Ray runs what waits in its mailbox; the pool's probe answers."""
         r.alive = True
         self.first_up = now if self.first_up is None else self.first_up
+        if not r.up or r.up[-1][1] < math.inf:
+            r.up.append([now, math.inf])
         if self.s.actors[r.key].phase is Phase.STARTING:
             self.s.on_actor_up(r.key, now)
         self._next_death(r, now)
@@ -254,7 +268,7 @@ class _Simulation:
         task = r.mailbox[0]
         slow = self.faults.slow_task_factor if self.rng.random() < self.faults.slow_task_fraction else 1.0
         ends = now + self.work[task.video_id] * r.speed * slow
-        r.running = (task, now, ends)
+        r.running = (task, now, ends, False)
         self._at(ends, "done", r)
         status = self._status(task, now)
         self.s.expired(now, {r.key: status})  # what the next status poll tells the pool (nothing expired yet)
@@ -272,7 +286,7 @@ class _Simulation:
         statuses = {}
         for r in self.replicas:
             if r.alive and r.running is not None:
-                task, started, ends = r.running
+                task, started, ends, _ = r.running
                 frames = self.frames[task.video_id]
                 statuses[r.key] = self._status(task, started, int(frames * (now - started) / (ends - started)))
         for actor, _reason in self.s.expired(now, statuses):
@@ -280,11 +294,17 @@ class _Simulation:
         self._at(now + POLL_S, "poll", self.replicas[0])
 
     def _done(self, r: _Replica, now: float) -> None:
-        task, started, _ = r.running
+        if r.running is None or r.running[2] != now:
+            return  # the end of a run stopped earlier
+        task, started, _, stopped = r.running
         r.running = None
         r.mailbox.popleft()
-        result = WorkerResult(task.video_id, None, None, self.frames[task.video_id], task.num_objects, now - started,
-                              task.digest, worker=self._identity(r))
+        if stopped:
+            r.dropped.discard(task.video_id)
+            result = WorkerResult(task.video_id, Fault.ERROR, "dropped", objects=task.num_objects)
+        else:
+            result = WorkerResult(task.video_id, None, None, self.frames[task.video_id], task.num_objects,
+                                  now - started, task.digest, worker=self._identity(r))
         self._result(r, task, result, now)
         self._start_next(r, now)
 
@@ -295,7 +315,7 @@ class _Simulation:
     def _verdict(self, r: _Replica, verdict: Verdict, now: float) -> None:
         if verdict.final:
             self.results.append(verdict.result)
-        for key in verdict.cancel:  # a backup copy that lost: out of its mailbox if it waits there
+        for key in verdict.cancel:  # a backup copy that lost: out of its mailbox if it waits there, else stopped
             other = self.replicas[key]
             vid = verdict.result.video_id
             if other.running is None or other.running[0].video_id != vid:
@@ -304,28 +324,64 @@ class _Simulation:
                     other.mailbox.remove(task)
                     self._result(other, task, WorkerResult(vid, Fault.ERROR, "cancelled", objects=task.num_objects),
                                  now)
+            else:
+                self._stop(other, now)
         for key in verdict.stop:  # an original outrun by its backup: dropped (it has written nothing)
             other = self.replicas[key]
             other.dropped.add(verdict.result.video_id)
+            if other.running is not None and other.running[0].video_id == verdict.result.video_id:
+                self._stop(other, now)
             dropped = self.s.on_dropped(key, verdict.result.video_id, True, now)
             if dropped is not None:
                 self._verdict(other, dropped, now)
         if verdict.restart is Restart.REPLACE:
             self._kill(r, now, restart=True)
 
+    def _stop(self, r: _Replica, now: float) -> None:
+        """The video ``r`` runs was dropped: it stops at its next frame, having written nothing."""
+        task, started, ends, stopped = r.running
+        if not stopped and now + STOP_S < ends:
+            r.running = (task, started, now + STOP_S, True)
+            self._at(now + STOP_S, "done", r)
+
     def _timeout(self, r: _Replica, now: float) -> None:
-        task, started, _ = r.running
+        if r.running is None:
+            return
+        task, started, _, _ = r.running
         for actor, _reason in self.s.expired(now, {r.key: self._status(task, started)}):
             self._kill(self.replicas[actor], now, restart=True)
 
     def _death(self, r: _Replica, now: float) -> None:
+        self._down(r, now)
         self._kill(r, now, restart=r.deaths < self.cluster.max_restarts)
 
     def _lost(self, r: _Replica, now: float) -> None:
         if self.s.actors[r.key].phase is Phase.GONE:
             return
         self.lost += 1
+        self._down(r, now)
         self._kill(r, now, restart=False)
+
+    @staticmethod
+    def _down(r: _Replica, now: float) -> None:
+        """A fault of the cluster takes ``r`` down (until Ray's restart is up, if any)."""
+        if r.up and r.up[-1][1] == math.inf:
+            r.up[-1][1] = now
+
+    def cluster_bound(self) -> float:
+        """The least makespan any schedule could reach on the cluster this run had (from the first replica up):
+        the work, hard videos included, spread over the replicas' time up at their speeds (a replica 3× slower
+        does a third of the work in that time), and no less than the longest video."""
+        rates = sorted((t, sign / r.speed) for r in self.replicas for span in r.up
+                       for t, sign in ((span[0], 1), (span[1], -1)) if t < math.inf)
+        left, rate, t = sum(self.work.values()), 0.0, rates[0][0] if rates else 0.0
+        for when, change in rates:
+            if rate > 0 and left <= rate * (when - t):
+                break
+            left -= rate * (when - t)
+            t, rate = when, rate + change
+        end = t + left / rate if rate > 0 else math.inf
+        return max(end - (self.first_up or 0.0), max(self.work.values()))
 
     def _kill(self, r: _Replica, now: float, restart: bool) -> None:
         """The process dies: every video in its mailbox fails to the pool as a death, the running one first."""
@@ -352,32 +408,35 @@ def simulate(tasks: list[VideoTask], work: dict[str, float], frames: dict[str, i
     sim = _Simulation(tasks, work, frames, workers, cluster or ClusterSpec(), faults, seed)
     end = sim.run()
     longest = max(sim.work.values())
-    return Outcome(end - (sim.first_up or 0.0), max(sum(sim.work.values()) / workers, longest), longest, sim.results,
+    return Outcome(end - (sim.first_up or 0.0), max(sum(sim.work.values()) / workers, longest), sim.cluster_bound(),
+                   longest, sim.results,
                    sum(r.deaths for r in sim.replicas), sim.restarts, sim.lost, sum(r.attempts for r in sim.results),
                    sim.s.backups, sim.s.stolen)
 
 
 def run_section(cfg: dict[str, Any], seed: int, threads: int, target: str) -> list[Figure]:
-    """Makespan against the bound for each worker count, with the faults and without any (the policy alone), then
-    planning the same number of videos and masklets."""
+    """Makespan against the bound for each worker count: with deaths, lost nodes and stragglers (the target), the
+    same with hard videos too, and without any fault (the policy alone); then planning the same number of videos
+    and masklets."""
     workload = Workload(**cfg["workload"])
     faults = Faults(**cfg["faults"])
-    calm = replace(faults, deaths_per_worker_hour=0.0, lost_fraction=0.0, slow_worker_fraction=0.0,
-                   slow_task_fraction=0.0, hard_video_fraction=0.0)
+    stragglers = replace(faults, hard_video_fraction=0.0)
+    calm = replace(stragglers, deaths_per_worker_hour=0.0, lost_fraction=0.0, slow_worker_fraction=0.0,
+                   slow_task_fraction=0.0)
     tasks, work, frames = sav_workload(workload, seed)
     figures = []
     for workers in cfg["workers"]:
-        out = simulate(tasks, work, frames, workers, faults, seed)
-        done = sum(r.status is Status.DONE for r in out.results)
-        figures.append(figure(
-            "scheduling", f"makespan over LPT bound, {workers} workers", _excess(out), "%", target,
-            note=f"{out.makespan:.0f} s vs {out.bound:.0f} s (longest video {out.longest:.0f} s); {done}/"
-                 f"{len(tasks)} done; {out.deaths} deaths, {out.restarts} restarts, {out.lost} lost, "
-                 f"{out.attempts - len(tasks)} retries, {out.backups} backup copies, {out.stolen} videos taken back "
-                 "from stragglers"))
+        out = simulate(tasks, work, frames, workers, stragglers, seed)
+        figures.append(figure("scheduling", f"makespan over the cluster's bound, {workers} workers",
+                              _excess(out, out.cluster_bound), "%", target,
+                              note=f"deaths, lost nodes, stragglers; {_note(out, len(tasks))}"))
+        hard = simulate(tasks, work, frames, workers, faults, seed)
+        figures.append(figure("scheduling", f"  with {faults.hard_video_fraction:.0%} hard videos too "
+                                            f"({faults.hard_video_factor:g}x their size's cost)",
+                              _excess(hard, hard.cluster_bound), "%", note=_note(hard, len(tasks))))
         alone = simulate(tasks, work, frames, workers, calm, seed)
-        figures.append(figure("scheduling", "  the same without faults or stragglers", _excess(alone), "%",
-                              note=f"{alone.makespan:.0f} s"))
+        figures.append(figure("scheduling", "  without faults or stragglers", _excess(alone, alone.cluster_bound),
+                              "%", note=f"{alone.makespan:.0f} s"))
     plan = cfg["plan"]
     shape = ManifestShape(workload.videos, workload.masklets, plan["mask_fraction"], plan["height"], plan["width"],
                           seed)
@@ -394,6 +453,15 @@ def run_section(cfg: dict[str, Any], seed: int, threads: int, target: str) -> li
     return figures
 
 
-def _excess(out: Outcome) -> float:
-    """Percent by which the makespan exceeds the bound."""
-    return 100.0 * (out.makespan / out.bound - 1.0)
+def _excess(out: Outcome, bound: float) -> float:
+    """Percent by which the makespan exceeds ``bound``."""
+    return 100.0 * (out.makespan / bound - 1.0)
+
+
+def _note(out: Outcome, videos: int) -> str:
+    """What a run went through, and its makespan against the bound of a cluster without faults."""
+    done = sum(r.status is Status.DONE for r in out.results)
+    return (f"{out.makespan:.0f} s vs {out.cluster_bound:.0f} s; {_excess(out, out.bound):.2f}% over "
+            f"max(work / workers, longest video) = {out.bound:.0f} s; {done}/{videos} done; {out.deaths} deaths, "
+            f"{out.restarts} restarts, {out.lost} lost, {out.attempts - videos} retries, {out.backups} backup "
+            f"copies, {out.stolen} videos taken back from stragglers")

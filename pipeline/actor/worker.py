@@ -138,7 +138,8 @@ class PropagationWorker(Replica):
     @ray.method(concurrency_group="status")
     def drop(self, video_id: str) -> bool:
         """Give ``video_id`` up (the driver uses another copy of it): True when its writes had not begun here and
-        never will, False when they had (they complete, once)."""
+        never will (queued, it fails as it starts; running, it stops at its next frame), False when they had (they
+        complete, once)."""
         with self._lock:
             if video_id in self._writing:
                 return False
@@ -225,6 +226,7 @@ class PropagationWorker(Replica):
                                 self.encode_threads, self.spec.queue_frames)
             try:
                 for result in session.propagate(direction="both") if session.obj_ids else ():
+                    self._unless_dropped(task.video_id)  # another copy is used: stop here, nothing written
                     stage.put(source.frame(result.frame_idx), result.low_res_logits, result.object_scores)
                     self._status.frames_done += 1
                     self._frames_metric.inc()
@@ -251,6 +253,7 @@ class PropagationWorker(Replica):
         """The objects of the video the generator finds on keyframes and ``prompts`` do not cover; leaves
         ``session`` reset for the final pass."""
         def progress(frame_idx: int) -> None:
+            self._unless_dropped(self._status.video_id)  # another copy is used: stop here
             self._status.frames_done = frame_idx
 
         with self._lock:  # the time budget counts the walk as one object tracked through the video

@@ -13,9 +13,10 @@ never idles between videos. What can go wrong, and what the pool does:
   read from the worker's status): its actor is killed and replaced and the video fails as "timed out after N s"
   (and is retried like the rest);
 * a video fails on its own (corrupt file, bad prompt): recorded as failed at once, the job goes on;
-* a straggler (a video far past its expected time): the videos queued behind it are taken back (``drop``) and go
-  to other actors; once nothing waits, an idle actor runs a backup copy of it (sooner, on the next free slot, when
-  its frames done project it to end long after the rest of the job), and the first copy done is used.
+* a straggler (its frames done project it to take far longer than expected, or to end long after the rest of
+  the job): the videos queued behind it are taken back (``drop``) and go to other actors, and a free slot runs a
+  backup copy of it; the first copy done is used, and the other is dropped (a running copy stops at its next
+  frame, its process kept).
 
 Ray runs each task once (``max_task_retries=0``): every re-run is the pool's decision. The decisions (which task
 next for which actor, retry or not, backoff, time budgets, which actor to avoid, backups) are
@@ -76,7 +77,8 @@ class WorkerPool:
         while not s.finished:
             now = time.time()
             for actor, video_id in s.stealable(now):
-                log.warning("video %s waits behind a straggler; taking it back", video_id)
+                log.warning("video %s: dropping its copy on worker %d (queued behind a straggler, or a backup no "
+                            "faster than the original)", video_id, actor)
                 self._drop(actor, video_id)
             for actor, task in s.speculate(now):  # first: a backup of the job's tail may take a slot just freed
                 log.warning("video %s runs far past its expected time; a backup copy starts", task.video_id)
@@ -206,12 +208,13 @@ class WorkerPool:
         """Make the Ray calls a verdict asks for, and record the video when it is final."""
         if verdict.restart is Restart.PROBE:  # it died: no work until it answers a probe
             self._probe(actor)
-        elif verdict.restart is Restart.REPLACE:  # a CUDA error poisons the process, a straggler writes nothing
+        elif verdict.restart is Restart.REPLACE:  # a CUDA error poisons the process
             log.error("worker of video %s replaced (%s)", video_id, verdict.result.error or "its copy dropped")
             self._replace(actor)
         for other in verdict.cancel:  # a backup copy that lost: it writes no done marker
             for ref in [r for r, (a, t) in self.running.items() if a == other and t.video_id == video_id]:
-                ray.cancel(ref)
+                ray.cancel(ref)  # out of the actor's queue; a running copy stops at its next frame:
+            self._drop(other, video_id)
         for other in verdict.stop:  # the original its backup outran: it must write nothing now
             self._drop(other, video_id)
         if verdict.final:

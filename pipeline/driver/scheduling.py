@@ -39,28 +39,37 @@ simulation that kills an actor does what Ray does: ``on_actor_lost``, then ``on_
 task the actor held (the running one first), then ``on_actor_up`` once the restarted process is ready (or
 ``on_actor_gone``).
 
-Stragglers (what MapReduce and Spark call speculative execution): once no task waits for an actor, an idle actor
-gets a backup copy of a video that has run ``speculate_after`` times longer than expected (its frames × objects at
-the throughput of the videos done so far), or of one queued behind such a video. Queue or not, a running video
-that would end the job gets a backup copy on an idle actor or one with a free slot (hence ``speculate`` before
-``assign``): its end, projected from the frames done in its status, lies ``_TAIL_MARGIN`` expected times past the
-end of the rest of the work (queued and in flight, expected from the videos done, over the up actors), and a copy
-is projected to end that much sooner; at most one such copy per ``_TAIL_SHARE`` up actors at once, so that they go
-only to the few videos that would set the makespan. The first copy done wins. A backup
-copy writes the masklets (the same bytes to the same key) but never a done marker: when the original wins, the
-backup is cancelled; when the backup wins, the original's actor is asked to drop the video (``on_dropped``: it
-answers whether its writes had begun) and the done marker is the driver's to write only when they had not, so it is
-written once. Near the end (no more waiting tasks than up actors) no task is queued behind a busy actor.
+Throughput: the pool fits seconds per frame and per byte of a video's file as an encoder's share plus a tracker's
+share per object (``_Fit``), from the videos done, before ``_FIT_MIN`` are from the pace of the running ones (frames
+done in their statuses). ``expected`` (a running video) and ``seconds`` (a queued one) read these fits; once
+``_RESORT_FROM`` videos are done, and each time that count doubles, the queue is put in the order of the seconds
+they predict (largest first: the driver's ``video_cost`` is a prior). Each actor's ``speed`` is its seconds over
+the expected, over its videos done (a replica 3× slower is seen after its first video).
+
+Stragglers (what MapReduce and Spark call speculative execution): every ``_PICK_EVERY_S`` the running videos are
+projected to their ends from the frames done in their statuses; a video projected to take ``speculate_after``
+times its expected time on its actor (at that actor's speed), or to end ``_MARGIN`` expected times after the rest
+of the work would (queued and in flight, over the up actors), gets a backup copy on the actor with a free slot
+whose copy would end first, queue or not (hence ``speculate`` before ``assign``), when that copy is projected to end
+``_MARGIN`` expected times sooner; at most one copy per ``_BACKUP_SHARE`` up actors at once. Videos queued behind an
+overdue one are taken back (``stealable``). The first copy done wins. A backup copy writes the masklets (the same
+bytes to the same key) but never a done marker: when the original wins, the backup is cancelled (a running one
+stops at its next frame); when the backup wins, the original's actor is asked to drop the video (``on_dropped``: it
+answers whether its writes had begun; a running original stops at its next frame, its actor keeps its process) and
+the done marker is the driver's to write only when they had not, so it is written once. A backup that runs no
+faster than its original (the video is slow wherever it runs, not the attempt) is stopped, and the video gets no
+other. Near the end (no more waiting tasks than up actors) no task is queued behind a busy actor.
 
 Cost per event: O(log n) in the actors and tasks (heaps and deques). ``assign`` costs that per task it hands out,
 plus a scan of the released retries an actor must avoid (a few: a retry avoids at most ``max_attempts`` actors);
-``speculate`` scans the actors once nothing waits and an actor is idle, and every ``_TAIL_EVERY_S`` for the tail.
+``speculate`` scans the actors every ``_PICK_EVERY_S``; a re-sort of the queue is O(n log n), log n times a job.
 """
 
 from __future__ import annotations
 
 import heapq
 import itertools
+import math
 import random
 from collections import deque
 from dataclasses import dataclass, field, replace
@@ -72,11 +81,38 @@ from pipeline.records import Fault, WorkerResult, WorkerStatus
 from pipeline.specs import ClusterSpec
 
 ActorKey = int  # an actor's stable key: its index in the pool (the same across Ray restarts of its process)
-_FIT_MIN = 3  # videos done before the throughput fit judges a video overdue
-_TAIL_EVERY_S = 2.0  # how often ``speculate`` looks for attempts that would end after the rest of the job
-_TAIL_MARGIN = 2.0  # a tail: its projected end this many expected times past the rest of the work, and a copy
-#                    started now projected to end that much sooner (what noise and a slow copy do not explain)
-_TAIL_SHARE = 64  # tail backups at once: at most one per this many up actors (at least one)
+_FIT_MIN = 3  # videos (done, else running with frames done) before the throughput fits judge a video
+_RESORT_FROM = 16  # videos done before the queue is first put in the order of their fitted seconds (then at 32, ...)
+_PICK_EVERY_S = 2.0  # how often ``speculate`` looks for stragglers
+_MARGIN = 0.25  # a straggler that would end the job: its projected end this many expected times past the rest
+#                of the work; and a backup copy is projected to end at least that much sooner than its original
+_BACKUP_SHARE = 16  # backup copies at once: at most one per this many up actors (at least one)
+
+
+class _Fit:
+    """Weighted least squares of y = a + b·x from running sums, x a video's objects: its seconds per frame (or per
+    byte of its file) are an image encoder's share plus a tracker's share per object."""
+
+    def __init__(self) -> None:
+        self.sums = [0.0] * 5  # weighted sums of (1, x, y, x², xy)
+        self.count = 0  # samples added
+
+    def add(self, weight: float, objects: int, y: float) -> None:
+        """One sample ``y`` of a video of ``objects`` objects, weighted by ``weight`` (its frames or bytes)."""
+        x = float(max(objects, 1))
+        for i, term in enumerate((weight, weight * x, weight * y, weight * x * x, weight * x * y)):
+            self.sums[i] += term
+        self.count += 1
+
+    def coefficients(self) -> tuple[float, float]:
+        """(a, b); with too few or too alike videos for a slope, a constant or a slope through the origin."""
+        w, wx, wy, wxx, wxy = self.sums
+        spread = w * wxx - wx * wx
+        b = (w * wxy - wx * wy) / spread if spread > 1e-9 * w * wxx else 0.0
+        a = (wy - b * wx) / w
+        if b < 0 or a < 0:
+            return (wy / w, 0.0) if b < 0 else (0.0, wxy / wxx)
+        return a, b
 
 
 @dataclass(frozen=True)
@@ -126,6 +162,13 @@ class ActorState:
     lost_with: dict[str, bool] = field(default_factory=dict)  # those it held when lost -> only queued there
     status: WorkerStatus | None = None  # the last status of the video it runs
     listed: bool = False  # in the heap of actors with a free slot
+    paces: list[float] = field(default_factory=lambda: [1.0, 1.0])  # its seconds and their expected, summed over
+    #                    its videos done (a prior of one video at the usual pace): ``speed``
+
+    @property
+    def speed(self) -> float:
+        """Its seconds per second of a usual actor (> 1: slower), from the videos it did."""
+        return self.paces[0] / self.paces[1]
 
     @property
     def in_flight(self) -> int:
@@ -177,12 +220,16 @@ class Scheduler:
         self.starting = 0  # actors starting or restarting
         self.backups = 0  # backup copies sent
         self.stolen = 0  # queued videos taken back from behind a straggler
-        self._fit = [0.0] * 5  # weighted sums of (1, x, y, x², xy): seconds per frame y against objects x
-        self._fitted = 0  # videos in the fit
-        self._fresh_cost = sum(t.cost for t in self.fresh)  # the fresh tasks' cost, for the work left
-        self._done_cost = self._done_s = 0.0  # cost and seconds of the videos done: seconds per unit of cost
-        self._tail_at = 0.0  # when ``speculate`` picks the tail videos next
-        self._tails: list[tuple[float, str, float]] = []  # (projected end, video, expected): want a backup
+        self._done = (_Fit(), _Fit())  # seconds per frame and per byte against objects, of the videos done
+        self._live: tuple[_Fit, _Fit] | None = None  # the same of the running videos (frames done so far)
+        self._resort_at = _RESORT_FROM  # videos done when the queue is next put in the order of their seconds
+        self._fresh_bytes = [0.0, 0.0]  # the fresh tasks' bytes and bytes × objects, for the work left
+        for task in self.fresh:
+            self._count_fresh(task, 1)
+        self._pick_at = 0.0  # when ``speculate`` picks the stragglers next
+        self._slow_anywhere: set[str] = set()  # videos whose backup ran no faster: no other backup
+        self._useless: list[tuple[ActorKey, str]] = []  # such backups, for ``stealable`` to stop
+        self._stragglers: list[tuple[float, str, float]] = []  # (projected end, video, expected): want a backup
         self._free: list[tuple[int, ActorKey]] = []  # heap: (order, actor) of up actors with a free slot
         self._deadlines: list[tuple[float, ActorKey, float]] = []  # heap: (start deadline, actor, since)
         self._seq = itertools.count()
@@ -202,17 +249,23 @@ class Scheduler:
         return self.policy.video_timeout_s + self.policy.timeout_s_per_object_frame * status.frames * status.objects
 
     def expected(self, status: WorkerStatus) -> float | None:
-        """Seconds the video of ``status`` should take at the throughput seen so far: frames × (a + b × objects),
-        fitted (weighted by frames) over the videos done; None before ``_FIT_MIN`` are."""
-        if self._fitted < _FIT_MIN or status.frames <= 0:
+        """Seconds the video of ``status`` should take on a usual actor at the throughput seen so far: frames ×
+        (a + b × objects), fitted (weighted by frames) over the videos done, before ``_FIT_MIN`` are over the
+        running ones (their pace so far); None before either has ``_FIT_MIN`` videos."""
+        fits = self._fits()
+        if fits is None or status.frames <= 0:
             return None
-        w, wx, wy, wxx, wxy = self._fit
-        spread = w * wxx - wx * wx
-        b = (w * wxy - wx * wy) / spread if spread > 1e-9 * w * wxx else 0.0
-        a = (wy - b * wx) / w
-        if b < 0 or a < 0:  # too few or too alike videos for a slope: seconds per object-frame
-            a, b = (wy / w, 0.0) if b < 0 else (0.0, wxy / wxx)
+        a, b = fits[0].coefficients()
         return status.frames * (a + b * max(status.objects, 1))
+
+    def seconds(self, task: VideoTask) -> float | None:
+        """Seconds ``task`` should take on a usual actor, from its file's size and its objects (fitted as
+        ``expected``, per byte); None before there is a fit."""
+        fits = self._fits()
+        if fits is None:
+            return None
+        a, b = fits[1].coefficients()
+        return task.file_size * (a + b * max(task.num_objects, 1))
 
     def backoff(self, attempt: int) -> float:
         """Delay before retrying after ``attempt`` failed: ``retry_backoff_s`` × 2^(attempt−1), jitter ±50%."""
@@ -257,74 +310,38 @@ class Scheduler:
         return sent
 
     def speculate(self, now: float) -> list[tuple[ActorKey, VideoTask]]:
-        """Backup copies of the videos that would end the job (``_tail_backups``), then, for idle actors once no
-        task waits, of the videos that have run ``speculate_after`` times longer than expected (most overdue
-        first); one per video, never on an actor it failed on. A backup is no attempt; it must write no done
-        marker (see the module)."""
+        """Backup copies of stragglers (``_pick_stragglers``) for actors with a free slot, queue or not (hence
+        before ``assign``): latest projected end first, each to the actor whose copy would end first, when that
+        copy is projected to end ``_MARGIN`` expected times sooner than the straggler; one per video, never on an
+        actor it failed on, at most one per ``_BACKUP_SHARE`` up actors at once. A backup is no attempt; it must
+        write no done marker (see the module). The stragglers are picked every ``_PICK_EVERY_S``; a slot that
+        frees between two looks takes one."""
         if self.policy.speculate_after <= 0:
             return []
-        sent = self._tail_backups(now)
-        if self.fresh or self.retries:
-            return sent
-        idle = [a for a in self.actors.values() if a.phase is Phase.UP and not a.sent]
-        if not idle:
-            return sent
-        overdue: list[tuple[float, int, str]] = []
-        for actor in self.actors.values():
-            status = actor.status
-            if actor.phase is not Phase.UP or status is None or not actor.sent or status.video_id != actor.sent[0]:
-                continue
-            expected = self.expected(status)
-            if expected is None or now - status.started <= self.policy.speculate_after * expected:
-                continue
-            vid = status.video_id
-            if vid not in self.backup_on and vid not in self.won and vid not in self.settled:
-                overdue.append(((status.started - now) / expected, actor.key, vid))
-        for _, _, vid in sorted(overdue):
-            avoid = self.failed_on.get(vid, set()) | set(self.holders.get(vid, ()))
-            actor = next((a for a in idle if a.key not in avoid), None)
-            if actor is None:
-                continue
-            idle.remove(actor)
-            task = self.tasks[vid]
-            self.backup_on[vid] = actor.key
-            self.backups += 1
-            self._send(actor, task)
-            sent.append((actor.key, task))
-            if not idle:
-                break
-        return sent
-
-    def _tail_backups(self, now: float) -> list[tuple[ActorKey, VideoTask]]:
-        """Backup copies, queue or not, of the running videos that would end the job: projected (from the frames
-        done in their status, else their expected time) to end ``_TAIL_MARGIN`` expected times after the rest of
-        the work would (queued and in flight, expected from the videos done, over the up actors), when a copy on
-        an idle actor or one with a free slot is projected to end that much sooner. Latest first, at most one
-        per ``_TAIL_SHARE`` up actors at once. The videos are picked every ``_TAIL_EVERY_S``; a slot that frees
-        between two looks takes one."""
-        if self._fitted < _FIT_MIN or self._done_cost <= 0 or not self.up:
+        if now >= self._pick_at:
+            self._pick_at = now + _PICK_EVERY_S
+            if self._done[0].count < _FIT_MIN:
+                self._fit_running(now)
+            if self._fits() is not None and self.up:
+                self._pick_stragglers(now)
+        room = max(1, self.up // _BACKUP_SHARE) - len(self.backup_on)
+        if not self._stragglers or room <= 0 or self._fits() is None:
             return []
-        per_cost = self._done_s / self._done_cost
-        if now >= self._tail_at:
-            self._tail_at = now + _TAIL_EVERY_S
-            self._pick_tails(now, per_cost)
-        room = max(1, self.up // _TAIL_SHARE) - len(self.backup_on)
-        if not self._tails or room <= 0:
-            return []
-        free = {key: self._busy(self.actors[key], now, per_cost)[0] for _, key in self._free
+        free = {key: self._busy(self.actors[key], now)[0] for _, key in self._free
                 if self.actors[key].phase is Phase.UP and self.actors[key].in_flight < self.policy.depth}
         sent: list[tuple[ActorKey, VideoTask]] = []
         waiting: list[tuple[float, str, float]] = []  # no actor for them yet
-        for end, vid, expected in self._tails:
+        for end, vid, expected in self._stragglers:
             if vid not in self.tasks or vid in self.backup_on or vid in self.won or vid in self.settled:
                 continue
             avoid = self.failed_on.get(vid, set()) | set(self.holders.get(vid, ()))
-            fit = [(busy, key) for key, busy in free.items() if key not in avoid] if room > 0 else []
+            fit = [(max(busy, now) + expected * self.actors[key].speed, busy, key) for key, busy in free.items()
+                   if key not in avoid] if room > 0 else []
             if not fit:
                 waiting.append((end, vid, expected))
                 continue
-            busy, key = min(fit)
-            if max(busy, now) + (1 + _TAIL_MARGIN) * expected >= end:
+            copy_end, busy, key = min(fit)
+            if copy_end + _MARGIN * expected >= end:
                 if busy <= now:  # not even an idle actor would outrun it: looked at again with the next pick
                     continue
                 waiting.append((end, vid, expected))
@@ -336,46 +353,72 @@ class Scheduler:
             room -= 1
             self._send(self.actors[key], task)
             sent.append((key, task))
-        self._tails = waiting
+        self._stragglers = waiting
         return sent
 
-    def _pick_tails(self, now: float, per_cost: float) -> None:
-        """The running videos projected to end ``_TAIL_MARGIN`` expected times after the rest of the work would,
-        latest first (``_tails``)."""
-        left = per_cost * (self._fresh_cost + sum(t.cost for t in self.retries)
-                           + sum(t.cost for _, _, t in self.delayed))  # seconds of work queued, in flight below
-        tails: list[tuple[float, str, float]] = []  # (projected end, video, expected)
+    def _pick_stragglers(self, now: float) -> None:
+        """The running videos that want a backup copy, latest projected end first (``_stragglers``): those
+        projected (from the frames done in their status) to take ``speculate_after`` times their expected time,
+        and those that would end the job, ``_MARGIN`` expected times after the rest of the work would (queued
+        and in flight, fitted from the videos done, over the up actors)."""
+        a, b = self._fits()[1].coefficients()
+        left = a * self._fresh_bytes[0] + b * self._fresh_bytes[1]  # seconds of work queued, in flight below
+        left += sum(self.seconds(t) for t in self.retries) + sum(self.seconds(t) for _, _, t in self.delayed)
+        running: list[tuple[float, str, float, float, float]] = []  # (projected end, video, expected, started,
+        #                                                               its actor's speed)
+        copies: dict[str, dict[ActorKey, float]] = {}  # video with a backup copy -> actor -> projected end
         for actor in self.actors.values():
             if actor.phase is not Phase.UP or not actor.sent:
                 continue
-            busy, end, expected = self._busy(actor, now, per_cost)
+            busy, end, expected = self._busy(actor, now)
             left += busy - now
             vid = actor.sent[0]
-            if end is not None and vid not in self.backup_on and vid not in self.won and vid not in self.settled:
-                tails.append((end, vid, expected))
+            if end is None or vid in self.won or vid in self.settled:
+                continue
+            if vid in self.backup_on:
+                copies.setdefault(vid, {})[actor.key] = end
+            elif vid not in self._slow_anywhere:
+                status = actor.status
+                if status.frames_done == 0 and now - status.started > self.policy.speculate_after * expected \
+                        * actor.speed:
+                    end = math.inf  # not a frame in that time: it may never end
+                running.append((end, vid, expected, status.started, actor.speed))
         job_end = now + left / self.up
-        self._tails = sorted((t for t in tails if t[0] > job_end + _TAIL_MARGIN * t[2]), reverse=True)
+        after = self.policy.speculate_after
+        self._stragglers = sorted(((end, vid, expected) for end, vid, expected, started, speed in running
+                                   if end > job_end + _MARGIN * expected or end - started > after * expected * speed),
+                                  reverse=True)
+        for vid, ends in copies.items():  # a backup that runs no faster than its original: the video is slow
+            backup = self.backup_on[vid]
+            original = min((end for key, end in ends.items() if key != backup), default=None)
+            status = self.actors[backup].status
+            if original is not None and backup in ends and status.frames_done > 0 and (backup, vid) not in self.asked \
+                    and ends[backup] >= original - _MARGIN * (status.frames and self.expected(status) or 0.0):
+                self._slow_anywhere.add(vid)
+                self.asked.add((backup, vid))
+                self._useless.append((backup, vid))
 
-    def _busy(self, actor: ActorState, now: float, per_cost: float) -> tuple[float, float | None, float]:
-        """When ``actor`` should be done with what it holds; when its running video should end and its expected
-        time (None, 0 before its status tells)."""
+    def _busy(self, actor: ActorState, now: float) -> tuple[float, float | None, float]:
+        """When ``actor`` should be done with what it holds (at its own ``speed``); when its running video should
+        end and its expected time on a usual actor (None, 0 before its status tells)."""
         status = actor.status
         if not actor.sent:
             return now, None, 0.0
         expected = self.expected(status) if status is not None and status.video_id == actor.sent[0] else None
         if expected is None:
-            return now + per_cost * sum(self.tasks[v].cost for v in actor.sent), None, 0.0
+            return now + actor.speed * sum(self.seconds(self.tasks[v]) for v in actor.sent), None, 0.0
         elapsed = now - status.started
         if status.frames_done > 0:
             end = status.started + elapsed * status.frames / status.frames_done
         else:
-            end = status.started + max(expected, elapsed)
-        return end + per_cost * sum(self.tasks[v].cost for v in actor.sent[1:]), end, expected
+            end = status.started + max(expected * actor.speed, elapsed)
+        return end + actor.speed * sum(self.seconds(self.tasks[v]) for v in actor.sent[1:]), end, expected
 
     def stealable(self, now: float) -> list[tuple[ActorKey, str]]:
         """Videos queued behind one that has run ``speculate_after`` times longer than expected: ask their actor to
-        drop them (``on_dropped``), and they go back first in the queue, for another actor."""
-        found: list[tuple[ActorKey, str]] = []
+        drop them (``on_dropped``), and they go back first in the queue, for another actor. Also backup copies
+        that run no faster than their original (the video is slow wherever it runs): ask them to stop."""
+        found, self._useless = self._useless, []
         while self.policy.speculate_after > 0 and self._overdue and self._overdue[0][0] <= now:
             _, key, vid, started = heapq.heappop(self._overdue)
             actor = self.actors[key]
@@ -497,9 +540,7 @@ class Scheduler:
             return self._final(vid, won, restart, mark_done=True)
         if result.fault is None:
             if result.frames > 0 and result.seconds > 0:
-                self._learn(result)
-                self._done_cost += task.cost
-                self._done_s += result.seconds
+                self._learn(state, task, result)
             if backup and holders:  # the backup outran its original, which must now write nothing
                 self.won[vid] = result
                 self.asked.update((a, vid) for a in holders)
@@ -527,7 +568,7 @@ class Scheduler:
         """``actor``, asked to drop ``video_id`` (``stealable``, or a ``Verdict.stop``), answered. ``dropped``: its
         writes had not begun and never will; a stolen video goes back first in the queue (its attempt given
         back, avoiding ``actor``); a video whose backup won is final with the backup's result, its done marker
-        the driver's to write, and the actor is replaced when the video was running there. Otherwise (its writes
+        the driver's to write (a running copy stops at its next frame). Otherwise (its writes
         had begun, or its result came first) that copy's own result decides: None."""
         if (actor, video_id) not in self.asked:
             return None  # its result came first
@@ -535,6 +576,8 @@ class Scheduler:
         if not dropped:
             return None
         self.dropped.add((actor, video_id))
+        if self.backup_on.get(video_id) == actor:  # a useless backup: its result (stopped) is nobody's
+            return None
         if video_id not in self.won:
             if video_id not in self.settled:
                 self.attempts[video_id] -= 1
@@ -542,18 +585,14 @@ class Scheduler:
                 self.retries.appendleft(self.tasks[video_id])
                 self.stolen += 1
             return None
-        state = self.actors[actor]
-        restart = Restart.NONE
-        if state.sent and state.sent[0] == video_id and self.on_actor_lost(actor, now, running=video_id):
-            restart = Restart.REPLACE  # free it of a straggler that writes nothing
-        return self._final(video_id, self.won.pop(video_id), restart, mark_done=True)
+        return self._final(video_id, self.won.pop(video_id), Restart.NONE, mark_done=True)
 
     def abandon(self, reason: str) -> list[WorkerResult]:
         """Final results (``Fault.NO_WORKERS``) of every task not yet sent, retries included; the queue empties."""
         left = [*self.retries, *self.fresh, *(task for _, _, task in sorted(self.delayed))]
         self.retries.clear()
         self.fresh.clear()
-        self._fresh_cost = 0.0
+        self._fresh_bytes = [0.0, 0.0]
         self.delayed.clear()
         self.unfinished -= len(left)
         return [WorkerResult(t.video_id, Fault.NO_WORKERS, reason, objects=t.num_objects,
@@ -593,6 +632,7 @@ class Scheduler:
                cancel: tuple[ActorKey, ...] = ()) -> Verdict:
         attempt = self.attempts.pop(vid)
         self.failed_on.pop(vid, None)
+        self._slow_anywhere.discard(vid)
         self.unfinished -= 1
         if self.holders.get(vid):
             self.settled.add(vid)
@@ -600,17 +640,57 @@ class Scheduler:
         return Verdict(replace(result, attempts=attempt), True, attempt, None, restart, mark_done=mark_done,
                        cancel=cancel)
 
-    def _learn(self, result: WorkerResult) -> None:
-        """Add a done video to the throughput fit."""
-        w, x = float(result.frames), float(max(result.objects, 1))
-        y = result.seconds / result.frames
-        for i, term in enumerate((w, w * x, w * y, w * x * x, w * x * y)):
-            self._fit[i] += term
-        self._fitted += 1
-        if self._fitted == _FIT_MIN:  # the videos already under way can be judged now
-            for state in self.actors.values():
-                if state.status is not None:
-                    self._judge(state, state.status)
+    def _fits(self) -> tuple[_Fit, _Fit] | None:
+        """The throughput fits of the videos done, before ``_FIT_MIN`` are those of the running ones (None before
+        either has ``_FIT_MIN`` videos)."""
+        if self._done[0].count >= _FIT_MIN:
+            return self._done
+        if self._live is not None and self._live[0].count >= _FIT_MIN:
+            return self._live
+        return None
+
+    def _fit_running(self, now: float) -> None:
+        """Fit the running videos' pace so far (their frames done in their statuses), while too few are done: a
+        video far slower than the others stands out from the first statuses on."""
+        had = self._fits() is not None
+        per_frame, per_byte = _Fit(), _Fit()
+        for actor in self.actors.values():
+            status = actor.status
+            if actor.phase is not Phase.UP or status is None or status.frames_done <= 0 or not actor.sent \
+                    or actor.sent[0] != status.video_id or now <= status.started:
+                continue
+            projected = (now - status.started) * status.frames / status.frames_done
+            per_frame.add(status.frames, status.objects, projected / status.frames)
+            size = self.tasks[status.video_id].file_size
+            per_byte.add(size, self.tasks[status.video_id].num_objects, projected / size)
+        self._live = per_frame, per_byte
+        if not had and self._fits() is not None:
+            self._judge_running()
+
+    def _learn(self, actor: ActorState, task: VideoTask, result: WorkerResult) -> None:
+        """Add a done video to the throughput fits and to its actor's pace; once enough are done, put the queue
+        in the order of the seconds the fits predict (largest first), again each time the videos done double."""
+        expected = self.expected(WorkerStatus(task.video_id, 0.0, result.objects, result.frames, 0))
+        if expected is not None and expected > 0:
+            actor.paces[0] += result.seconds / expected
+            actor.paces[1] += 1.0
+        was = self._fits() is self._done
+        self._done[0].add(result.frames, result.objects, result.seconds / result.frames)
+        self._done[1].add(task.file_size, task.num_objects, result.seconds / task.file_size)
+        if not was and self._fits() is self._done:  # the videos already under way can be judged now
+            self._judge_running()
+        if self._done[0].count >= self._resort_at:
+            self._resort_at *= 2
+            self.fresh = deque(sorted(self.fresh, key=lambda t: -self.seconds(t)))  # stable: ties keep their order
+
+    def _judge_running(self) -> None:
+        for state in self.actors.values():
+            if state.status is not None:
+                self._judge(state, state.status)
+
+    def _count_fresh(self, task: VideoTask, sign: int) -> None:
+        self._fresh_bytes[0] += sign * task.file_size
+        self._fresh_bytes[1] += sign * task.file_size * max(task.num_objects, 1)
 
     def _judge(self, state: ActorState, status: WorkerStatus) -> None:
         """Note when the video of ``status`` becomes overdue (``stealable`` looks then)."""
@@ -628,5 +708,5 @@ class Scheduler:
                 return task
         if not self.fresh:
             return None
-        self._fresh_cost -= self.fresh[0].cost
+        self._count_fresh(self.fresh[0], -1)
         return self.fresh.popleft()

@@ -81,6 +81,11 @@ class ImageTask:
         """Work in the task: an encoder pass per image and a decoder pass per object."""
         return float(self.num_images + self.num_objects)
 
+    @property
+    def file_size(self) -> float:
+        """What the pool fits seconds per (a video's file bytes): the task's cost, as it has no one file."""
+        return self.cost
+
     def with_smaller_batches(self, used: int | None = None) -> ImageTask:
         """Half the images per encoder batch (of ``used``, what the failed attempt batched, else of the cap)."""
         current = used or self.image_batch or self.num_images

@@ -140,7 +140,8 @@ class PromptRows(Sequence[Prompt]):
 
 @dataclass(frozen=True)
 class VideoTask:
-    """All prompts of one video; ``cost`` orders scheduling (objects × file size when known)."""
+    """All prompts of one video; ``cost`` orders scheduling (``video_cost``) until the pool has fitted the
+    seconds per byte of ``file_size``."""
 
     video_id: str
     video_uri: str
@@ -151,6 +152,7 @@ class VideoTask:
     object_batch: int | None = None  # most objects per batched step; set after the video ran out of memory
     auto: bool = False  # discover the video's (other) objects automatically (prompts=auto / manifest+auto)
     grid: FrameGrid = FrameGrid()  # the frames tracked: data.frame_step and the video's clip (start/end_frame)
+    file_size: float = 1.0  # bytes of its file (the median of the others' when unknown; 1: none known)
 
     def with_smaller_batches(self, used: int | None = None) -> "VideoTask":
         """The same task with half the objects per batched step after an out-of-memory failure: half of ``used``
@@ -322,15 +324,21 @@ def build_tasks(table: pa.Table, data_root: str | None, storage_options: dict | 
         prompts: Sequence[Prompt] = PromptRows(source, order[a:b]) if b > a else ()
         n_obj = int(objects[v])
         grid = FrameGrid(frame_step, None if starts[v] < 0 else int(starts[v]), None if ends[v] < 0 else int(ends[v]))
-        tasks.append(VideoTask(video_id, uri, prompts, n_obj, video_cost(n_obj, float(sizes.get(uri, fallback))),
-                               auto=mode != "manifest", grid=grid))
+        size = float(sizes.get(uri, fallback))
+        tasks.append(VideoTask(video_id, uri, prompts, n_obj, video_cost(n_obj, size), auto=mode != "manifest",
+                               grid=grid, file_size=size))
     return plan_order(tasks)
 
 
+OBJECT_SHARE = 0.25  # one object's tracking per frame against the frame's image encoding: a prior (the engine
+#                      benchmark's tiny model on CPU); the pool fits the real share from the videos it has done
+
+
 def video_cost(num_objects: int, file_size: float) -> float:
-    """A task's scheduling cost: objects × file size; a video without prompts counts as one object (its objects
-    are not known yet)."""
-    return max(num_objects, 1) * file_size
+    """A task's scheduling cost before any video is done: its file size (its frames) × (1 + ``OBJECT_SHARE`` ×
+    objects), as the image encoder runs once per frame and the tracker once per object and frame; a video without
+    prompts counts as one object (its objects are not known yet)."""
+    return file_size * (1.0 + OBJECT_SHARE * max(num_objects, 1))
 
 
 def plan_order(tasks: Iterable[VideoTask]) -> list[VideoTask]:

@@ -7,6 +7,8 @@ from __future__ import annotations
 import random
 from dataclasses import replace
 
+import pytest
+
 from pipeline.driver.scheduling import Phase, PoolPolicy, Restart, Scheduler
 from pipeline.plan.tasks import VideoTask
 from pipeline.records import Fault, Status, WorkerResult, WorkerStatus
@@ -238,9 +240,9 @@ def test_a_straggler_gets_one_backup_copy_once_nothing_waits_and_a_backup_that_w
     won = s.on_result(1, tasks[0], _timed(tasks[0]), 31.0)
     assert not won.final and won.retry_in is None and won.stop == (0,)  # the original must write nothing
     final = s.on_dropped(0, "v0", True, 31.5)  # it had not begun writing: the driver writes the done marker
-    assert final.final and final.mark_done and final.result.attempts == 1 and final.restart is Restart.REPLACE
-    assert s.finished
-    late = s.on_result(0, tasks[0], _failed(tasks[0], Fault.DIED), 32.0)  # the replaced process's copy
+    assert final.final and final.mark_done and final.result.attempts == 1 and final.restart is Restart.NONE
+    assert s.finished  # the original stops at its next frame (the worker checks between frames): no restart
+    late = s.on_result(0, tasks[0], _failed(tasks[0], Fault.ERROR), 32.0)  # the stopped copy
     assert late.superseded and not late.final
 
 
@@ -291,12 +293,75 @@ def test_a_video_that_would_end_the_job_gets_a_backup_while_tasks_still_wait() -
     a backup copy on a free actor though tasks still wait; one that keeps pace with the rest does not."""
     tasks = _tasks(8)
     s = _v0_behind(tasks)
-    s.on_result(1, tasks[3], _timed(tasks[3]), 20.0)  # the third video done: v0 is expected to take 10 s
-    s.expired(20.0, {0: WorkerStatus("v0", started=0.0, objects=2, frames=100, frames_done=60)})
-    assert s.speculate(20.0) == []  # projected to end at ~33 s, with the rest of the work
-    assert s.assign(20.0) == [(1, tasks[5])]
+    s.on_result(1, tasks[3], _timed(tasks[3]), 15.0)  # the third video done: v0 is expected to take 10 s
+    s.expired(15.0, {0: WorkerStatus("v0", started=0.0, objects=2, frames=100, frames_done=90)})
+    assert s.speculate(15.0) == []  # projected to end at ~17 s, with the rest of the work
+    assert s.assign(15.0) == [(1, tasks[5])]
     s.on_result(2, tasks[4], _timed(tasks[4]), 100.0)
     s.expired(100.0, {0: WorkerStatus("v0", started=0.0, objects=2, frames=100, frames_done=62)})  # ends at ~161 s
     assert s.speculate(100.0) == [(2, tasks[0])]  # before v6 and v7, which still wait
     assert list(s.fresh) == tasks[6:] and s.backups == 1 and s.attempts["v0"] == 1  # a backup is no attempt
     assert s.assign(100.0) == [] and s.speculate(110.0) == []  # one backup per video
+
+
+def test_the_queue_takes_the_order_of_the_fitted_seconds_once_enough_videos_are_done() -> None:
+    """The driver's cost is a prior: once 16 videos are done the queue is put in the order of the seconds fitted
+    per byte of file (an encoder's share plus a tracker's per object), largest first; ties keep their order."""
+    big_few = [VideoTask(f"a{i}", "a.mp4", (), 1, 50.0, file_size=100.0) for i in range(20)]  # 1 object
+    small_many = [VideoTask(f"b{i}", "b.mp4", (), 20, 50.0, file_size=10.0) for i in range(20)]  # 20 objects
+    s = _scheduler([t for pair in zip(big_few, small_many) for t in pair], actors=1, depth=1)  # a0 b0 a1 b1 ...
+    for k in range(16):  # 100 bytes of 1 object: 10 s; 10 bytes of 20 objects: 20 s (a tracker-heavy model)
+        (_, task), = s.assign(float(k))
+        seconds = 10.0 if task.video_id.startswith("a") else 20.0
+        s.on_result(0, task, WorkerResult(task.video_id, frames=100, objects=task.num_objects, seconds=seconds),
+                    float(k))
+    assert [t.video_id for t in s.fresh] == [f"b{i}" for i in range(8, 20)] + [f"a{i}" for i in range(8, 20)]
+    assert s.seconds(small_many[0]) == pytest.approx(20.0) and s.seconds(big_few[0]) == pytest.approx(10.0)
+
+
+def test_a_straggler_is_seen_from_the_running_videos_pace_before_any_video_is_done() -> None:
+    """First wave, nothing done: four videos run, one at a quarter of the others' pace; a free actor gets a
+    backup copy of it at the first look."""
+    tasks = _tasks(5)
+    s = _scheduler(tasks, actors=5, depth=1)
+    assert len(s.assign(0.0)) == 5
+    s.on_result(4, tasks[4], _failed(tasks[4], Fault.BAD_INPUT), 1.0)  # actor 4 is free, nothing is done
+    statuses = {a: WorkerStatus(f"v{a}", started=0.0, objects=2, frames=100, frames_done=40) for a in range(3)}
+    statuses[3] = WorkerStatus("v3", started=0.0, objects=2, frames=100, frames_done=10)  # 4x slower
+    s.expired(4.0, statuses)
+    assert s.expected(statuses[3]) is None  # nothing done, nor fitted yet
+    assert s.speculate(4.0) == [(4, tasks[3])]  # 40 s projected, more than twice the expected:
+    assert s.expected(statuses[3]) == pytest.approx((10.0 * 3 + 40.0) / 4)  # the four's pace, averaged
+
+
+def test_a_backup_no_faster_than_its_original_is_stopped_and_the_video_gets_no_other() -> None:
+    s, tasks = _straggling()
+    assert s.speculate(21.0) == [(1, tasks[0])]  # v0 is overdue: a backup on actor 1
+    s.expired(30.0, {0: WorkerStatus("v0", started=0.0, objects=2, frames=100, frames_done=40),  # ends at 75 s
+                     1: WorkerStatus("v0", started=21.0, objects=2, frames=100, frames_done=15)})  # at 81 s
+    assert s.speculate(30.0) == [] and s.stealable(30.0) == [(1, "v0")]  # slow wherever it runs: stop the copy
+    assert s.on_dropped(1, "v0", True, 30.5) is None  # it stops at its next frame, writing nothing
+    assert s.on_result(1, tasks[0], _failed(tasks[0], Fault.ERROR), 31.0).superseded
+    assert s.speculate(40.0) == [] and s.backups == 1 and s.stolen == 0  # no other backup, nothing requeued
+    assert s.on_result(0, tasks[0], _timed(tasks[0], 75.0), 75.0).final
+
+
+def test_a_slow_actor_is_judged_at_its_own_speed() -> None:
+    """A replica three times slower than the others is not a straggler on every video it runs: its videos are
+    overdue only past speculate_after times its own pace."""
+    tasks = _tasks(20)
+    s = _scheduler(tasks, actors=3, depth=1)
+    assert len(s.assign(0.0)) == 3  # v0 on actor 0, v1 on 1, v2 on 2
+    for actor, task, now in ((1, tasks[1], 10.0), (2, tasks[2], 10.0)):
+        s.on_result(actor, task, _timed(task), now)
+    assert s.assign(10.0) == [(1, tasks[3]), (2, tasks[4])]
+    s.on_result(1, tasks[3], _timed(tasks[3]), 20.0)  # three done in 10 s each: the fit
+    s.on_result(0, tasks[0], _timed(tasks[0], 30.0), 30.0)  # actor 0 took 30 s
+    assert s.actors[0].speed == pytest.approx(2.0) and s.actors[1].speed == pytest.approx(1.0)  # (3 + 1) / 2
+    assert s.assign(30.0) == [(0, tasks[5]), (1, tasks[6])]
+    s.on_result(1, tasks[6], _failed(tasks[6], Fault.BAD_INPUT), 30.0)  # actor 1 is free for a backup
+    assert s.expected(WorkerStatus("v5", 30.0, 2, 100)) == 15.0  # (10 + 10 + 10 + 30) / 4
+    s.expired(40.0, {0: WorkerStatus("v5", started=30.0, objects=2, frames=100, frames_done=40)})  # 25 s
+    assert s.speculate(40.0) == []  # within twice the expected at its own pace (2 × 15 × 2 = 60 s)
+    s.expired(50.0, {0: WorkerStatus("v5", started=30.0, objects=2, frames=100, frames_done=20)})  # 100 s
+    assert s.speculate(50.0) == [(1, tasks[5])]

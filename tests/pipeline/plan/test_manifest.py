@@ -10,7 +10,7 @@ import pytest
 
 from pipeline.plan.manifest import MANIFEST_SCHEMA, ManifestError, ManifestReadError, load_manifest
 from pipeline.plan.sampling import FrameGrid
-from pipeline.plan.tasks import shard_of
+from pipeline.plan.tasks import shard_of, video_cost
 from pipeline.io.rle import encode_rle
 from pipeline.io.storage import write_bytes
 
@@ -158,7 +158,9 @@ def test_cost_uses_file_sizes_from_one_listing(tmp_path):
             _row(video_id="small", video_uri="videos/small.mp4", obj_id=1, box=[0, 0, 1, 1]),
             _row(video_id="small", video_uri="videos/small.mp4", obj_id=2, box=[0, 0, 1, 1])]
     plan = load_manifest(_write(tmp_path / "m.parquet", rows), data_root=str(tmp_path))
-    assert [(t.video_id, t.cost) for t in plan.tasks] == [("big", 5000.0), ("small", 300.0)]
+    assert [(t.video_id, t.file_size, t.cost) for t in plan.tasks] == [("big", 5000.0, video_cost(1, 5000.0)),
+                                                                       ("small", 100.0, video_cost(3, 100.0))]
+    assert video_cost(3, 100.0) == 100.0 * (1 + 3 / 4)  # an object's tracking: a quarter of a frame's encoding
 
 
 def test_manifest_on_s3(s3_server, s3_bucket, tmp_path):
@@ -170,7 +172,7 @@ def test_manifest_on_s3(s3_server, s3_bucket, tmp_path):
                          storage_options=so)
     v1 = next(t for t in plan.tasks if t.video_id == "v1")
     assert v1.video_uri == f"s3://{s3_bucket}/data/videos/v1.mp4"
-    assert v1.cost == 2 * 1234.0
+    assert v1.file_size == 1234.0 and v1.cost == video_cost(2, 1234.0)
 
 
 def test_all_null_optional_columns_written_by_pandas(tmp_path):
@@ -230,10 +232,10 @@ def test_manifest_auto_plans_video_only_rows_as_prompt_less_tasks(tmp_path):
     uri = _write(tmp_path / "m.parquet", rows)
     plan = load_manifest(uri, data_root=str(tmp_path), mode="manifest+auto")
     assert plan.dropped == {} and plan.num_rows == 5
-    assert [t.video_id for t in plan.tasks] == ["v2", "v1"]  # v2: 1000 bytes; v1: 2 objects x 100
+    assert [t.video_id for t in plan.tasks] == ["v2", "v1"]  # v2: 1000 bytes; v1: 2 objects in 100
     v2, v1 = plan.tasks
-    assert v1.auto and [p.row for p in v1.prompts] == [0, 3] and v1.num_objects == 2 and v1.cost == 200.0
-    assert v2.auto and v2.prompts == () and v2.num_objects == 0 and v2.cost == 1000.0
+    assert v1.auto and [p.row for p in v1.prompts] == [0, 3] and v1.num_objects == 2 and v1.cost == video_cost(2, 100)
+    assert v2.auto and v2.prompts == () and v2.num_objects == 0 and v2.cost == video_cost(1, 1000)
     assert v2.video_uri == str(tmp_path / "videos" / "v2.mp4")
 
 
@@ -292,7 +294,7 @@ def test_auto_mode_ignores_prompt_columns_even_partly_filled(tmp_path):
             _row(video_id="v2", obj_id=None, frame_idx=None), _row(video_id="v2", obj_id=-3, box=[5, 0, 1, 1])]
     plan = load_manifest(_write(tmp_path / "m.parquet", rows), data_root="/r", mode="auto")
     assert plan.dropped == {} and sorted(t.video_id for t in plan.tasks) == ["v1", "v2"]
-    assert all(t.auto and t.prompts == () and t.num_objects == 0 and t.cost == 1.0 for t in plan.tasks)
+    assert all(t.auto and t.prompts == () and t.num_objects == 0 and t.cost == video_cost(0, 1.0) for t in plan.tasks)
 
 
 def test_shard_of_is_stable_and_balanced():
