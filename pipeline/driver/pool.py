@@ -108,7 +108,7 @@ class WorkerPool:
                 else:
                     self._finished(s, ref, progress)
             for actor in s.start_expired(time.time()):
-                self._drop(actor)
+                self._give_up(actor)
             progress.maybe_log()
         progress.close()
         return self.records
@@ -158,7 +158,7 @@ class WorkerPool:
                      identity.dtype)
         s.on_actor_up(actor, time.time())
 
-    def _drop(self, actor: ActorKey) -> None:
+    def _give_up(self, actor: ActorKey) -> None:
         """``actor`` did not come up in time: stop waiting for it and kill it for good."""
         for ref in [r for r, a in self.probes.items() if a == actor]:
             del self.probes[ref]

@@ -7,7 +7,8 @@ Faults are raised from ``PropagationWorker.run_video``, the worker's documented 
 * ``device``: a CUDA-style error (the process must be replaced), ``oom``: ``torch.OutOfMemoryError``;
 * ``exit``: the process dies mid-video; ``wait``: it announces itself and waits for a ``go`` file (so a test can act
   on a known, live, busy process without racing for the moment); ``stall``: it blocks for good before the video is
-  open (a hung read: only its time budget ends it, whatever the machine's speed).
+  open (a hung read: only its time budget ends it, whatever the machine's speed); ``crawl``: its first tracked frame
+  waits until the driver drops the video (a straggler that ends only when another copy is used).
 """
 
 from __future__ import annotations
@@ -37,6 +38,7 @@ class FaultWorker(PropagationWorker):
         (attempts / f"{task.video_id}.{n}").write_text(json.dumps({"pid": os.getpid(),
                                                                     "object_batch": task.object_batch}))
         fault = script[n] if n < len(script) else None
+        self._crawling = task.video_id if fault == "crawl" else None
         if fault == "device":
             raise RuntimeError("CUDA error: an illegal memory access was encountered")
         if fault == "oom":
@@ -50,6 +52,13 @@ class FaultWorker(PropagationWorker):
             while not (root / "go").exists():
                 time.sleep(0.05)
         return super().run_video(task)
+
+    def _unless_dropped(self, video_id: str, writing: bool = False) -> None:
+        """``crawl``: the per-frame check (frames known: the session is set up) waits for the driver's drop."""
+        if video_id == getattr(self, "_crawling", None) and self._status.frames > 0:
+            while video_id not in self._dropped:
+                time.sleep(0.05)
+        super()._unless_dropped(video_id, writing)
 
 
 class SlowStartWorker(PropagationWorker):

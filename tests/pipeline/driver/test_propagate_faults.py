@@ -98,6 +98,29 @@ def test_a_stalled_read_times_out_and_the_video_queued_behind_it_is_not_charged(
     assert json.loads((out / "_state" / "done" / "ok.json").read_text())["pid"] == ok["pid"]
 
 
+def test_a_straggler_outrun_by_its_backup_stops_at_its_next_frame_and_its_worker_goes_on(tmp_path, ray_cluster):
+    """Two workers; the largest video crawls on its first attempt (its first frame waits for the driver to drop
+    it). The other worker does three videos, which teaches the pool the usual pace; the crawling video is then far
+    overdue: the video queued behind it is taken back, and it gets a backup copy, which is done first and used (its
+    done marker written by the driver).
+    The crawling copy is dropped, stops at its next frame without writing, and its worker keeps its process."""
+    manifest, _ = point_videos(tmp_path, n=5)  # v0 and v1 on one worker, v2, v3 (then v4) on the other
+    big = tmp_path / "videos" / "v0.mp4"
+    f = synthetic_frames(16, 64, 96, seed=3)
+    make_video(big, f)  # the largest file: it goes first
+    _script(tmp_path, {"v0": ["crawl"]})
+    out = tmp_path / "out"
+    spec = job_spec(manifest, str(tmp_path), str(out), ray_cluster.address, num_workers=2, cpus_per_worker=1,
+                    worker_class=FAULTS)
+    assert run(spec) == EXIT_OK
+    summary = _summary(out)
+    assert (summary["done"], summary["failed"]) == (5, 0)
+    crawled, backup = _attempts(tmp_path, "v0")
+    assert crawled["pid"] != backup["pid"]
+    assert json.loads((out / "_state" / "done" / "v0.json").read_text())["pid"] == backup["pid"]
+    assert sorted(w["pid"] for w in summary["workers"]) == sorted({crawled["pid"], backup["pid"]})  # none replaced
+
+
 def test_a_gpu_worker_without_usable_cuda_refuses_to_start(tmp_path, ray_cluster, caplog):
     manifest, _ = point_videos(tmp_path, n=1)
     out = tmp_path / "out"
