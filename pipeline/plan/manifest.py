@@ -22,7 +22,7 @@ from pipeline.io.keys import MAX_VIDEO_ID_CHARS, VIDEO_ID_PATTERN, VIDEO_ID_RULE
 from pipeline.io.rle import rle_run_totals
 from pipeline.io.storage import filesystem, is_transient, retrying, uri_protocols
 from pipeline.plan.sampling import FrameGrid
-from pipeline.plan.tasks import VideoTask, build_tasks
+from pipeline.plan.tasks import VideoTask, build_tasks, without_cyclic_gc
 
 REQUIRED = ("video_id", "video_uri", "obj_id", "frame_idx")
 # all null (or absent) in a video-only row: it lists its video for discovery (prompts=manifest+auto), no prompt
@@ -520,6 +520,7 @@ def check_protocols(table: pa.Table, column: str, data_root: str | None, protoco
                         f"(allowed: {', '.join(protocols)}; see data.protocols)")
 
 
+@without_cyclic_gc
 def load_manifest(uri: str, data_root: str | None = None, storage_options: dict | None = None,
                   on_invalid: str = "fail", protocols: Sequence[str] = DEFAULT_PROTOCOLS,
                   retry_s: float = RETRY_S, mode: str = "manifest", frame_step: int = 1) -> ManifestPlan:
