@@ -221,6 +221,7 @@ def _clip(tmp_path: Path) -> tuple[Path, Path]:
     return prefix, data
 
 
+@pytest.mark.slow  # ~12 s; tests/pipeline/driver/test_edges.py checks the rule without a job
 def test_tilde_output_uri_is_the_home_folder(tmp_path: Path) -> None:
     home = tmp_path / "home"
     home.mkdir()

@@ -160,6 +160,7 @@ def test_render_and_export_jobs(tmp_path: Path, run_job) -> None:
     assert proc.returncode == 2 and "no predictions for videos ['nope']" in proc.stdout
 
 
+@pytest.mark.slow  # ~13 s; the render job runs end to end in test_render_and_export_jobs
 def test_render_job_finds_the_videos_from_the_prefix(tmp_path: Path, run_job) -> None:
     """Given the prefix alone, render reads the manifest and data root the job recorded: in the masklets'
     provenance, else in the prefix's config.yaml."""

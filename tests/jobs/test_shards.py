@@ -63,6 +63,7 @@ def test_member_uri_opens_like_the_file(tmp_path: Path, decoder: str) -> None:
         open_video(f"tar://sav_000/nope.mp4::{shard}", decoder=decoder)
 
 
+@pytest.mark.slow  # ~10 s; make_manifest's reading of shards is tested without the job
 def test_make_manifest_job_from_a_shard(tmp_path: Path, run_job) -> None:
     shard, _ = _shard(tmp_path)
     manifest = tmp_path / "m.parquet"

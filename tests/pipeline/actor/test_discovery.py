@@ -342,6 +342,7 @@ def _walk_peak(num_frames: int) -> tuple[int, int]:
     return len(found), session.peak
 
 
+@pytest.mark.slow  # ~21 s; the session's own memory test runs in the default suite
 def test_discovery_memory_does_not_grow_with_video_length() -> None:
     short, long = _walk_peak(60), _walk_peak(300)
     assert short[0] == long[0] == 2

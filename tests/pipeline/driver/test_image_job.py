@@ -230,6 +230,7 @@ def test_auto_prompts_write_the_generators_masks(tmp_path, ray_cluster):
             assert abs(ann["score"] - float(iou)) <= 1e-3 and abs(ann["stability_score"] - float(stability)) <= 1e-3
 
 
+@pytest.mark.slow  # ~14 s; the video job's ctrl-c test runs the edge both jobs share (pipeline/driver/edges.py)
 def test_ctrl_c_exits_130_in_one_line_and_a_rerun_finishes(tmp_path, ray_cluster, start_job):
     """An image whose reader blocks (a FIFO no one writes) keeps its task in flight; Ctrl-C once the worker is up
     stops the job with exit 130 and one line, and a re-run with the image in place finishes."""

@@ -47,6 +47,7 @@ def _listing(s3_server: dict, bucket: str, prefix: str) -> dict[str, tuple]:
     return {o["Key"]: (o["LastModified"], o["ETag"]) for page in pages for o in page.get("Contents", [])}
 
 
+@pytest.mark.slow  # ~30 s; S3 jobs run end to end in the default suite in the credentials, outage, prefix-claim and image tests
 def test_s3_end_to_end_resume_and_noop(s3_server, s3_dataset, ray_cluster, run_job):
     so = s3_server["storage_options"]
     bucket, out = s3_dataset["bucket"], s3_dataset["output"]
