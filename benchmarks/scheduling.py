@@ -223,7 +223,7 @@ class _Simulation:
                 if other.running is not None and other.running[0].video_id == vid:
                     self._stop(other, now)
                 self.s.on_dropped(actor, vid, True, now)
-            for actor, task in self.s.speculate(now):  # first: a tail backup may take a slot just freed
+            for actor, task in self.s.speculate(now):  # first: a backup may take a slot just freed
                 self._send(self.replicas[actor], task, now)
             for actor, task in self.s.assign(now):
                 self._send(self.replicas[actor], task, now)
