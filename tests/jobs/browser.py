@@ -11,11 +11,14 @@ import asyncio
 import base64
 import itertools
 import json
+import os
 import re
 import shutil
+import signal
 import subprocess
 import tempfile
 import threading
+import time
 from dataclasses import dataclass, field
 
 import aiohttp
@@ -130,13 +133,34 @@ def check_page(url: str, width: int = 1280, height: int = 900) -> PageCheck:
             [exe, "--headless", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage", "--no-first-run",
              "--hide-scrollbars", "--remote-debugging-address=127.0.0.1", "--remote-debugging-port=0",
              f"--user-data-dir={profile}", f"--window-size={width},{height}", "about:blank"],
-            stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+            stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+            start_new_session=True)  # its own process group: the browser and the processes it starts
         try:
             return asyncio.run(_inspect(_devtools_url(proc), url, width, height))
         finally:
-            proc.terminate()
-            try:
-                proc.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait()
+            _end_group(proc)
+
+
+def _end_group(proc: subprocess.Popen) -> None:
+    """End the browser and every process of its group, and wait until none is left: a renderer or utility process
+    outliving the browser for a moment would still write into the profile folder being removed."""
+    group = proc.pid
+    _signal_group(group, signal.SIGTERM)
+    try:
+        proc.wait(timeout=30)
+    except subprocess.TimeoutExpired:
+        _signal_group(group, signal.SIGKILL)
+        proc.wait()
+    deadline = time.monotonic() + 30  # a net: the group empties within a moment of its leader
+    while _signal_group(group, 0) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    _signal_group(group, signal.SIGKILL)  # what is left (a zombie no one reaps is harmless)
+
+
+def _signal_group(group: int, sig: int) -> bool:
+    """Send ``sig`` to process group ``group`` (0: only look); False when no process is left in it."""
+    try:
+        os.killpg(group, sig)
+    except ProcessLookupError:
+        return False
+    return True
