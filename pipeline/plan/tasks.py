@@ -11,7 +11,6 @@ the columns at once.
 
 from __future__ import annotations
 
-import copy
 import functools
 import gc
 import hashlib
@@ -242,9 +241,9 @@ def with_digests(tasks: Sequence[VideoTask], produced_by: dict) -> list[VideoTas
 
 
 def _with_digest(task: VideoTask, digest: str) -> VideoTask:
-    """``replace(task, digest=digest)`` without re-running ``__init__`` (a third of the time, 51k times a job)."""
-    new = copy.copy(task)
-    object.__setattr__(new, "digest", digest)
+    """``replace(task, digest=digest)`` without re-running ``__init__`` (a tenth of the time, 51k times a job)."""
+    new = object.__new__(VideoTask)
+    new.__dict__.update(task.__dict__, digest=digest)
     return new
 
 
@@ -344,15 +343,21 @@ def build_tasks(table: pa.Table, data_root: str | None, storage_options: dict | 
     new_object[1:] = (v_sorted[1:] != v_sorted[:-1]) | (o_sorted[1:] != o_sorted[:-1])
     objects = np.bincount(v_sorted[new_object], minlength=len(ids))
     source = PromptTable(table) if rows.size else None
-    resolved = [_resolve_uri(u, data_root) for u in uris]
+    root = _resolve_uri(data_root, None) if data_root else None  # once, not per video
+    resolved = [_resolve_uri(u, root) for u in uris]
     sizes = _file_sizes(resolved, storage_options)
     fallback = float(np.median(list(sizes.values()))) if sizes else 1.0
     tasks = []
+    grids: dict[tuple[int, int], FrameGrid] = {}  # one per clip (most videos: the whole video)
     for v, (video_id, uri) in enumerate(zip(ids.to_pylist(), resolved)):
         a, b = int(offsets[v]), int(offsets[v + 1])
         prompts: Sequence[Prompt] = PromptRows(source, order[a:b]) if b > a else ()
         n_obj = int(objects[v])
-        grid = FrameGrid(frame_step, None if starts[v] < 0 else int(starts[v]), None if ends[v] < 0 else int(ends[v]))
+        clip = (int(starts[v]), int(ends[v]))
+        grid = grids.get(clip)
+        if grid is None:
+            start, end = (None if c < 0 else c for c in clip)
+            grid = grids[clip] = FrameGrid(frame_step, start, end)
         size = float(sizes.get(uri, fallback))
         tasks.append(VideoTask(video_id, uri, prompts, n_obj, video_cost(n_obj, size), auto=mode != "manifest",
                                grid=grid, file_size=size))
