@@ -38,9 +38,8 @@ from dataclasses import replace
 import ray
 
 from pipeline.driver.progress import Progress
-from pipeline.driver.scheduling import ActorKey, Phase, PoolPolicy, Restart, Scheduler, Verdict
+from pipeline.driver.scheduling import ActorKey, Phase, PoolPolicy, Restart, Scheduler, Task, Verdict
 from pipeline.io.prefix import Sink
-from pipeline.plan.tasks import VideoTask
 from pipeline.records import Fault, Status, WorkerIdentity, WorkerResult, WorkerStartError
 
 log = logging.getLogger(__name__)
@@ -59,7 +58,7 @@ class WorkerPool:
         self.log_every_s = log_every_s  # progress line period (non-interactive)
         self.actors = list(actors)  # the scheduler's ActorKey is the index here
         self.probes: dict[ray.ObjectRef, ActorKey] = {}  # ready probe -> actor
-        self.running: dict[ray.ObjectRef, tuple[ActorKey, VideoTask]] = {}  # result -> (actor, task)
+        self.running: dict[ray.ObjectRef, tuple[ActorKey, Task]] = {}  # result -> (actor, task)
         self.statuses: dict[ray.ObjectRef, ActorKey] = {}  # status request -> actor
         self.drops: dict[ray.ObjectRef, tuple[ActorKey, str]] = {}  # drop request -> (actor, video_id)
         self.last_status = 0.0
@@ -68,7 +67,7 @@ class WorkerPool:
         self.workers: list[WorkerIdentity] = []  # every replica that came up
         self.init_error: str | None = None  # first start failure, reported if none came up
 
-    def run(self, todo: list[VideoTask]) -> list[WorkerResult]:
+    def run(self, todo: list[Task]) -> list[WorkerResult]:
         """Process every task; returns one final result per task (done or failed)."""
         s = Scheduler(self.policy, todo, range(len(self.actors)), time.time(), random.Random())
         for actor in range(len(self.actors)):
@@ -119,7 +118,7 @@ class WorkerPool:
         wake = s.next_wakeup(now)
         return _WAIT_S if wake is None else max(0.05, min(_WAIT_S, wake - now))
 
-    def _send(self, actor: ActorKey, task: VideoTask, mark_done: bool = True) -> None:
+    def _send(self, actor: ActorKey, task: Task, mark_done: bool = True) -> None:
         """``process`` on ``actor``, run once by Ray whatever happens to it (the scheduler decides any re-run); a
         backup copy writes no done marker."""
         call = self.actors[actor].process.options(max_task_retries=0)

@@ -13,7 +13,7 @@ import sys
 import time
 from typing import TextIO
 
-from pipeline.plan.tasks import VideoTask
+from pipeline.driver.scheduling import Task
 from pipeline.records import Status, WorkerResult, WorkerStatus
 
 log = logging.getLogger(__name__)
@@ -25,7 +25,7 @@ _BAR = 24
 class Progress:
     """Counts finished videos and the in-flight frames of each worker; shows them as a bar or periodic lines."""
 
-    def __init__(self, todo: list[VideoTask], every_s: float, stream: TextIO | None = None) -> None:
+    def __init__(self, todo: list[Task], every_s: float, stream: TextIO | None = None) -> None:
         self.stream = stream or sys.stderr
         self.interactive = self.stream.isatty()
         self.total, self.total_cost = len(todo), sum(t.cost for t in todo) or 1.0

@@ -74,11 +74,35 @@ import random
 from collections import deque
 from dataclasses import dataclass, field, replace
 from enum import Enum
-from typing import Iterable, Mapping
+from typing import Iterable, Mapping, Protocol
 
-from pipeline.plan.tasks import VideoTask
 from pipeline.records import Fault, WorkerResult, WorkerStatus
 from pipeline.specs import ClusterSpec
+
+
+class Task(Protocol):
+    """What the pool reads of a task: a video's (``pipeline.plan.tasks.Task``) or a run of images'
+    (``pipeline.plan.image_tasks.ImageTask``)."""
+
+    @property
+    def video_id(self) -> str:
+        """Its key (a video's id; an image run's key)."""
+
+    @property
+    def num_objects(self) -> int:
+        """Objects prompted (0: found by discovery)."""
+
+    @property
+    def file_size(self) -> float:
+        """What the throughput fit counts seconds per: a video file's bytes."""
+
+    @property
+    def cost(self) -> float:
+        """The driver's estimate, for its progress line."""
+
+    def with_smaller_batches(self, used: int | None = None) -> Task:
+        """The same task with half the batch after an out-of-memory failure."""
+
 
 ActorKey = int  # an actor's stable key: its index in the pool (the same across Ray restarts of its process)
 _FIT_MIN = 3  # videos (done, else running with frames done) before the throughput fits judge a video
@@ -195,13 +219,13 @@ class Verdict:
 class Scheduler:
     """The queue, the retries and the actors' states; every method is an event or a question (see the module)."""
 
-    def __init__(self, policy: PoolPolicy, tasks: Iterable[VideoTask], actors: Iterable[ActorKey], now: float,
+    def __init__(self, policy: PoolPolicy, tasks: Iterable[Task], actors: Iterable[ActorKey], now: float,
                  rng: random.Random) -> None:
         """``tasks`` in the order they should go out; every actor in ``actors`` starts as STARTING at ``now``."""
         self.policy, self.rng = policy, rng
-        self.fresh: deque[VideoTask] = deque(tasks)  # never tried, in the driver's order (largest first)
-        self.retries: deque[VideoTask] = deque()  # due retries, served before fresh tasks
-        self.delayed: list[tuple[float, int, VideoTask]] = []  # heap: (due, tiebreak, task) waiting out backoff
+        self.fresh: deque[Task] = deque(tasks)  # never tried, in the driver's order (largest first)
+        self.retries: deque[Task] = deque()  # due retries, served before fresh tasks
+        self.delayed: list[tuple[float, int, Task]] = []  # heap: (due, tiebreak, task) waiting out backoff
         self.actors: dict[ActorKey, ActorState] = {}
         self.attempts: dict[str, int] = {}  # video_id -> attempts so far (until its result is final)
         self.failed_on: dict[str, set[ActorKey]] = {}  # video_id -> actors it failed on
@@ -213,7 +237,7 @@ class Scheduler:
         self.asked: set[tuple[ActorKey, str]] = set()  # copies an actor was asked to drop (no answer yet)
         self.dropped: set[tuple[ActorKey, str]] = set()  # copies dropped: their result is nobody's
         self._overdue: list[tuple[float, ActorKey, str, float]] = []  # heap: (when, actor, video, started)
-        self.tasks: dict[str, VideoTask] = {}  # video_id -> its task, while a copy is out
+        self.tasks: dict[str, Task] = {}  # video_id -> its task, while a copy is out
         self.unfinished = len(self.fresh)  # videos without a final result
         self.in_flight = 0  # tasks sent and not answered, over all actors
         self.up = 0  # actors that take work
@@ -258,7 +282,7 @@ class Scheduler:
         a, b = fits[0].coefficients()
         return status.frames * (a + b * max(status.objects, 1))
 
-    def seconds(self, task: VideoTask) -> float | None:
+    def seconds(self, task: Task) -> float | None:
         """Seconds ``task`` should take on a usual actor, from its file's size and its objects (fitted as
         ``expected``, per byte); None before there is a fit."""
         fits = self._fits()
@@ -281,13 +305,13 @@ class Scheduler:
 
     # -- events
 
-    def assign(self, now: float) -> list[tuple[ActorKey, VideoTask]]:
+    def assign(self, now: float) -> list[tuple[ActorKey, Task]]:
         """Due retries back in the queue (ahead of fresh tasks), then every up actor filled to ``depth`` in the
         order the actors came up; a retry avoids the actors it failed on while another one is up. Near the end
         (no more tasks waiting than actors up) only idle actors get one: none waits behind a straggler."""
         while self.delayed and self.delayed[0][0] <= now:
             self.retries.appendleft(heapq.heappop(self.delayed)[2])
-        sent: list[tuple[ActorKey, VideoTask]] = []
+        sent: list[tuple[ActorKey, Task]] = []
         blocked: list[ActorState] = []
         while (self.fresh or self.retries) and self._free:
             order, key = heapq.heappop(self._free)
@@ -309,7 +333,7 @@ class Scheduler:
             self._list(actor)
         return sent
 
-    def speculate(self, now: float) -> list[tuple[ActorKey, VideoTask]]:
+    def speculate(self, now: float) -> list[tuple[ActorKey, Task]]:
         """Backup copies of stragglers (``_pick_stragglers``) for actors with a free slot, queue or not (hence
         before ``assign``): latest projected end first, each to the actor whose copy would end first, when that
         copy is projected to end ``_MARGIN`` expected times sooner than the straggler; one per video, never on an
@@ -329,7 +353,7 @@ class Scheduler:
             return []
         free = {key: self._busy(self.actors[key], now)[0] for _, key in self._free
                 if self.actors[key].phase is Phase.UP and self.actors[key].in_flight < self.policy.depth}
-        sent: list[tuple[ActorKey, VideoTask]] = []
+        sent: list[tuple[ActorKey, Task]] = []
         waiting: list[tuple[float, str, float]] = []  # no actor for them yet
         for end, vid, expected in self._stragglers:
             if vid not in self.tasks or vid in self.backup_on or vid in self.won or vid in self.settled:
@@ -496,7 +520,7 @@ class Scheduler:
                 killed.append((actor, reason))
         return killed
 
-    def on_result(self, actor: ActorKey, task: VideoTask, result: WorkerResult, now: float) -> Verdict:
+    def on_result(self, actor: ActorKey, task: Task, result: WorkerResult, now: float) -> Verdict:
         """``actor`` answered ``task`` with ``result`` (``Fault.DIED``: it died with the task). Decides whether
         the video is final or retried (a retryable fault, attempts left: after a backoff, avoiding ``actor``,
         with half the object batch after out of memory; at once and with its attempt back when it was only
@@ -615,7 +639,7 @@ class Scheduler:
             state.listed = True
             heapq.heappush(self._free, (state.order, state.key))
 
-    def _send(self, state: ActorState, task: VideoTask) -> None:
+    def _send(self, state: ActorState, task: Task) -> None:
         state.sent.append(task.video_id)
         self.holders.setdefault(task.video_id, []).append(state.key)
         self.tasks[task.video_id] = task
@@ -667,7 +691,7 @@ class Scheduler:
         if not had and self._fits() is not None:
             self._judge_running()
 
-    def _learn(self, actor: ActorState, task: VideoTask, result: WorkerResult) -> None:
+    def _learn(self, actor: ActorState, task: Task, result: WorkerResult) -> None:
         """Add a done video to the throughput fits and to its actor's pace; once enough are done, put the queue
         in the order of the seconds the fits predict (largest first), again each time the videos done double."""
         expected = self.expected(WorkerStatus(task.video_id, 0.0, result.objects, result.frames, 0))
@@ -688,7 +712,7 @@ class Scheduler:
             if state.status is not None:
                 self._judge(state, state.status)
 
-    def _count_fresh(self, task: VideoTask, sign: int) -> None:
+    def _count_fresh(self, task: Task, sign: int) -> None:
         self._fresh_bytes[0] += sign * task.file_size
         self._fresh_bytes[1] += sign * task.file_size * max(task.num_objects, 1)
 
@@ -699,7 +723,7 @@ class Scheduler:
             when = status.started + self.policy.speculate_after * expected
             heapq.heappush(self._overdue, (when, state.key, status.video_id, status.started))
 
-    def _take(self, actor: ActorKey) -> VideoTask | None:
+    def _take(self, actor: ActorKey) -> Task | None:
         """The next task for ``actor``: the first due retry it may take, else the next fresh task."""
         for i, task in enumerate(self.retries):
             avoid = self.failed_on.get(task.video_id, ())

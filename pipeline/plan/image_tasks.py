@@ -83,7 +83,8 @@ class ImageTask:
 
     @property
     def file_size(self) -> float:
-        """What the pool fits seconds per (a video's file bytes): the task's cost, as it has no one file."""
+        """What the pool fits seconds per (``pipeline.driver.scheduling.Task``; a video's file bytes): the task's
+        cost, as it has no one file."""
         return self.cost
 
     def with_smaller_batches(self, used: int | None = None) -> ImageTask:
