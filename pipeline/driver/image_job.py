@@ -21,6 +21,7 @@ from pipeline.actor.worker import start_workers
 from pipeline.driver import cluster
 from pipeline.driver.edges import Refused, claim_lost, claim_prefix, finished, with_absolute_paths, write_summary
 from pipeline.driver.pool import WorkerPool
+from pipeline.driver.progress import IMAGE_UNITS
 from pipeline.driver.provenance import RANDOM_CHECKPOINT
 from pipeline.driver.scheduling import PoolPolicy
 from pipeline.image_specs import ImageJobSpec, ImageWorkerSpec
@@ -146,7 +147,8 @@ def _pool(spec: ImageJobSpec, todo: list[ImageTask], sink: ImageSink) -> WorkerP
                                max_restarts=c.max_restarts,
                                worker_class=ImageWorker)
         # no backup copies of image tasks: a task with failed images is done without a done marker
-        pool = WorkerPool(actors, sink, replace(PoolPolicy.of(c), speculate_after=0.0), spec.log_every_s)
+        pool = WorkerPool(actors, sink, replace(PoolPolicy.of(c), speculate_after=0.0), spec.log_every_s,
+                          IMAGE_UNITS)
         pool.run(todo)
         return pool
 

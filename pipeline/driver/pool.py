@@ -37,7 +37,7 @@ from dataclasses import replace
 
 import ray
 
-from pipeline.driver.progress import Progress
+from pipeline.driver.progress import Progress, Units
 from pipeline.driver.scheduling import ActorKey, Phase, PoolPolicy, Restart, Scheduler, Task, Verdict
 from pipeline.io.prefix import Sink
 from pipeline.records import Fault, Status, WorkerIdentity, WorkerResult, WorkerStartError
@@ -52,8 +52,9 @@ class WorkerPool:
     """Streams tasks to actors and retries what can be retried; ``run`` returns one final result per task."""
 
     def __init__(self, actors: list[ray.actor.ActorHandle], sink: Sink, policy: PoolPolicy,
-                 log_every_s: float) -> None:
+                 log_every_s: float, units: Units = Units()) -> None:
         self.sink = sink  # where failed videos are recorded (done markers are the workers' own)
+        self.units = units  # what the progress line calls a task and what a status counts
         self.policy = policy
         self.log_every_s = log_every_s  # progress line period (non-interactive)
         self.actors = list(actors)  # the scheduler's ActorKey is the index here
@@ -72,7 +73,7 @@ class WorkerPool:
         s = Scheduler(self.policy, todo, range(len(self.actors)), time.time(), random.Random())
         for actor in range(len(self.actors)):
             self._probe(actor)
-        progress = Progress(todo, self.log_every_s)
+        progress = Progress(todo, self.log_every_s, units=self.units)
         while not s.finished:
             now = time.time()
             for actor, video_id in s.stealable(now):

@@ -11,7 +11,7 @@ from __future__ import annotations
 import logging
 import sys
 import time
-from typing import TextIO
+from typing import NamedTuple, TextIO
 
 from pipeline.driver.scheduling import Task
 from pipeline.records import Status, WorkerResult, WorkerStatus
@@ -22,10 +22,22 @@ _REDRAW_S = 0.5
 _BAR = 24
 
 
+class Units(NamedTuple):
+    """What a task and what a worker's status counts are called in the progress line."""
+
+    tasks: str = "videos"
+    items: str = "frames"
+
+
+IMAGE_UNITS = Units("image tasks", "images")  # the image job: a task is a run of images, its status counts images
+
+
 class Progress:
     """Counts finished videos and the in-flight frames of each worker; shows them as a bar or periodic lines."""
 
-    def __init__(self, todo: list[Task], every_s: float, stream: TextIO | None = None) -> None:
+    def __init__(self, todo: list[Task], every_s: float, stream: TextIO | None = None,
+                 units: Units = Units()) -> None:
+        self.units = units
         self.stream = stream or sys.stderr
         self.interactive = self.stream.isatty()
         self.total, self.total_cost = len(todo), sum(t.cost for t in todo) or 1.0
@@ -69,13 +81,14 @@ class Progress:
                 "fraction": min(done / self.total_cost, 1.0)}
 
     def line(self) -> str:
-        """One line: videos, frames, rates and the ETA."""
+        """One line: videos (tasks), frames (items), rates and the ETA."""
         c = self.counters()
         eta = f"{c['eta']:.0f}s" if c["eta"] is not None else "?"
         running = "".join(f", {s.video_id} {s.frames_done}/{s.frames}" for s in
                           list(self.current.values())[:3])
-        return (f"videos {self.finished}/{self.total} ({self.failed} failed), {c['frames']} frames, "
-                f"{c['frames_per_s']:.1f} frames/s, {c['objects_per_s']:.1f} objects/s, elapsed {c['elapsed']:.0f}s, "
+        tasks, items = self.units
+        return (f"{tasks} {self.finished}/{self.total} ({self.failed} failed), {c['frames']} {items}, "
+                f"{c['frames_per_s']:.1f} {items}/s, {c['objects_per_s']:.1f} objects/s, elapsed {c['elapsed']:.0f}s, "
                 f"ETA {eta}{running}")
 
     def maybe_log(self) -> None:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import io
 import logging
 
-from pipeline.driver.progress import Progress
+from pipeline.driver.progress import IMAGE_UNITS, Progress
 from pipeline.plan.tasks import VideoTask
 from pipeline.records import WorkerResult, WorkerStatus
 
@@ -47,3 +47,9 @@ def test_a_log_gets_periodic_lines(caplog) -> None:
     with caplog.at_level(logging.INFO):
         p.maybe_log()
     assert "videos 0/2 (0 failed), 0 frames" in caplog.text and "ETA ?" in caplog.text
+
+
+def test_the_image_job_counts_image_tasks_and_images() -> None:
+    p = Progress(_tasks(), every_s=60, stream=io.StringIO(), units=IMAGE_UNITS)
+    p.update(1, WorkerStatus("long", started=0.0, objects=1, frames=16, frames_done=4))
+    assert p.line().startswith("image tasks 0/2 (0 failed), 4 images, ") and " images/s, " in p.line()
