@@ -81,7 +81,7 @@ from pipeline.specs import ClusterSpec
 
 
 class Task(Protocol):
-    """What the pool reads of a task: a video's (``pipeline.plan.tasks.Task``) or a run of images'
+    """What the pool reads of a task: a video's (``pipeline.plan.tasks.VideoTask``) or a run of images'
     (``pipeline.plan.image_tasks.ImageTask``)."""
 
     @property
