@@ -218,10 +218,7 @@ class _Simulation:
                 self.results += self.s.abandon("all workers died")
                 break
             for actor, vid in self.s.stealable(now):  # queued behind a straggler, or a useless backup: dropped
-                other = self.replicas[actor]
-                other.dropped.add(vid)
-                if other.running is not None and other.running[0].video_id == vid:
-                    self._stop(other, now)
+                self._drop(self.replicas[actor], vid, now)
                 self.s.on_dropped(actor, vid, True, now)
             for actor, task in self.s.speculate(now):  # first: a backup may take a slot just freed
                 self._send(self.replicas[actor], task, now)
@@ -328,14 +325,18 @@ class _Simulation:
                 self._stop(other, now)
         for key in verdict.stop:  # an original outrun by its backup: dropped (it has written nothing)
             other = self.replicas[key]
-            other.dropped.add(verdict.result.video_id)
-            if other.running is not None and other.running[0].video_id == verdict.result.video_id:
-                self._stop(other, now)
+            self._drop(other, verdict.result.video_id, now)
             dropped = self.s.on_dropped(key, verdict.result.video_id, True, now)
             if dropped is not None:
                 self._verdict(other, dropped, now)
         if verdict.restart is Restart.REPLACE:
             self._kill(r, now, restart=True)
+
+    def _drop(self, r: _Replica, vid: str, now: float) -> None:
+        """The pool asked ``r`` to drop ``vid``: it fails as it starts when queued, stops when running."""
+        r.dropped.add(vid)
+        if r.running is not None and r.running[0].video_id == vid:
+            self._stop(r, now)
 
     def _stop(self, r: _Replica, now: float) -> None:
         """The video ``r`` runs was dropped: it stops at its next frame, having written nothing."""

@@ -415,9 +415,10 @@ class Scheduler:
         for vid, ends in copies.items():  # a backup that runs no faster than its original: the video is slow
             backup = self.backup_on[vid]
             original = min((end for key, end in ends.items() if key != backup), default=None)
+            if original is None or backup not in ends or (backup, vid) in self.asked:
+                continue
             status = self.actors[backup].status
-            if original is not None and backup in ends and status.frames_done > 0 and (backup, vid) not in self.asked \
-                    and ends[backup] >= original - _MARGIN * (status.frames and self.expected(status) or 0.0):
+            if status.frames_done > 0 and ends[backup] >= original - _MARGIN * (self.expected(status) or 0.0):
                 self._slow_anywhere.add(vid)
                 self.asked.add((backup, vid))
                 self._useless.append((backup, vid))
