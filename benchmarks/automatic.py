@@ -15,7 +15,9 @@ Figures per case: milliseconds per keyframe with the generator's own encoder pas
 tracking (``generate(image, features=...)``: the video pipeline encodes each keyframe once), plus the encoder pass
 alone. On CPU the 1024 px case uses an 8 x 8 grid (64 clicks, one decoder batch) instead of the official 32 x 32:
 one 1024 px keyframe at 32 x 32 takes minutes on one CPU thread; the per-click cost is reported so the full grid
-can be read off (x 16 for 32 x 32). Each case runs in a fresh process with ``threads`` torch threads.
+can be read off (x 16 for 32 x 32). Each case runs in a fresh process with ``threads`` torch threads. Also per case:
+one batch of clicks through the mask decoder with the image's features repeated per click (the official layout) and
+shared at batch 1 (ours), in turns, with the logits compared.
 
 Whole video (``video_cases``): what ``prompts=auto`` costs over prompting the same objects. The worker's two stages
 are run as it runs them (``sam2core.video.discovery``: the walk over keyframes with the real generator on the
@@ -99,8 +101,32 @@ def measure(arch: str, image_size: int, height: int, width: int, points_per_side
         own_s, _ = best_seconds(lambda: generator.generate_masks(image), warmup, runs, device=device)
         shared_s, found = best_seconds(lambda: generator.generate_masks(image, features=feats), warmup, runs,
                                        device=device)
+        decoder = decoder_batch(model, feats, generator.options.points_per_batch, warmup, runs, device)
     return {"encode": encode_s, "own": own_s, "shared": shared_s, "masks": len(found),
-            "clicks": points_per_side**2}
+            "clicks": points_per_side**2, **decoder}
+
+
+def decoder_batch(model: Any, feats: Any, clicks: int, warmup: int, runs: int, device: str) -> dict[str, Any]:
+    """Seconds of one batch of ``clicks`` single-click decodes on one image, in turns: the image's features
+    repeated per click (the official decoder's layout: every click's first block redoes the image side) and shared
+    at batch 1 (ours: that work once per batch); and whether the logits are the same."""
+    from benchmarks.harness import Timed, interleaved_best
+    from sam2core.image_predictor import decode
+    from sam2core.modeling.sam2 import ImageFeatures
+
+    shared = ImageFeatures(model.add_no_memory(feats.feat), feats.pos, feats.high_res)
+    repeated = ImageFeatures(shared.feat.expand(clicks, -1, -1, -1), shared.pos,
+                             tuple(t.expand(clicks, -1, -1, -1) for t in shared.high_res))
+    g = torch.Generator().manual_seed(0)
+    coords = (torch.rand(clicks, 1, 2, generator=g) * model.image_size).to(device)
+    labels = torch.ones(clicks, 1, dtype=torch.int32, device=device)
+    outputs: dict[str, Any] = {}
+    best = interleaved_best({name: Timed(lambda f=f: decode(model, f, coords, labels, None, True))
+                             for name, f in (("repeated", repeated), ("shared", shared))},
+                            warmup, max(runs, 3), device, on_last=outputs.__setitem__)
+    same = all(torch.equal(a, b) for a, b in zip(outputs["repeated"], outputs["shared"]))
+    return {"decode_repeated": best["repeated"], "decode_shared": best["shared"], "decode_same": same,
+            "batch": clicks}
 
 
 def measure_video(arch: str, image_size: int, frames: int, every: int, points_per_side: int, max_objects: int,
@@ -238,6 +264,10 @@ def _case_figures(arch: str, case: dict[str, Any], dtype: str, device: str, thre
         figure("automatic", f"generator, own encoder pass ({where})", r["own"] * 1e3, "ms/keyframe"),
         figure("automatic", f"generator on shared features ({where})", r["shared"] * 1e3, "ms/keyframe", note=note),
         figure("automatic", f"image encoder pass alone ({where})", r["encode"] * 1e3, "ms/keyframe"),
+        figure("automatic", f"mask decoder, image repeated per click / shared ({where}, {r['batch']} clicks)",
+               r["decode_repeated"] / r["decode_shared"], "x",
+               note=(f"{r['decode_repeated'] / r['batch'] * 1e3:.2f} vs {r['decode_shared'] / r['batch'] * 1e3:.2f} "
+                     f"ms per click; {'the same' if r['decode_same'] else 'DIFFERENT'} logits")),
     ]
 
 

@@ -115,10 +115,9 @@ def decode(model: SAM2Model, feats: ImageFeatures, coords: torch.Tensor | None, 
         sparse = feats.feat.new_zeros(b, 0, feats.feat.shape[1])
     else:
         sparse = prompt.embed_points(coords, labels).to(dtype)
-    dense = prompt.no_mask_dense(b) if mask_input is None else prompt.embed_mask(mask_input.to(dtype))
-    high_res = (feats.high_res[0].expand(b, -1, -1, -1), feats.high_res[1].expand(b, -1, -1, -1))
-    out = model.sam_mask_decoder(feats.feat.expand(b, -1, -1, -1), prompt.dense_pe().to(dtype), sparse,
-                                 dense.to(dtype), high_res)
+    # the image's features stay at batch 1: the decoder shares their prompt-independent work between the B prompts
+    dense = prompt.no_mask_dense(1) if mask_input is None else prompt.embed_mask(mask_input.to(dtype))
+    out = model.sam_mask_decoder(feats.feat, prompt.dense_pe().to(dtype), sparse, dense.to(dtype), feats.high_res)
     masks, iou = out.masks.float(), out.iou.float()
     if multimask:
         return masks[:, 1:], iou[:, 1:]

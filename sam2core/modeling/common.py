@@ -79,5 +79,8 @@ class Attention(nn.Module):
         return self.out_proj(out.transpose(1, 2).flatten(2))
 
     def forward(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
-        return self.attend(self.split_heads(self.q_proj(q)), self.split_heads(self.k_proj(k)),
-                           self.split_heads(self.v_proj(v)))
+        """Attention of ``q [B, N, C]`` over ``k``/``v [B, M, C]``; a side of batch 1 (an image shared by every
+        prompt) is projected once and broadcast, which gives the same numbers as projecting B copies of it."""
+        q, k, v = self.split_heads(self.q_proj(q)), self.split_heads(self.k_proj(k)), self.split_heads(self.v_proj(v))
+        batch = max(q.shape[0], k.shape[0])
+        return self.attend(q.expand(batch, -1, -1, -1), k.expand(batch, -1, -1, -1), v.expand(batch, -1, -1, -1))

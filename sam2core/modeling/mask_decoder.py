@@ -60,11 +60,15 @@ class MaskDecoder(nn.Module):
         dense: torch.Tensor,
         high_res: tuple[torch.Tensor, torch.Tensor],
     ) -> DecoderOutput:
-        """``image [B,C,h,w]`` (+ ``dense`` prompt), ``image_pe [1,C,h,w]``, ``sparse [B,N,C]`` prompt tokens."""
-        b, c, h, w = image.shape
+        """``image [B,C,h,w]`` (+ ``dense`` prompt), ``image_pe [1,C,h,w]``, ``sparse [B,N,C]`` prompt tokens.
+
+        ``image``, ``dense`` and ``high_res`` may have batch 1 for B prompts on one image (the image predictor, the
+        automatic generator): the image side of the first block then runs once instead of B times, same numbers."""
+        b = sparse.shape[0]
+        _, c, h, w = image.shape
         learned = torch.cat((self.obj_score_token.weight, self.iou_token.weight, self.mask_tokens.weight))
         tokens = torch.cat((learned.unsqueeze(0).expand(b, -1, -1), sparse), dim=1)
-        tokens, image_tokens = self.transformer(image + dense, image_pe.expand(b, -1, -1, -1), tokens)
+        tokens, image_tokens = self.transformer(image + dense, image_pe, tokens)
         mask_tokens = tokens[:, 2 : 2 + self.num_masks]
         upscaled = self.upscale(image_tokens.transpose(1, 2).reshape(b, c, h, w), high_res)
         weights = torch.stack([mlp(mask_tokens[:, i]) for i, mlp in enumerate(self.output_hypernetworks_mlps)], 1)

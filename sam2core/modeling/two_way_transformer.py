@@ -53,7 +53,9 @@ class TwoWayTransformer(nn.Module):
     def forward(
         self, image: torch.Tensor, image_pe: torch.Tensor, prompt_tokens: torch.Tensor
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        """Image and its code ``[B, C, h, w]`` with prompt tokens ``[B, N, C]`` -> (tokens, image ``[B, hw, C]``)."""
+        """Image ``[B or 1, C, h, w]`` and its code ``[1, C, h, w]`` with prompt tokens ``[B, N, C]`` -> (tokens,
+        image ``[B, hw, C]``). An image of batch 1 is shared by the B prompts until the first block's image update,
+        which is the first step that depends on the prompt."""
         image = image.flatten(2).transpose(1, 2)
         image_pe = image_pe.flatten(2).transpose(1, 2)
         tokens = prompt_tokens
