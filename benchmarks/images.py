@@ -2,9 +2,9 @@
 
 Both start from encoded image files on the local disk and end with a COCO RLE per object: the official loop is what
 its README's users write (``Image.open(...).convert("RGB")``, ``set_image``, ``predict`` with the image's boxes,
-``multimask_output=False``, then pycocotools), one image after another; ours is
-``pipeline.actor.image_worker.ImageSegmenter`` (loader threads decoding and resizing ahead, the encoder on batches of
-images, every box of an image decoded at once, run boundaries on the device). Same random weights, same boxes; the
+``multimask_output=False``, then pycocotools), one image after another; ours is the image job's loop without Ray,
+``pipeline.actor.image_segmenter.ImageSegmenter`` (loader threads decoding and resizing ahead, the encoder on batches
+of images, every box of an image decoded at once, run boundaries on the device). Same random weights, same boxes; the
 masks are compared (IoU per object).
 
 On CPU the process is pinned to ``cores`` CPUs: with one core (nothing spare) ours must not be slower; with one more
@@ -78,7 +78,7 @@ def measure(name: str, image_size: int, count: int, height: int, width: int, box
             cores: int, loader_threads: int, dtype: str, warmup: int, runs: int, seed: int, folder: str
             ) -> dict[str, Any]:
     """Images/s of the official loop and of ours on ``cores`` CPUs (all of them on CUDA), and the masks' IoU."""
-    from pipeline.actor.image_worker import ImageSegmenter
+    from pipeline.actor.image_segmenter import ImageSegmenter
     from pipeline.io.rle import decode_rle
     from pipeline.plan.image_tasks import ImageItem, ImageObject
     from testkit.oracle import ours_from_official

@@ -13,7 +13,6 @@ from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-import av
 import numpy as np
 import torch
 from PIL import Image
@@ -88,6 +87,8 @@ class SyntheticSource:
 def write_mp4(path: Path, frames: Iterable[np.ndarray], fps: int = 24) -> Path:
     """H.264 mp4 (yuv420p, every frame kept; H and W even) written with PyAV. ``frames``: an array [T, H, W, 3] or
     any iterable of HxWx3 frames (rendered one at a time, a long 1080p video is never held whole)."""
+    import av  # here, not at the top: the GPU acceptance run renders frames on the device and carries no PyAV
+
     with av.open(str(path), mode="w") as container:
         stream = None
         for frame in frames:

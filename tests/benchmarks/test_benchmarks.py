@@ -35,9 +35,10 @@ TINY = {
 }
 
 
-def _run(module: str, *args: str, check: bool = True) -> subprocess.CompletedProcess:
+def _run(module: str, *args: str, check: bool = True,
+         env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
     """``python -m <module> args…`` from the repository root, in a subprocess (Hydra stays out of pytest)."""
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "HYDRA_FULL_ERROR": "1"}
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "HYDRA_FULL_ERROR": "1", **(env or {})}
     proc = subprocess.run([sys.executable, "-m", module, *args], cwd=REPO, env=env, capture_output=True, text=True,
                           timeout=600)  # a net against a hang only: the engine section took 122 s on a loaded machine
     if check and proc.returncode != 0:
@@ -45,9 +46,30 @@ def _run(module: str, *args: str, check: bool = True) -> subprocess.CompletedPro
     return proc
 
 
-def _report(*overrides: str, tmp_path: Path, check: bool = True) -> subprocess.CompletedProcess:
+def _report(*overrides: str, tmp_path: Path, check: bool = True,
+            env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
     """The report, with Hydra's run folder under the test's tmp_path, not the repository."""
-    return _run("benchmarks", *overrides, f"hydra.run.dir={tmp_path / 'hydra'}", check=check)
+    return _run("benchmarks", *overrides, f"hydra.run.dir={tmp_path / 'hydra'}", check=check, env=env)
+
+
+# what the GPU acceptance run must do without: neither the device machine's image nor the wheels of
+# scripts/device_bundle.py hold them (a Ray wheel alone is over what a device call may carry)
+NOT_ON_THE_DEVICE = ("ray", "av", "decord", "s3fs", "torchcodec")
+
+
+def _without(packages: tuple[str, ...], folder: Path) -> dict[str, str]:
+    """Environment under which Python processes (and the processes they start) fail to import ``packages``, as on a
+    machine where they are not installed: a ``sitecustomize`` in ``folder`` puts a refusing finder first."""
+    folder.mkdir()
+    (folder / "sitecustomize.py").write_text(
+        "import sys\n\n\n"
+        "class _Absent:\n"
+        "    def find_spec(self, name, path=None, target=None):\n"
+        f"        if name.split('.')[0] in {set(packages)!r}:\n"
+        "            raise ModuleNotFoundError(f'No module named {name!r} (not on the device machine)', name=name)\n"
+        "        return None\n\n\n"
+        "sys.meta_path.insert(0, _Absent())\n")
+    return {"PYTHONPATH": os.pathsep.join(filter(None, [str(folder), os.environ.get("PYTHONPATH")]))}
 
 
 HEAVY = {"engine", "worker"}  # ~25 s each; the gpu preset's smoke test and the frame_step section run the same paths
@@ -115,10 +137,12 @@ def test_engine_command_prints_its_table() -> None:
 
 def test_gpu_preset_runs_as_a_cpu_smoke_test(tmp_path: Path) -> None:
     """``preset=gpu`` without a GPU: the staged acceptance script at tiny sizes, every kind of figure present, each
-    stage's rows printed as soon as it is done; ``stage=N`` reruns one stage alone."""
+    stage's rows printed as soon as it is done; ``stage=N`` reruns one stage alone. It runs without the packages a
+    device machine lacks (``NOT_ON_THE_DEVICE``), as ``scripts/gpu_acceptance.sh`` runs it there."""
     report = tmp_path / "gpu.json"
     state = [f"gpu.state={tmp_path / 'stages.json'}", f"gpu.inductor_cache={tmp_path / 'inductor'}"]
-    proc = _report("preset=gpu", f"report={report}", *state, tmp_path=tmp_path)
+    bare = _without(NOT_ON_THE_DEVICE, tmp_path / "site")
+    proc = _report("preset=gpu", f"report={report}", *state, tmp_path=tmp_path, env=bare)
     figures = json.loads(report.read_text())["figures"]
     names = [f["name"] for f in figures]
     assert figures and all(f["section"] == "gpu" for f in figures), names
