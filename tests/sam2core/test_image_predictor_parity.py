@@ -13,8 +13,9 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from sam2core.image_predictor import ImagePredictor, ImagePrompt, decode_objects, encode_images, prepare_image, \
-    upsample
+from sam2core.image_predictor import ImagePredictor, ImagePrompt, decode, decode_objects, encode_images, \
+    prepare_image, upsample
+from sam2core.modeling.sam2 import ImageFeatures
 from testkit import torchvision_standin
 from tests.oracle import max_abs_diff, official_predictor, ours_from_official, randomize_constant_params, \
     report_parity
@@ -144,6 +145,28 @@ def test_every_object_at_once_matches_official_one_by_one(models):
         assert torch.equal(masks[i], torch.from_numpy(ref_masks[best] > 0))
         worst = max(worst, abs(float(found.iou[i]) - float(ref_iou[best])))
     assert report_parity(NAME, "image objects at once (iou)", worst) <= 1e-4
+
+
+def test_prompts_share_the_image_with_the_same_numbers(models):
+    """B prompts on one image decode with the image's features at batch 1 (the first block's image side once): the
+    same logits and IoUs, bit for bit, as with the features repeated per prompt (the official layout), for clicks
+    and for clicks with mask inputs."""
+    _, ours = models
+    image = _image(5, (96, 128))
+    with torch.inference_mode():
+        feats = encode_images(ours, prepare_image(torch.from_numpy(image), S)[None])
+        b = 7
+        repeated = ImageFeatures(feats.feat.expand(b, -1, -1, -1), feats.pos,
+                                 tuple(t.expand(b, -1, -1, -1) for t in feats.high_res))
+        g = torch.Generator().manual_seed(1)
+        coords = torch.rand(b, 2, 2, generator=g) * S
+        labels = torch.tensor([[1, 0]] * b, dtype=torch.int32)
+        side = ours.sam_prompt_encoder.mask_size
+        for mask_input in (None, torch.randn(b, 1, side, side, generator=g) * 8):
+            for multimask in (True, False):
+                shared = decode(ours, feats, coords, labels, mask_input, multimask)
+                per_prompt = decode(ours, repeated, coords, labels, mask_input, multimask)
+                assert all(torch.equal(x, y) for x, y in zip(shared, per_prompt))
 
 
 def test_mask_prompt_objects(models):
