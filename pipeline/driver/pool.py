@@ -213,8 +213,8 @@ class WorkerPool:
             self._replace(actor)
         for other in verdict.cancel:  # a backup copy that lost: it writes no done marker
             for ref in [r for r, (a, t) in self.running.items() if a == other and t.video_id == video_id]:
-                ray.cancel(ref)  # out of the actor's queue; a running copy stops at its next frame:
-            self._drop(other, video_id)
+                ray.cancel(ref)  # out of the actor's queue
+            self._drop(other, video_id)  # and a running copy stops at its next frame
         for other in verdict.stop:  # the original its backup outran: it must write nothing now
             self._drop(other, video_id)
         if verdict.final:

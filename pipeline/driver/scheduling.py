@@ -113,6 +113,11 @@ _MARGIN = 0.25  # a straggler that would end the job: its projected end this man
 _BACKUP_SHARE = 16  # backup copies at once: at most one per this many up actors (at least one)
 
 
+def _fitted_seconds(task: Task, a: float, b: float) -> float:
+    """Seconds of ``task`` by the per-byte fit ``a + b × objects`` (a video without prompts: one object)."""
+    return task.file_size * (a + b * max(task.num_objects, 1))
+
+
 class _Fit:
     """Weighted least squares of y = a + b·x from running sums, x a video's objects: its seconds per frame (or per
     byte of its file) are an image encoder's share plus a tracker's share per object."""
@@ -286,10 +291,7 @@ class Scheduler:
         """Seconds ``task`` should take on a usual actor, from its file's size and its objects (fitted as
         ``expected``, per byte); None before there is a fit."""
         fits = self._fits()
-        if fits is None:
-            return None
-        a, b = fits[1].coefficients()
-        return task.file_size * (a + b * max(task.num_objects, 1))
+        return None if fits is None else _fitted_seconds(task, *fits[1].coefficients())
 
     def backoff(self, attempt: int) -> float:
         """Delay before retrying after ``attempt`` failed: ``retry_backoff_s`` × 2^(attempt−1), jitter ±50%."""
@@ -387,7 +389,7 @@ class Scheduler:
         and in flight, fitted from the videos done, over the up actors)."""
         a, b = self._fits()[1].coefficients()
         left = a * self._fresh_bytes[0] + b * self._fresh_bytes[1]  # seconds of work queued, in flight below
-        left += sum(self.seconds(t) for t in self.retries) + sum(self.seconds(t) for _, _, t in self.delayed)
+        left += sum(_fitted_seconds(t, a, b) for t in (*self.retries, *(t for _, _, t in self.delayed)))
         running: list[tuple[float, str, float, float, float]] = []  # (projected end, video, expected, started,
         #                                                               its actor's speed)
         copies: dict[str, dict[ActorKey, float]] = {}  # video with a backup copy -> actor -> projected end
@@ -706,7 +708,8 @@ class Scheduler:
             self._judge_running()
         if self._done[0].count >= self._resort_at:
             self._resort_at *= 2
-            self.fresh = deque(sorted(self.fresh, key=lambda t: -self.seconds(t)))  # stable: ties keep their order
+            a, b = self._done[1].coefficients()
+            self.fresh = deque(sorted(self.fresh, key=lambda t: -_fitted_seconds(t, a, b)))  # stable: ties kept
 
     def _judge_running(self) -> None:
         for state in self.actors.values():
