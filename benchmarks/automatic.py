@@ -24,8 +24,11 @@ are run as it runs them (``sam2core.video.discovery``: the walk over keyframes w
 session's features, then the final pass); the prompted baseline is that final pass alone (the discovered objects
 prompted where they were found, propagated both ways), i.e. a manifest job that already knew them; the two take
 turns three times (fastest of each). Figures: seconds of both, the overhead ratio (auto over prompted), the walk's
-share spent in the generator and in its mask decoder, and the ratio the walk would give with the generator's
-post-processing free (what is left is the official per-click decoder arithmetic and the walk's own tracking).
+share spent in the generator and in its mask decoder, the clicks it decoded (those on known objects are skipped),
+and the ratio the walk would give with the generator's post-processing free (what is left is the official per-click
+decoder arithmetic and the walk's own tracking). With random weights the tracked masks are empty, so no click is
+skipped and every keyframe finds its generator's mask new again until ``max_objects``: the walk is nearly all
+generator, more than a trained model's walk (which skips the clicks on what it tracks) would be.
 
 Matching (``matching``): what deciding whether one generator mask is a known object costs on a keyframe, per
 candidate, at video resolution with 10 / 30 / 50 known masks: the old host rule (``testkit.admission``: numpy, every
@@ -150,12 +153,12 @@ def measure_video(arch: str, image_size: int, frames: int, every: int, points_pe
     generator = AutomaticMaskGenerator(model, points_per_side=points_per_side, pred_iou_thresh=pred_iou_thresh,
                                        stability_score_thresh=stability_score_thresh)
     options = DiscoveryOptions(every=every, max_objects=max_objects, min_area=1)
-    spent = {"generator": 0.0, "decoder": 0.0, "keyframes": 0.0}
+    spent = {"generator": 0.0, "decoder": 0.0, "keyframes": 0.0, "clicks": 0}
 
     def timed(name: str, inner: Any) -> Any:
-        def call(*args: Any) -> Any:
+        def call(*args: Any, **kwargs: Any) -> Any:
             start = time.perf_counter()
-            out = inner(*args)
+            out = inner(*args, **kwargs)
             sync(device)
             spent[name] += time.perf_counter() - start
             spent["keyframes"] += name == "generator"
@@ -164,7 +167,13 @@ def measure_video(arch: str, image_size: int, frames: int, every: int, points_pe
 
     # the generator's share of the walk, and its mask decoder's share of that (the official per-click arithmetic)
     generator.generate_masks = timed("generator", generator.generate_masks)
-    generator._decode = timed("decoder", generator._decode)
+    decode = timed("decoder", generator._decode)
+
+    def counted(feats: Any, coords: torch.Tensor, *args: Any) -> Any:
+        spent["clicks"] += coords.shape[0]  # clicks on known objects are skipped before this
+        return decode(feats, coords, *args)
+
+    generator._decode = counted
 
     def final_pass() -> int:
         session.reset()
@@ -174,7 +183,7 @@ def measure_video(arch: str, image_size: int, frames: int, every: int, points_pe
 
     walks, finals = [], []
     for _ in range(runs):
-        spent.update(generator=0.0, decoder=0.0, keyframes=0.0)
+        spent.update(generator=0.0, decoder=0.0, keyframes=0.0, clicks=0)
         sync(device)
         start = time.perf_counter()
         found = discover_objects(session, generator, options)
@@ -185,7 +194,8 @@ def measure_video(arch: str, image_size: int, frames: int, every: int, points_pe
         finals.append(final_s)
     walk = min(walks, key=lambda w: w["walk"])
     return {"walk": walk["walk"], "generator": walk["generator"], "decoder": walk["decoder"], "final": min(finals),
-            "objects": len(found), "generated": int(walk["keyframes"]), "keyframes": len(range(0, frames, every))}
+            "objects": len(found), "generated": int(walk["keyframes"]), "keyframes": len(range(0, frames, every)),
+            "clicks": int(walk["clicks"]), "grid": int(walk["keyframes"]) * points_per_side**2}
 
 
 def matching_scene(height: int, width: int, known: int, new: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
@@ -245,8 +255,10 @@ def _video_figures(arch: str, case: dict[str, Any], dtype: str, device: str, thr
     auto = r["walk"] + r["final"]
     floor = (r["walk"] - r["generator"] + r["decoder"] + r["final"]) / r["final"]
     note = (f"walk {r['walk']:.2f} s, of which generator {r['generator']:.2f} s on {r['generated']} of "
-            f"{r['keyframes']} keyframes (its mask decoder {r['decoder']:.2f} s); final pass {r['final']:.2f} s; "
-            f"with the generator's post-processing free: {floor:.2f}x")
+            f"{r['keyframes']} keyframes (its mask decoder {r['decoder']:.2f} s, {r['clicks']} of {r['grid']} clicks "
+            f"decoded, the rest on known objects) and tracking keyframe to keyframe "
+            f"{r['walk'] - r['generator']:.2f} s; final pass {r['final']:.2f} s; with the generator's post-processing "
+            f"free: {floor:.2f}x")
     return [
         figure("automatic", f"prompts=auto, whole video ({where})", auto, "s"),
         figure("automatic", f"same objects prompted, whole video ({where})", r["final"], "s"),

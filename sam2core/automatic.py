@@ -72,6 +72,13 @@ class _CropMasks:
         return _CropMasks(self.masks[keep], self.iou[keep], self.stability[keep], self.points[keep], self.boxes[keep])
 
     @staticmethod
+    def empty(crop_hw: tuple[int, int], device: torch.device) -> "_CropMasks":
+        """No candidates (every click of the crop skipped)."""
+        return _CropMasks(torch.zeros(0, *crop_hw, dtype=torch.bool, device=device),
+                          torch.zeros(0, device=device), torch.zeros(0, device=device),
+                          torch.zeros(0, 2, device=device), torch.zeros(0, 4, dtype=torch.int64, device=device))
+
+    @staticmethod
     def cat(parts: list["_CropMasks"]) -> "_CropMasks":
         return _CropMasks(*(torch.cat([getattr(p, f) for p in parts]) for f in
                             ("masks", "iou", "stability", "points", "boxes")))
@@ -174,13 +181,18 @@ class AutomaticMaskGenerator:
         return records
 
     @torch.inference_mode()
-    def generate_masks(self, image: np.ndarray | torch.Tensor, features: ImageFeatures | None = None) -> AutoMasks:
+    def generate_masks(self, image: np.ndarray | torch.Tensor, features: ImageFeatures | None = None,
+                       skip: torch.Tensor | None = None) -> AutoMasks:
         """The masks of a uint8 ``H x W x 3`` image as device tensors (what :meth:`generate` turns into records).
 
         ``features``: the image's raw backbone features (``model.encode_image`` of the preprocessed frame, batch 1,
         no memory embedding), e.g. the ones a video session computed for this frame; they replace the encoder pass
         of the uncropped layer (crops are always encoded from the image). Without them the image is encoded the
         way the official image predictor does (bilinear antialiased resize of the ``/255`` image).
+
+        ``skip``: an ``H x W`` bool mask of the image; grid clicks on its pixels are not decoded (object discovery
+        passes the objects it already knows: a click on one finds that object or a part of it). Without it, every
+        click is decoded, as the official generator does.
         """
         frame = torch.as_tensor(image)
         if frame.dtype != torch.uint8 or frame.ndim != 3 or frame.shape[-1] != 3:
@@ -189,6 +201,8 @@ class AutomaticMaskGenerator:
             raise ValueError(f"features must hold one frame, got a batch of {features.feat.shape[0]}")
         frame = frame.to(self.model.device)
         h, w = frame.shape[:2]
+        if skip is not None and tuple(skip.shape) != (h, w):
+            raise ValueError(f"skip must be a {h}x{w} mask of the image, got {tuple(skip.shape)}")
         boxes, layers = crop_boxes((h, w), self.options.crop_n_layers, self.options.crop_overlap_ratio)
         per_crop = []
         for box, layer in zip(boxes, layers):
@@ -197,7 +211,7 @@ class AutomaticMaskGenerator:
                 feats = ImageFeatures(self.model.add_no_memory(features.feat), features.pos, features.high_res)
             else:
                 feats = self._encode(frame[y0:y1, x0:x1])
-            per_crop.append(self._process_crop(feats, box, layer, (h, w)))
+            per_crop.append(self._process_crop(feats, box, layer, (h, w), skip))
         return self._merge_crops(per_crop, boxes, (h, w))
 
     def _merge_crops(self, per_crop: list[_CropMasks], boxes: list[list[int]], image_hw: tuple[int, int]) -> AutoMasks:
@@ -234,12 +248,20 @@ class AutomaticMaskGenerator:
         ImageNet mean and std."""
         return encode_images(self.model, prepare_image(image, self.model.image_size)[None])
 
-    def _process_crop(self, feats: ImageFeatures, box: list[int], layer: int, image_hw: tuple[int, int]) -> _CropMasks:
-        """Candidates of one crop after its own NMS (boxes and points still in crop pixels)."""
+    def _process_crop(self, feats: ImageFeatures, box: list[int], layer: int, image_hw: tuple[int, int],
+                      skip: torch.Tensor | None) -> _CropMasks:
+        """Candidates of one crop after its own NMS (boxes and points still in crop pixels); clicks on ``skip``
+        pixels are left out."""
         x0, y0, x1, y1 = box
         crop_hw = (y1 - y0, x1 - x0)
         scaled = self.point_grids[layer] * np.array([[crop_hw[1], crop_hw[0]]])
         points = torch.as_tensor(scaled, dtype=torch.float32).to(self.model.device)
+        if skip is not None:
+            xs = (points[:, 0].long() + x0).clamp(0, image_hw[1] - 1)
+            ys = (points[:, 1].long() + y0).clamp(0, image_hw[0] - 1)
+            points = points[~skip.to(points.device, torch.bool)[ys, xs]]
+            if len(points) == 0:
+                return _CropMasks.empty(crop_hw, points.device)
         parts = [self._process_batch(feats, points[i:i + self.options.points_per_batch], crop_hw, box, image_hw)
                  for i in range(0, len(points), self.options.points_per_batch)]
         found = _CropMasks.cat(parts)

@@ -1,23 +1,28 @@
 """Object discovery: which objects a video has when nobody prompted them all, found by an automatic mask generator
 on keyframes and tracked between them by a ``VideoSession``.
 
-Keyframes are frame 0 and every ``every``-th frame after it. The walk goes over them in order, one short chunk at a
-time: the session is prompted on keyframe ``k`` with every known object's mask there (its tracked mask, or the
-generator's mask for an object found at ``k``) and tracks forward to the next keyframe only, so memory is bounded and
-the cost is linear in video length. On each keyframe the generator's masks are compared with the known ones
-(``admit``): a mask that matches a known object (IoU ≥ ``match_iou``, or covered by it for ≥ ``match_coverage`` of
-its own area) is dropped, the rest become new objects, largest first, up to ``max_objects``; once that many are
-found the walk stops (nothing later could be admitted).
+Keyframes are frame 0 and every ``every``-th frame after it. The walk needs to know where the known objects are on
+each keyframe, nothing in between, so the session walks the keyframes alone, as a video of their own (at SA-V's
+cadence, 24 fps video with ``every=4``, that is tracking at 6 fps, the rate SA-V is annotated at), one step at a
+time: it is prompted on keyframe ``k`` with every known object's mask there (its tracked mask, or the generator's
+mask for an object found at ``k``) and tracks to the next keyframe only, so memory is bounded and the cost is linear
+in the number of keyframes; the frames between keyframes are never decoded nor encoded. On each keyframe the
+generator's masks are compared with the known ones (``admit``): a mask that matches a known object (IoU ≥
+``match_iou``, or covered by it for ≥ ``match_coverage`` of its own area) is dropped, the rest become new objects,
+largest first, up to ``max_objects``; once that many are found the walk stops (nothing later could be admitted).
+The generator does not decode the grid's clicks that land on a known object (``skip``): such a click finds that
+object or a part of it, which matching would drop, so on later keyframes it decodes only the part of the frame no
+known object covers.
 
 Given prompts (``ObjectPrompt``: clicks, a box or a mask of one object on one frame) make their objects known from
-their first prompt frame on; a prompt frame is also a chunk boundary, where the prompt replaces the tracked mask. New
-ids start above the prompted ones; ``max_objects`` counts discovered objects only.
+their first prompt frame on; a prompt frame is also a boundary of the walk, where the prompt replaces the tracked
+mask. New ids start above the prompted ones; ``max_objects`` counts discovered objects only.
 
-Every frame is encoded once: a chunk's tracking stops on the next keyframe, whose features the session keeps
-(``VideoSession.features``), and the generator (in the session's compute dtype) and the next chunk's prompts reuse
+Each boundary frame is encoded once: a step stops on the next boundary, whose features the session keeps
+(``VideoSession.features``), and the generator (in the session's compute dtype) and the next step's prompts reuse
 them. Masks stay tensors on the model's device: tracked masks are the session's video-resolution logits > 0, and the
 matching runs there too; only the admission decisions come back to the host. What to do with the found objects is the
-caller's: typically prompt each one where it was found and ``propagate(direction="both")``.
+caller's: typically prompt each one where it was found and ``propagate(direction="both")`` over the whole video.
 
     from sam2core import AutomaticMaskGenerator, DiscoveryOptions, discover_objects
     found = discover_objects(session, AutomaticMaskGenerator(model), DiscoveryOptions(every=4, max_objects=20))
@@ -25,8 +30,8 @@ caller's: typically prompt each one where it was found and ``propagate(direction
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass, replace
 
 import numpy as np
 import torch
@@ -34,6 +39,7 @@ import torch
 from sam2core.automatic import AutomaticMaskGenerator
 from sam2core.mask_ops import mask_boxes
 
+from .feature_stream import FrameSource
 from .results import FrameResult
 from .session import VideoSession
 
@@ -189,13 +195,6 @@ def admit(candidates: torch.Tensor, known: torch.Tensor, options: DiscoveryOptio
     return admitted
 
 
-def _stacked(known: dict[int, torch.Tensor], like: torch.Tensor) -> torch.Tensor:
-    """The known masks as one [M, H, W] bool tensor (an empty one, on the device of ``like``, when none is known)."""
-    if not known:
-        return like.new_zeros((0, *like.shape[-2:]), dtype=torch.bool)
-    return torch.stack(list(known.values()))
-
-
 def _result_masks(result: FrameResult) -> dict[int, torch.Tensor]:
     """Each object's mask in a frame's result: its video-resolution logits > 0 (on the device)."""
     masks = result.mask_logits > 0
@@ -232,47 +231,73 @@ def _prompted_masks(session: VideoSession, prompts: Sequence[ObjectPrompt]) -> d
     return _result_masks(result)
 
 
+class _WalkFrames:
+    """The walk's frames of ``source`` (its keyframes and prompt frames, ascending) as a video of their own,
+    numbered 0..n-1: the session tracks from one to the next directly. Frames past the source's count (one that
+    was lowered when a read ended early) are not part of it."""
+
+    def __init__(self, source: FrameSource, frames: Sequence[int]) -> None:
+        self.source = source
+        self.frames = list(frames)
+        self.height, self.width = source.height, source.width
+
+    @property
+    def num_frames(self) -> int:
+        return sum(1 for f in self.frames if f < self.source.num_frames)
+
+    def iter_frames(self, indices: Sequence[int]) -> Iterator[np.ndarray]:
+        return self.source.iter_frames([self.frames[i] for i in indices])
+
+
 def discover_objects(session: VideoSession, generator: AutomaticMaskGenerator, options: DiscoveryOptions,
                      prompts: Sequence[ObjectPrompt] = (),
                      on_frame: Callable[[int], None] | None = None) -> list[FoundObject]:
     """The objects of the session's video that ``prompts`` do not already cover, found by ``generator`` on the
-    keyframes and tracked between them with ``session`` (left holding the last chunk's state; ``reset()`` it before
-    the final pass). ``on_frame(k)`` is called as the walk reaches boundary ``k`` (progress); the walk ends early
-    once ``max_objects`` are found, and where the video ends when that is before its count. Holds one mask per
-    object, never the frames' masks."""
+    keyframes and tracked from boundary to boundary with ``session`` (which walks a video of the boundary frames
+    only, and is left reset on its own video; ``reset()`` it before the final pass). ``on_frame(k)`` is called as
+    the walk reaches boundary ``k`` (progress); the walk ends early once ``max_objects`` are found, and where the
+    video ends when that is before its count. Holds one mask per object, never the frames' masks."""
     source = session.source
     n = source.num_frames
     keys = set(keyframes(n, options.every))
     by_frame: dict[int, list[ObjectPrompt]] = {}
     for p in prompts:
         by_frame.setdefault(p.frame_idx, []).append(p)
-    boundaries = sorted(keys | {f for f in by_frame if 0 <= f < n})
+    walk = _WalkFrames(source, sorted(keys | {f for f in by_frame if 0 <= f < n}))
     next_id = max((p.obj_id for p in prompts), default=-1) + 1
     known: dict[int, torch.Tensor] = {}  # every known object's mask at the current boundary
     found: list[FoundObject] = []
-    for b, nxt in zip(boundaries, boundaries[1:] + [None]):
-        # a source that claimed more frames than it has: a read that ended early lowered its count (a pipeline
-        # decoder), or it yields nothing past its end
-        frame = next(iter(source.iter_frames([b])), None) if b < source.num_frames and b in keys else None
-        if b >= source.num_frames or (b in keys and frame is None):
-            break  # the video ends before this boundary
-        if on_frame is not None:
-            on_frame(b)
-        here = by_frame.get(b, [])
-        if here:
-            known.update(_prompted_masks(session, here))
-        if b in keys:
-            image = np.array(frame)  # a writable copy
-            with torch.inference_mode(), session.compute_context():
-                masks = generator.generate_masks(image, session.features(b))
-            candidates = masks.masks.bool()
-            stability = masks.stability_score.float().tolist()
-            for i in admit(candidates, _stacked(known, candidates), options, options.max_objects - len(found)):
-                found.append(FoundObject(next_id, b, candidates[i].clone(), stability[i]))
-                known[next_id] = found[-1].mask
-                next_id += 1
-        if len(found) >= options.max_objects:
-            break  # nothing later can be admitted: tracking on would find nothing
-        if nxt is not None and known:
-            known = _track(session, b, nxt, known, here)
+    session.reset(walk)
+    try:
+        for i, b in enumerate(walk.frames):
+            # a source that claimed more frames than it has: a read that ended early lowered its count (a pipeline
+            # decoder), or it yields nothing past its end
+            frame = next(iter(source.iter_frames([b])), None) if b < source.num_frames and b in keys else None
+            if b >= source.num_frames or (b in keys and frame is None):
+                break  # the video ends before this boundary
+            if on_frame is not None:
+                on_frame(b)
+            here = [replace(p, frame_idx=i) for p in by_frame.get(b, [])]  # in the walk's numbering
+            if here:
+                known.update(_prompted_masks(session, here))
+            if b in keys:
+                image = np.array(frame)  # a writable copy
+                stacked = torch.stack(list(known.values())) if known else None
+                with torch.inference_mode(), session.compute_context():
+                    masks = generator.generate_masks(image, session.features(i),
+                                                     skip=None if stacked is None else stacked.any(dim=0))
+                candidates = masks.masks.bool()
+                stability = masks.stability_score.float().tolist()
+                if stacked is None:
+                    stacked = candidates.new_zeros((0, *candidates.shape[-2:]))
+                for j in admit(candidates, stacked, options, options.max_objects - len(found)):
+                    found.append(FoundObject(next_id, b, candidates[j].clone(), stability[j]))
+                    known[next_id] = found[-1].mask
+                    next_id += 1
+            if len(found) >= options.max_objects:
+                break  # nothing later can be admitted: tracking on would find nothing
+            if i + 1 < len(walk.frames) and known:
+                known = _track(session, i, i + 1, known, here)
+    finally:
+        session.reset(source)
     return found

@@ -255,6 +255,34 @@ def test_runs_on_a_bfloat16_session_s_features(models, image):
     assert float(best.median()) > 0.8  # most bf16 masks have an fp32 twin
 
 
+@pytest.mark.parametrize("crop_n_layers", [0, 1])
+def test_skipped_clicks_are_not_decoded(models, image, monkeypatch, crop_n_layers):
+    """Clicks on ``skip`` pixels (discovery's known objects) are left out before decoding, in every crop layer; an
+    empty ``skip`` changes nothing, a full one leaves no mask."""
+    _, ours = models
+    gen = AutomaticMaskGenerator(ours, **LOW, crop_n_layers=crop_n_layers)
+    h, w = image.shape[:2]
+    decoded: list[int] = []
+    original = gen._decode
+    monkeypatch.setattr(gen, "_decode", lambda feats, coords, *a: decoded.append(len(coords))
+                        or original(feats, coords, *a))
+    every = gen.generate_masks(image)
+    clicks = sum(decoded)
+    decoded.clear()
+    nothing_skipped = gen.generate_masks(image, skip=torch.zeros(h, w, dtype=torch.bool))
+    assert sum(decoded) == clicks and torch.equal(nothing_skipped.masks, every.masks)
+    left = torch.zeros(h, w, dtype=torch.bool)
+    left[:, : w // 2] = True
+    decoded.clear()
+    right_only = gen.generate_masks(image, skip=left)
+    assert 0 < sum(decoded) < clicks and len(right_only) > 0
+    assert (right_only.point_coords[:, 0] >= w // 2).all()  # every mask comes from a click off the skipped half
+    decoded.clear()
+    assert len(gen.generate_masks(image, skip=torch.ones(h, w, dtype=torch.bool))) == 0 and not decoded
+    with pytest.raises(ValueError, match="skip"):
+        gen.generate_masks(image, skip=left[:-1])
+
+
 def test_rejects_bad_arguments(models):
     _, ours = models
     with pytest.raises(ValueError, match="exactly one"):

@@ -78,6 +78,34 @@ def test_prompted_objects_keep_their_ids_and_new_ones_start_above(model) -> None
     assert 0 < len(found) <= 3 and [d.obj_id for d in found] == list(range(8, 8 + len(found)))
 
 
+class Logged(ArrayFrameSource):
+    """The frames asked of the video, in order."""
+
+    def __init__(self, frames: np.ndarray) -> None:
+        super().__init__(frames)
+        self.asked: list[int] = []
+
+    def iter_frames(self, indices):
+        self.asked += list(indices)
+        return super().iter_frames(indices)
+
+
+def test_the_walk_reads_only_its_keyframes_and_prompt_frames(model) -> None:
+    """The walk tracks from boundary to boundary directly: the frames between them are never read (nor encoded),
+    and the session is left on its own video, every frame of it there for the final pass."""
+    source = Logged(video())
+    session = VideoSession(model, source)
+    generator = AutomaticMaskGenerator(model, points_per_side=4, pred_iou_thresh=0.0, stability_score_thresh=0.0)
+    prompts = [ObjectPrompt(2, 3, points=[[45.0, 47.0]], labels=[1])]
+    found = discover_objects(session, generator, DiscoveryOptions(every=4, max_objects=9, min_area=1), prompts)
+    assert set(source.asked) == {0, 2, 4, 8}
+    assert session.source is source and not session.obj_ids
+    source.asked.clear()
+    for d in found:
+        session.add_mask(d.frame_idx, d.obj_id, d.mask)
+    assert sorted(r.frame_idx for r in session.propagate(direction="both")) == list(range(FRAMES))
+
+
 def blobs(rng: np.random.Generator, count: int, height: int, width: int) -> np.ndarray:
     """``count`` masks of one to three random ellipses each."""
     yy, xx = np.mgrid[0:height, 0:width]

@@ -55,6 +55,7 @@ class FrameSource:
 
     def __init__(self, num_frames: int) -> None:
         self.num_frames = num_frames
+        self.height, self.width = H, W
 
     def iter_frames(self, indices):
         for i in indices:
@@ -71,17 +72,20 @@ def admit(candidates: np.ndarray, known: list[np.ndarray], spec: AutoSpec, room:
 
 
 class TrueGenerator:
-    """The true masks of the objects visible on a frame (largest last, to exercise the sort); counts calls. Its
-    features are what the tracker stand-in gives: the frame index."""
+    """The true masks of the objects visible on a frame (largest last, to exercise the sort), clicks on known
+    objects or not; counts calls and keeps the ``skip`` masks it was given. Its features are what the tracker
+    stand-in gives: the frame index."""
 
     def __init__(self, gt: np.ndarray) -> None:
         self.gt = gt
         self.frames: list[int] = []
+        self.skips: dict[int, np.ndarray | None] = {}
 
-    def generate_masks(self, image: np.ndarray, features: int) -> SimpleNamespace:
+    def generate_masks(self, image: np.ndarray, features: int, skip: torch.Tensor | None = None) -> SimpleNamespace:
         t = int(image[0, 0, 0])
         assert t == features
         self.frames.append(t)
+        self.skips[t] = None if skip is None else skip.numpy()
         masks = [m for m in self.gt[:, t] if m.any()][::-1]
         return SimpleNamespace(masks=torch.from_numpy(np.asarray(masks, dtype=bool).reshape(-1, H, W)),
                                stability_score=torch.linspace(0.9, 1.0, len(masks)))
@@ -95,21 +99,32 @@ class Result:
 
 
 class TrueTracker:
-    """A VideoSession look-alike: an object prompted with a mask follows the true object it overlaps most."""
+    """A VideoSession look-alike: an object prompted with a mask follows the true object it overlaps most. Like the
+    session, it numbers the frames of its source (the walk's frames, 0..n-1, while discovery walks); the masks are
+    those of the video's frames; ``walked`` keeps the video's frames it was reset to."""
 
     def __init__(self, gt: np.ndarray) -> None:
         self.gt = gt
         self.source = FrameSource(gt.shape[1])
+        self.walked: list[list[int]] = []
         self.reset()
         self.max_prompted = 0
 
+    def _frame(self, i: int) -> int:
+        """The video's frame number of the source's frame ``i``."""
+        frames = getattr(self.source, "frames", None)
+        return i if frames is None else frames[i]
+
     def features(self, frame_idx: int) -> int:
-        return frame_idx
+        return self._frame(frame_idx)
 
     def compute_context(self) -> nullcontext:
         return nullcontext()
 
     def reset(self, source=None) -> None:
+        if source is not None:
+            self.source = source
+            self.walked.append([self._frame(i) for i in range(source.num_frames)])
         self.truth: dict[int, int] = {}
         self.prompt_frames: dict[int, int] = {}
 
@@ -118,7 +133,7 @@ class TrueTracker:
         return list(self.truth)
 
     def add_mask(self, frame_idx: int, obj_id: int, mask: np.ndarray) -> Result:
-        overlap = (self.gt[:, frame_idx] & np.asarray(mask, dtype=bool)).reshape(len(self.gt), -1).sum(axis=1)
+        overlap = (self.gt[:, self._frame(frame_idx)] & np.asarray(mask, dtype=bool)).reshape(len(self.gt), -1).sum(axis=1)
         self.truth[obj_id] = int(np.argmax(overlap))
         self.prompt_frames[obj_id] = frame_idx
         self.max_prompted = max(self.max_prompted, len(self.truth))
@@ -126,18 +141,19 @@ class TrueTracker:
 
     def add_points(self, frame_idx: int, obj_id: int, points=None, labels=None, box=None) -> Result:
         x, y = points[0]
-        hit = [k for k in range(len(self.gt)) if self.gt[k, frame_idx, int(y), int(x)]]
+        hit = [k for k in range(len(self.gt)) if self.gt[k, self._frame(frame_idx), int(y), int(x)]]
         self.truth[obj_id] = hit[0]
         self.prompt_frames[obj_id] = frame_idx
         return self._result(frame_idx)
 
-    def _result(self, t: int) -> Result:
-        masks = np.stack([self.gt[k, t] for k in self.truth.values()])
-        return Result(t, self.obj_ids, torch.from_numpy(np.where(masks, 1.0, -1.0)))
+    def _result(self, i: int) -> Result:
+        masks = np.stack([self.gt[k, self._frame(i)] for k in self.truth.values()])
+        return Result(i, self.obj_ids, torch.from_numpy(np.where(masks, 1.0, -1.0)))
 
     def propagate(self, start_frame=None, direction="both", max_frames=None):
         start = min(self.prompt_frames.values()) if start_frame is None else start_frame
-        end = T - 1 if max_frames is None else min(T - 1, start + max_frames)
+        last = self.source.num_frames - 1
+        end = last if max_frames is None else min(last, start + max_frames)
         frames = list(range(start, end + 1))
         if direction == "both":
             frames += list(range(start - 1, -1, -1))
@@ -180,6 +196,25 @@ def test_each_entering_object_gets_one_id_and_starts_where_it_appears() -> None:
     m = builder.build()
     assert m.first_appeared == [0, 6, 9, 17]  # backward fill reaches each object's first visible frame
     assert m.frame_indices == list(range(T))
+
+
+def test_the_walk_tracks_keyframe_to_keyframe_and_skips_clicks_on_known_objects() -> None:
+    """The session walks the keyframes (and prompt frames) as a video of their own, then is back on the whole
+    video; each keyframe's generator skips the pixels of the objects known there (tracked or prompted), not those
+    found on that keyframe itself."""
+    gt = synthetic_video()
+    generator, tracker = TrueGenerator(gt), TrueTracker(gt)
+    found = discover(tracker, generator, AutoSpec(min_area=1))
+    assert [d.frame_idx for d in found] == [0, 8, 12, 20]
+    assert tracker.walked[0] == keyframes(T, 4) and tracker.walked[-1] == list(range(T))
+    assert generator.skips[0] is None
+    assert np.array_equal(generator.skips[4], gt[0, 4]) and np.array_equal(generator.skips[8], gt[0, 8])
+    assert np.array_equal(generator.skips[12], gt[0, 12] | gt[1, 12])
+    assert np.array_equal(generator.skips[16], gt[0, 16] | gt[1, 16])  # C left after frame 14: tracked empty
+    prompts = [Prompt(7, 10, [[24.0, 26.0]], [1], None, None, 0)]  # B prompted on frame 10, between keyframes
+    tracker = TrueTracker(gt)
+    discover(tracker, TrueGenerator(gt), AutoSpec(min_area=1), prompts)
+    assert tracker.walked[0] == [0, 4, 8, 10, 12, 16, 20]
 
 
 def test_matching_by_coverage_drops_parts_of_known_objects() -> None:
@@ -326,7 +361,7 @@ def _walk_peak(num_frames: int) -> tuple[int, int]:
     session = PeakSession(VideoSession(model, ArrayFrameSource(frames), SessionOptions()))
 
     class Generator:  # the true masks of the frame (frames with the same picture have the same masks)
-        def generate_masks(self, image: np.ndarray, features) -> SimpleNamespace:
+        def generate_masks(self, image: np.ndarray, features, skip=None) -> SimpleNamespace:
             frame_idx = next(t for t in range(num_frames) if np.array_equal(frames[t], image))
             masks = [m for m in gt[:, frame_idx] if m.any()]
             return SimpleNamespace(masks=torch.from_numpy(np.asarray(masks, dtype=bool).reshape(-1, 32, 32)),
