@@ -226,7 +226,8 @@ def test_source_that_ends_early_ends_the_forward_pass_there(model) -> None:
 
 
 def test_discovery_walk_ends_where_the_video_does(model) -> None:
-    """Keyframes 0, 4, 8, 12 of a video claiming 16 frames that has 10: the walk reaches 0, 4, 8 and stops."""
+    """Keyframes 0, 4, 8, 12 of a video claiming 16 frames that has 10: the walk reaches 0, 4, 8 and stops (it reads
+    keyframes only, so the final pass is what finds the last frame)."""
     session = VideoSession(model, EndsEarly(synthetic_video(10), claimed=16))
     generator = AutomaticMaskGenerator(model, points_per_side=4, pred_iou_thresh=0.0, stability_score_thresh=0.0)
     reached: list[int] = []
@@ -235,4 +236,7 @@ def test_discovery_walk_ends_where_the_video_does(model) -> None:
     assert reached == [0, 4, 8] and found
     assert all(d.frame_idx in (0, 4, 8) for d in found)
     session.reset()
-    assert session.num_frames == 10  # what the walk's tracking found stays known
+    for d in found:
+        session.add_mask(d.frame_idx, d.obj_id, d.mask)
+    assert sorted(r.frame_idx for r in session.propagate(direction="both")) == list(range(10))
+    assert session.num_frames == 10
