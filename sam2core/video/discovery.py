@@ -277,9 +277,11 @@ def discover_objects(session: VideoSession, generator: AutomaticMaskGenerator, o
                 break  # the video ends before this boundary
             if on_frame is not None:
                 on_frame(b)
+            if b in by_frame:  # given on the video, so that a bad prompt's error names the video's frame
+                session.reset(source)
+                known.update(_prompted_masks(session, by_frame[b]))
+                session.reset(walk)
             here = [replace(p, frame_idx=i) for p in by_frame.get(b, [])]  # in the walk's numbering
-            if here:
-                known.update(_prompted_masks(session, here))
             if b in keys:
                 image = np.array(frame)  # a writable copy
                 stacked = torch.stack(list(known.values())) if known else None

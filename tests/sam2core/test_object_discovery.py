@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from sam2core import AutomaticMaskGenerator, build_model
-from sam2core.video import ArrayFrameSource, VideoSession
+from sam2core.video import ArrayFrameSource, PromptError, VideoSession
 from sam2core.video.discovery import DiscoveryOptions, ObjectPrompt, admit, discover_objects, keyframes
 from testkit.admission import reference_admit
 
@@ -104,6 +104,15 @@ def test_the_walk_reads_only_its_keyframes_and_prompt_frames(model) -> None:
     for d in found:
         session.add_mask(d.frame_idx, d.obj_id, d.mask)
     assert sorted(r.frame_idx for r in session.propagate(direction="both")) == list(range(FRAMES))
+
+
+def test_a_bad_prompt_is_refused_naming_its_frame_of_the_video(model) -> None:
+    session = VideoSession(model, ArrayFrameSource(video()))
+    generator = AutomaticMaskGenerator(model, points_per_side=4, pred_iou_thresh=0.0, stability_score_thresh=0.0)
+    bad = ObjectPrompt(6, 3, points=[[45.0, 47.0]], labels=[1, 0])  # the walk's frame 2 (boundaries 0, 4, 6, 8)
+    with pytest.raises(PromptError, match="object 3, frame 6"):
+        discover_objects(session, generator, DiscoveryOptions(every=4, max_objects=9, min_area=1), [bad])
+    assert session.source.num_frames == FRAMES  # back on its video
 
 
 def blobs(rng: np.random.Generator, count: int, height: int, width: int) -> np.ndarray:
