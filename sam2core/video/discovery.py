@@ -234,19 +234,30 @@ def _prompted_masks(session: VideoSession, prompts: Sequence[ObjectPrompt]) -> d
 class _WalkFrames:
     """The walk's frames of ``source`` (its keyframes and prompt frames, ascending) as a video of their own,
     numbered 0..n-1: the session tracks from one to the next directly. Frames past the source's count (one that
-    was lowered when a read ended early) are not part of it."""
+    was lowered when a read ended early) are not part of it.
+
+    The frame yielded last is kept and given again when asked first: the session's step and the generator both
+    need each keyframe, and a second read of a frame a video decoder has passed would restart it at the keyframe
+    of the file before it (up to a whole group of pictures decoded again)."""
 
     def __init__(self, source: FrameSource, frames: Sequence[int]) -> None:
         self.source = source
         self.frames = list(frames)
         self.height, self.width = source.height, source.width
+        self._last: tuple[int, np.ndarray | torch.Tensor] | None = None
 
     @property
     def num_frames(self) -> int:
         return sum(1 for f in self.frames if f < self.source.num_frames)
 
-    def iter_frames(self, indices: Sequence[int]) -> Iterator[np.ndarray]:
-        return self.source.iter_frames([self.frames[i] for i in indices])
+    def iter_frames(self, indices: Sequence[int]) -> Iterator[np.ndarray | torch.Tensor]:
+        indices = list(indices)
+        if indices and self._last is not None and self._last[0] == indices[0]:
+            yield self._last[1]
+            indices = indices[1:]
+        for i, frame in zip(indices, self.source.iter_frames([self.frames[i] for i in indices])):
+            self._last = (i, frame)
+            yield frame
 
 
 def discover_objects(session: VideoSession, generator: AutomaticMaskGenerator, options: DiscoveryOptions,
@@ -272,7 +283,7 @@ def discover_objects(session: VideoSession, generator: AutomaticMaskGenerator, o
         for i, b in enumerate(walk.frames):
             # a source that claimed more frames than it has: a read that ended early lowered its count (a pipeline
             # decoder), or it yields nothing past its end
-            frame = next(iter(source.iter_frames([b])), None) if b < source.num_frames and b in keys else None
+            frame = next(iter(walk.iter_frames([i])), None) if b < source.num_frames and b in keys else None
             if b >= source.num_frames or (b in keys and frame is None):
                 break  # the video ends before this boundary
             if on_frame is not None:

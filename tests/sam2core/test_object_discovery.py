@@ -92,13 +92,19 @@ class Logged(ArrayFrameSource):
 
 def test_the_walk_reads_only_its_keyframes_and_prompt_frames(model) -> None:
     """The walk tracks from boundary to boundary directly: the frames between them are never read (nor encoded),
-    and the session is left on its own video, every frame of it there for the final pass."""
+    each keyframe is read once (the generator gets the frame the session's step read: a video decoder would
+    restart for a second read), a prompt frame twice (its prompts are given on the video itself), and the session
+    is left on its own video, every frame of it there for the final pass."""
     source = Logged(video())
     session = VideoSession(model, source)
     generator = AutomaticMaskGenerator(model, points_per_side=4, pred_iou_thresh=0.0, stability_score_thresh=0.0)
+    options = DiscoveryOptions(every=4, max_objects=9, min_area=1)
+    discover_objects(session, generator, options)
+    assert source.asked == [0, 4, 8]
+    source.asked.clear()
     prompts = [ObjectPrompt(2, 3, points=[[45.0, 47.0]], labels=[1])]
-    found = discover_objects(session, generator, DiscoveryOptions(every=4, max_objects=9, min_area=1), prompts)
-    assert set(source.asked) == {0, 2, 4, 8}
+    found = discover_objects(session, generator, options, prompts)
+    assert source.asked == [0, 2, 2, 4, 8]
     assert session.source is source and not session.obj_ids
     source.asked.clear()
     for d in found:

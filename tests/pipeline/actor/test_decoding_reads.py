@@ -117,6 +117,37 @@ def test_pyav_seeks_to_keyframes_when_the_step_is_longer_than_the_gop(tmp_path):
     assert converted == 4 and decoded < 48 / 2  # each asked frame is a keyframe: a seek, not 48 decodes
 
 
+def test_the_discovery_walk_decodes_a_long_gop_about_once(long_gop):
+    """``prompts=auto``'s walk over keyframes every 20 frames of the GOP-250 file, with the real session (random
+    weights) and a generator that finds one square on every keyframe (so the session steps to each keyframe): the
+    step and the generator share each keyframe's decode, so the file decodes about once. Were the generator to read
+    its keyframe again, the decoder, past it, would restart at frame 0 (or 250) each time: over 1,500 decodes."""
+    from types import SimpleNamespace
+
+    import torch
+
+    from sam2core.build import build_model
+    from sam2core.video import VideoSession
+    from sam2core.video.discovery import DiscoveryOptions, discover_objects
+
+    class Square:
+        def generate_masks(self, image, features, skip=None) -> SimpleNamespace:
+            mask = torch.zeros(1, *image.shape[:2], dtype=torch.bool)
+            mask[0, 4:20, 4:20] = True
+            return SimpleNamespace(masks=mask, stability_score=torch.ones(1))
+
+    path, _ = long_gop
+    torch.manual_seed(0)
+    model = build_model("sam2.1_hiera_tiny", image_size=32)
+    with open_video(path, decoder="pyav") as src:
+        counting = _Counting(src._container)
+        src._container = counting
+        session = VideoSession(model, src)
+        found = discover_objects(session, Square(), DiscoveryOptions(every=20, max_objects=50, min_area=1))
+        src._container = counting._container
+    assert found and counting.converted == 15 and counting.decoded <= LONG
+
+
 @pytest.fixture(scope="module")
 def short_file(tmp_path_factory) -> tuple[str, np.ndarray]:
     """An mp4 whose header (moov first) claims 40 frames but whose data ends 60% of the way: the last packet it
