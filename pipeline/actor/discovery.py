@@ -1,14 +1,14 @@
 """Automatic discovery in a job (``prompts=auto`` / ``manifest+auto``): the pipeline's side of it.
 
 The walk itself (keyframes, the generator on them skipping clicks on known objects, tracking from keyframe to
-keyframe, matching and admission on the device) is sam2core's (``sam2core.video.discovery``). Here the job's terms become its terms: manifest prompts become
-``ObjectPrompt`` objects (in mixed mode the manifest's objects are known from their first prompt frame on, and new
-ids start above the manifest's) and ``auto.*`` becomes ``DiscoveryOptions``. The worker then runs one final pass
-with every discovered object prompted on the keyframe where it was found (``propagate(direction="both")``, so
-objects are also tracked backward to where they first appear), writes SA-V's auto layout, and ``prune`` removes
-near-empty and duplicate masklets from its output. The session sees the tracked frames only (``data.frame_step``, a
-clip: ``pipeline.actor.sampling``), so keyframes are every ``auto.every`` tracked frames and prompts come in the
-session's numbering.
+keyframe, matching and admission on the device) is sam2core's (``sam2core.video.discovery``). Here the job's terms
+become its terms: manifest prompts become ``ObjectPrompt`` objects (in mixed mode the manifest's objects are known
+from their first prompt frame on, and new ids start above the manifest's) and ``auto.*`` becomes
+``DiscoveryOptions``. The worker then runs one final pass with every discovered object prompted on the keyframe
+where it was found (``propagate(direction="both")``, so objects are also tracked backward to where they first
+appear), writes SA-V's auto layout, and ``prune`` removes near-empty and duplicate masklets from its output. The
+session sees the tracked frames only (``data.frame_step``, a clip: ``pipeline.actor.sampling``), so keyframes are
+every ``auto.every`` tracked frames and prompts come in the session's numbering.
 """
 
 from __future__ import annotations

@@ -30,6 +30,7 @@ caller's: typically prompt each one where it was found and ``propagate(direction
 
 from __future__ import annotations
 
+from bisect import bisect_left
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, replace
 
@@ -248,7 +249,7 @@ class _WalkFrames:
 
     @property
     def num_frames(self) -> int:
-        return sum(1 for f in self.frames if f < self.source.num_frames)
+        return bisect_left(self.frames, self.source.num_frames)  # the frames are ascending
 
     def iter_frames(self, indices: Sequence[int]) -> Iterator[np.ndarray | torch.Tensor]:
         indices = list(indices)
