@@ -29,7 +29,7 @@ def make_video(path: str | Path, frames: np.ndarray | Sequence[np.ndarray], fps:
                codec: str = "libx264") -> Path:
     """Write uint8 HxWx3 frames to an mp4 with PyAV (yuv420p, every frame kept); returns the path.
 
-    H and W must be even for yuv420p.
+    H and W must be even for yuv420p. x264 encodes on one thread: with more, two encodes of the same frames may differ.
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -39,7 +39,7 @@ def make_video(path: str | Path, frames: np.ndarray | Sequence[np.ndarray], fps:
         stream = container.add_stream(codec, rate=fps)
         stream.width, stream.height, stream.pix_fmt = w, h, "yuv420p"
         if codec == "libx264":
-            stream.options = {"crf": "18", "g": "8", "bf": "2"}
+            stream.options = {"crf": "18", "g": "8", "bf": "2", "threads": "1"}
         for f in frames:
             for packet in stream.encode(av.VideoFrame.from_ndarray(np.ascontiguousarray(f), format="rgb24")):
                 container.mux(packet)
