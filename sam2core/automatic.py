@@ -39,7 +39,10 @@ from sam2core.modeling.sam2 import ImageFeatures, SAM2Model
 OUTPUT_MODES = ("binary_mask", "uncompressed_rle", "coco_rle")
 LOGIT_CLAMP = 32.0  # mask logits fed back as an m2m mask prompt are clamped to +-32
 SMALL_REGION_LOGIT = 10.0  # filled holes become +10 (above the 0 cut), removed specks -10
-UPSAMPLE_CHUNK = 64  # candidates upsampled to crop resolution at a time (bounds the fp32 full-size buffer)
+UPSAMPLE_CHUNK = 64  # candidates upsampled to crop resolution at a time on a GPU (bounds the fp32 full-size buffer)
+# on a CPU, as many as this many bytes of fp32 logits hold (at least one): the comparisons that follow then read them
+# from cache, and the buffer is reused instead of written to freshly faulted-in pages
+CPU_UPSAMPLE_BYTES = 2 << 20
 CROP_EDGE_TOLERANCE = 20.0  # pixels: a box this close to a crop edge (not an image edge) is cut by the crop
 
 
@@ -60,28 +63,30 @@ class AutoMasks:
 
 @dataclass
 class _CropMasks:
-    """Candidates of one crop: masks at crop size, everything else in crop pixels until uncropped."""
+    """Candidates of one crop, in crop pixels until uncropped. A candidate's mask is kept as the low-resolution
+    logits it is upsampled from (small regions already edited): only the masks that survive NMS are made at full
+    size, once, instead of holding every candidate's (2 MB each at 1080p)."""
 
-    masks: torch.Tensor  # [n, crop_h, crop_w] bool
+    low: torch.Tensor  # [n, 4h, 4w] fp32 logits
     iou: torch.Tensor
     stability: torch.Tensor
     points: torch.Tensor
     boxes: torch.Tensor
 
     def select(self, keep: torch.Tensor) -> "_CropMasks":
-        return _CropMasks(self.masks[keep], self.iou[keep], self.stability[keep], self.points[keep], self.boxes[keep])
+        return _CropMasks(self.low[keep], self.iou[keep], self.stability[keep], self.points[keep], self.boxes[keep])
 
     @staticmethod
-    def empty(crop_hw: tuple[int, int], device: torch.device) -> "_CropMasks":
+    def empty(low_hw: tuple[int, int], device: torch.device) -> "_CropMasks":
         """No candidates (every click of the crop skipped)."""
-        return _CropMasks(torch.zeros(0, *crop_hw, dtype=torch.bool, device=device),
-                          torch.zeros(0, device=device), torch.zeros(0, device=device),
-                          torch.zeros(0, 2, device=device), torch.zeros(0, 4, dtype=torch.int64, device=device))
+        return _CropMasks(torch.zeros(0, *low_hw, device=device), torch.zeros(0, device=device),
+                          torch.zeros(0, device=device), torch.zeros(0, 2, device=device),
+                          torch.zeros(0, 4, dtype=torch.int64, device=device))
 
     @staticmethod
     def cat(parts: list["_CropMasks"]) -> "_CropMasks":
         return _CropMasks(*(torch.cat([getattr(p, f) for p in parts]) for f in
-                            ("masks", "iou", "stability", "points", "boxes")))
+                            ("low", "iou", "stability", "points", "boxes")))
 
 
 @dataclass(frozen=True)
@@ -235,9 +240,10 @@ class AutomaticMaskGenerator:
             all_boxes, iou, stability, points, crops = (t[keep] for t in (all_boxes, iou, stability, points, crops))
 
         masks = torch.zeros(len(crop_of), h, w, dtype=torch.bool, device=device)
-        for i, (crop, j) in enumerate(zip(crop_of.tolist(), index_in_crop.tolist())):
-            x0, y0, x1, y1 = boxes[crop]
-            masks[i, y0:y1, x0:x1] = per_crop[crop].masks[j]
+        for crop, (x0, y0, x1, y1) in enumerate(boxes):
+            rows = (crop_of == crop).nonzero()[:, 0]
+            if len(rows):
+                masks[rows, y0:y1, x0:x1] = self._masks(per_crop[crop].low[index_in_crop[rows]], (y1 - y0, x1 - x0))
         return AutoMasks(masks, iou, stability, points, all_boxes, crops)
 
     # ---- one crop --------------------------------------------------------------------------------------------
@@ -261,7 +267,8 @@ class AutomaticMaskGenerator:
             ys = (points[:, 1].long() + y0).clamp(0, image_hw[0] - 1)
             points = points[~skip.to(points.device, torch.bool)[ys, xs]]
             if len(points) == 0:
-                return _CropMasks.empty(crop_hw, points.device)
+                side = self.model.sam_prompt_encoder.mask_size
+                return _CropMasks.empty((side, side), points.device)
         parts = [self._process_batch(feats, points[i:i + self.options.points_per_batch], crop_hw, box, image_hw)
                  for i in range(0, len(points), self.options.points_per_batch)]
         found = _CropMasks.cat(parts)
@@ -286,26 +293,25 @@ class AutomaticMaskGenerator:
         if self.options.pred_iou_thresh > 0.0:
             keep = iou > self.options.pred_iou_thresh
             low, iou, points = low[keep], iou[keep], points[keep]
-        parts = [self._score_and_box(low[i:i + UPSAMPLE_CHUNK], iou[i:i + UPSAMPLE_CHUNK],
-                                     points[i:i + UPSAMPLE_CHUNK], crop_hw, box, image_hw)
-                 for i in range(0, len(low), UPSAMPLE_CHUNK)]
+        step = self._upsample_step(low.device, crop_hw)
+        parts = [self._score_and_box(low[i:i + step], iou[i:i + step], points[i:i + step], crop_hw, box, image_hw)
+                 for i in range(0, len(low), step)]
         if not parts:
             return self._score_and_box(low, iou, points, crop_hw, box, image_hw)
         return _CropMasks.cat(parts)
 
     def _score_and_box(self, low: torch.Tensor, iou: torch.Tensor, points: torch.Tensor, crop_hw: tuple[int, int],
                        box: list[int], image_hw: tuple[int, int]) -> _CropMasks:
-        """Candidates at crop resolution: stability filter, binary masks and boxes, crop-edge filter."""
-        logits = self._upsample(low, crop_hw)
+        """Candidates scored at crop resolution: stability filter, boxes of the binary masks, crop-edge filter."""
+        low = self._edit_small_regions(low)
+        logits = self._interpolate(low, crop_hw)
         stability = stability_score(logits, self.options.mask_threshold, self.options.stability_score_offset)
         if self.options.stability_score_thresh > 0.0:
             keep = stability >= self.options.stability_score_thresh
-            logits, iou, points, stability = logits[keep], iou[keep], points[keep], stability[keep]
-        masks = logits > self.options.mask_threshold
-        del logits
-        boxes = mask_boxes(masks)
+            low, logits, iou, points, stability = low[keep], logits[keep], iou[keep], points[keep], stability[keep]
+        boxes = mask_boxes(logits > self.options.mask_threshold)
         keep = ~self._cut_by_crop(boxes, box, image_hw)
-        return _CropMasks(masks[keep], iou[keep], stability[keep], points[keep], boxes[keep])
+        return _CropMasks(low[keep], iou[keep], stability[keep], points[keep], boxes[keep])
 
     def _model_coords(self, points: torch.Tensor, crop_hw: tuple[int, int]) -> torch.Tensor:
         """Crop pixels ``[N, 2]`` -> model-input pixels ``[N, 1, 2]`` (normalised by the crop size, then scaled)."""
@@ -322,19 +328,38 @@ class AutomaticMaskGenerator:
         return decode(self.model, feats, coords, labels, mask_input, multimask,
                       stable=self.options.dynamic_multimask_via_stability)
 
-    def _upsample(self, low: torch.Tensor, crop_hw: tuple[int, int]) -> torch.Tensor:
-        """``[n, 4h, 4w]`` logits -> ``[n, crop_h, crop_w]``; with ``min_mask_region_area`` small background holes
-        and small foreground specks (8-connected, in low-resolution pixels, cut at 0) are flipped first."""
-        x = low[:, None]
-        if len(x) == 0:
-            return x.new_zeros(0, *crop_hw)
+    def _edit_small_regions(self, low: torch.Tensor) -> torch.Tensor:
+        """``[n, 4h, 4w]`` logits with ``min_mask_region_area``'s edit: small background holes and small foreground
+        specks (8-connected, in low-resolution pixels, cut at 0) flipped; as they are without it."""
         area = self.options.min_mask_region_area
-        if area > 0:
-            holes = small_components(x <= 0, area)
-            specks = small_components(x > 0, area)
-            x = torch.where(holes, SMALL_REGION_LOGIT, x)
-            x = torch.where(specks, -SMALL_REGION_LOGIT, x)
-        return F.interpolate(x, size=crop_hw, mode="bilinear", align_corners=False)[:, 0]
+        if area <= 0 or len(low) == 0:
+            return low
+        x = low[:, None]
+        holes = small_components(x <= 0, area)
+        specks = small_components(x > 0, area)
+        x = torch.where(holes, SMALL_REGION_LOGIT, x)
+        return torch.where(specks, -SMALL_REGION_LOGIT, x)[:, 0]
+
+    @staticmethod
+    def _interpolate(low: torch.Tensor, crop_hw: tuple[int, int]) -> torch.Tensor:
+        """``[n, 4h, 4w]`` logits -> ``[n, crop_h, crop_w]`` (bilinear)."""
+        if len(low) == 0:
+            return low.new_zeros(0, *crop_hw)
+        return F.interpolate(low[:, None], size=crop_hw, mode="bilinear", align_corners=False)[:, 0]
+
+    @staticmethod
+    def _upsample_step(device: torch.device, crop_hw: tuple[int, int]) -> int:
+        """How many candidates to upsample to crop resolution at a time on ``device``."""
+        if device.type != "cpu":
+            return UPSAMPLE_CHUNK
+        return max(1, CPU_UPSAMPLE_BYTES // (4 * crop_hw[0] * crop_hw[1]))
+
+    def _masks(self, low: torch.Tensor, crop_hw: tuple[int, int]) -> torch.Tensor:
+        """The binary masks ``[n, crop_h, crop_w]`` of candidates' (edited) low-resolution logits."""
+        step = self._upsample_step(low.device, crop_hw)
+        parts = [self._interpolate(low[i:i + step], crop_hw) > self.options.mask_threshold
+                 for i in range(0, len(low), step)]
+        return torch.cat(parts) if parts else low.new_zeros(0, *crop_hw, dtype=torch.bool)
 
     @staticmethod
     def _cut_by_crop(boxes: torch.Tensor, box: list[int], image_hw: tuple[int, int]) -> torch.Tensor:

@@ -144,6 +144,17 @@ def test_matches_official(models, image, case):
     assert distinct_nonempty(ref) >= (10 if not case else 1)
 
 
+def test_upsampling_one_candidate_at_a_time_matches_official(models, image, monkeypatch):
+    """On a CPU candidates are upsampled a few at a time (by a byte budget; about 34 here, which divides no batch):
+    one at a time gives the official records too."""
+    import sam2core.automatic as automatic
+
+    official, ours = models
+    monkeypatch.setattr(automatic, "CPU_UPSAMPLE_BYTES", 1)
+    assert_same_records("one at a time", _official_records(official, image, **LOW),
+                        AutomaticMaskGenerator(ours, dynamic_multimask_via_stability=False, **LOW).generate(image))
+
+
 def test_official_defaults_match(models, image):
     """The official thresholds (0.8 IoU, 0.95 stability) on random weights: few or no masks, the same ones."""
     official, ours = models

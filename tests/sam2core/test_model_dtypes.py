@@ -89,6 +89,26 @@ def test_objects_batch_independently(setup):
         torch.testing.assert_close(attended[i : i + 1], single, atol=1e-4, rtol=0)
 
 
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@torch.no_grad()
+def test_decoding_leaves_the_image_features_as_they_were(setup, dtype):
+    """The decoder sums and activates in place on its own buffers: the frame's features (shared by every click and
+    object, batch 1 or per row) are unchanged, and decoding again gives the same logits, in fp32 and under bf16
+    autocast."""
+    model, images, _ = setup
+    feats = model.encode_image(images[:1])
+    n = 5
+    points = torch.rand(n, 1, 2, generator=torch.Generator().manual_seed(1)) * S
+    labels = torch.ones(n, 1, dtype=torch.int32)
+    for high_res in (feats.high_res, tuple(t.expand(n, -1, -1, -1).contiguous() for t in feats.high_res)):
+        before = [t.clone() for t in (feats.feat, *high_res)]
+        with torch.autocast("cpu", dtype=dtype, enabled=dtype != torch.float32):
+            first, again = (model.decode_masks(model.add_no_memory(feats.feat), high_res, points, labels, None,
+                                               True).low_res for _ in range(2))
+        assert all(torch.equal(a, b) for a, b in zip(before, (feats.feat, *high_res)))
+        assert torch.equal(first, again)
+
+
 def test_memory_position_codes_follow_official_autocast(tmp_path, monkeypatch) -> None:
     """Under bf16 autocast the keys' position codes memory attention gets (spatial sine code in the compute dtype,
     plus the fp32 temporal code; pointer codes) equal the official predictor's, bit for bit."""
