@@ -242,8 +242,7 @@ class AutomaticMaskGenerator:
         masks = torch.zeros(len(crop_of), h, w, dtype=torch.bool, device=device)
         for crop, (x0, y0, x1, y1) in enumerate(boxes):
             rows = (crop_of == crop).nonzero()[:, 0]
-            if len(rows):
-                masks[rows, y0:y1, x0:x1] = self._masks(per_crop[crop].low[index_in_crop[rows]], (y1 - y0, x1 - x0))
+            masks[rows, y0:y1, x0:x1] = self._masks(per_crop[crop].low[index_in_crop[rows]], (y1 - y0, x1 - x0))
         return AutoMasks(masks, iou, stability, points, all_boxes, crops)
 
     # ---- one crop --------------------------------------------------------------------------------------------

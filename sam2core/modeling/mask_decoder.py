@@ -74,8 +74,8 @@ class MaskDecoder(nn.Module):
         tokens = torch.cat((learned.unsqueeze(0).expand(b, -1, -1), sparse), dim=1)
         tokens, image_tokens = self.transformer(image + dense, image_pe, tokens)
         mask_tokens = tokens[:, 2 : 2 + self.num_masks]
-        weights = torch.stack([mlp(mask_tokens[:, i]) for i, mlp in enumerate(self.output_hypernetworks_mlps)], 1)
         upscaled = self.upscale(image_tokens.transpose(1, 2).reshape(b, c, h, w), high_res)
+        weights = torch.stack([mlp(mask_tokens[:, i]) for i, mlp in enumerate(self.output_hypernetworks_mlps)], 1)
         masks = (weights @ upscaled.flatten(2)).unflatten(-1, upscaled.shape[-2:])
         return DecoderOutput(
             masks=masks,
