@@ -20,7 +20,9 @@ mask. New ids start above the prompted ones; ``max_objects`` counts discovered o
 
 Each boundary frame is encoded once: a step stops on the next boundary, whose features the session keeps
 (``VideoSession.features``), and the generator (in the session's compute dtype) and the next step's prompts reuse
-them. Masks stay tensors on the model's device: tracked masks are the session's video-resolution logits > 0, and the
+them. The features of the keyframes where objects were found are handed to the session when the walk ends
+(``VideoSession.keep_features``, within its budget for kept frames): the final pass prompts those objects there, and
+neither the prompts nor the pass encode those frames again. Masks stay tensors on the model's device: tracked masks are the session's video-resolution logits > 0, and the
 matching runs there too; only the admission decisions come back to the host. What to do with the found objects is the
 caller's: typically prompt each one where it was found and ``propagate(direction="both")`` over the whole video.
 
@@ -40,7 +42,7 @@ import torch
 from sam2core.automatic import AutomaticMaskGenerator
 from sam2core.mask_ops import mask_boxes
 
-from .feature_stream import FrameSource
+from .feature_stream import FrameSource, KeptFeatures
 from .results import FrameResult
 from .session import VideoSession
 
@@ -279,6 +281,7 @@ def discover_objects(session: VideoSession, generator: AutomaticMaskGenerator, o
     next_id = max((p.obj_id for p in prompts), default=-1) + 1
     known: dict[int, torch.Tensor] = {}  # every known object's mask at the current boundary
     found: list[FoundObject] = []
+    found_on = KeptFeatures()  # features of the keyframes where objects were found, for the final pass
     session.reset(walk)
     try:
         for i, b in enumerate(walk.frames):
@@ -297,8 +300,9 @@ def discover_objects(session: VideoSession, generator: AutomaticMaskGenerator, o
             if b in keys:
                 image = np.array(frame)  # a writable copy
                 stacked = torch.stack(list(known.values())) if known else None
+                feats = session.features(i)
                 with torch.inference_mode(), session.compute_context():
-                    masks = generator.generate_masks(image, session.features(i),
+                    masks = generator.generate_masks(image, feats,
                                                      skip=None if stacked is None else stacked.any(dim=0))
                 candidates = masks.masks.bool()
                 stability = masks.stability_score.float().tolist()
@@ -308,10 +312,13 @@ def discover_objects(session: VideoSession, generator: AutomaticMaskGenerator, o
                     found.append(FoundObject(next_id, b, candidates[j].clone(), stability[j]))
                     known[next_id] = found[-1].mask
                     next_id += 1
+                    found_on.keep(b, feats, lasting=True)
             if len(found) >= options.max_objects:
                 break  # nothing later can be admitted: tracking on would find nothing
             if i + 1 < len(walk.frames) and known:
                 known = _track(session, i, i + 1, known, here)
     finally:
         session.reset(source)
+    for b, feats in found_on.lasting():
+        session.keep_features(b, feats)
     return found

@@ -1,4 +1,5 @@
-"""Frames in, image features out: a frame-source protocol, an in-memory source, and a look-ahead feature stream.
+"""Frames in, image features out: a frame-source protocol, an in-memory source, a look-ahead feature stream, and
+the features a session keeps of frames it encoded outside a pass.
 
 The engine never holds the whole video. It asks a ``FrameSource`` for the frames of one propagation pass in order;
 a background thread decodes a few frames ahead (``prefetch``) while the model works. A second one (``overlap``)
@@ -119,6 +120,57 @@ def _decoded(source: FrameSource, indices: list[int], pin: bool) -> Iterator[tor
 
 def _feature_tensors(feats: ImageFeatures) -> tuple[torch.Tensor, ...]:
     return (feats.feat, feats.pos, *feats.high_res)
+
+
+def features_nbytes(feats: ImageFeatures) -> int:
+    """Bytes of one frame's (or batch's) features."""
+    return sum(t.numel() * t.element_size() for t in _feature_tensors(feats))
+
+
+KEPT_FEATURES_BYTES = 256 << 20  # about 25 frames at 1024 px in bfloat16, 400 at 256 px in float32
+
+
+class KeptFeatures:
+    """Features of frames of one video encoded outside a pass, kept for the passes that follow: the frames the
+    current prompts are on (each is needed again to encode the prompts' memories and to track the frame's other
+    objects), until the prompts are reset, and frames handed over for good (``lasting``: the keyframes object
+    discovery encoded, where its final pass prompts the objects it found). A frame is then encoded once, not two or
+    three times. Frames are kept first come, first kept, while their bytes stay within ``KEPT_FEATURES_BYTES``
+    (memory stays bounded however many frames are prompted); a frame past it is encoded again when needed, as
+    without this store."""
+
+    def __init__(self) -> None:
+        self.budget = KEPT_FEATURES_BYTES
+        self.nbytes = 0
+        self._frames: dict[int, tuple[ImageFeatures, bool]] = {}  # frame -> (features, lasting)
+
+    def get(self, frame_idx: int) -> ImageFeatures | None:
+        """The kept features of ``frame_idx``, or None."""
+        kept = self._frames.get(frame_idx)
+        return None if kept is None else kept[0]
+
+    def keep(self, frame_idx: int, feats: ImageFeatures, lasting: bool = False) -> bool:
+        """Keep one frame's features (batch 1) if they fit the budget; whether they are kept now. ``lasting`` ones
+        outlive ``drop_passing``."""
+        if frame_idx in self._frames:
+            held, was_lasting = self._frames[frame_idx]
+            self._frames[frame_idx] = (held, was_lasting or lasting)
+            return True
+        size = features_nbytes(feats)
+        if self.nbytes + size > self.budget:
+            return False
+        self._frames[frame_idx] = (feats, lasting)
+        self.nbytes += size
+        return True
+
+    def lasting(self) -> list[tuple[int, ImageFeatures]]:
+        """(frame, features) of the frames kept for good, in the order they were kept."""
+        return [(t, feats) for t, (feats, lasting) in self._frames.items() if lasting]
+
+    def drop_passing(self) -> None:
+        """Forget the frames not kept for good (the prompts they were kept for are gone)."""
+        for t in [t for t, (_, lasting) in self._frames.items() if not lasting]:
+            self.nbytes -= features_nbytes(self._frames.pop(t)[0])
 
 
 class FeatureStream:

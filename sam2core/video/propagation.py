@@ -1,6 +1,7 @@
 """Propagation: the forward and backward passes that track every object through the video, frame by frame.
 
-Features of the frames a pass needs are streamed (``feature_stream.FeatureStream``); each frame's objects are tracked by the
+Features of the frames a pass needs are streamed (``feature_stream.FeatureStream``), except those the session keeps
+(``feature_stream.KeptFeatures``: prompted frames, discovery's keyframes); each frame's objects are tracked by the
 ``Tracker`` and, in bounded mode (``keep_history=False``), the store is pruned after every frame to what later frames
 can read. A forward pass also keeps its first frames, which a later backward pass from the same start reads. Bounded
 mode records the frames each pass tracked, for ``replay.py`` to re-run parts of them.
@@ -20,7 +21,7 @@ import torch
 
 from sam2core.modeling.sam2 import ImageFeatures
 
-from .feature_stream import FeatureStream, FrameSource, plan_threads
+from .feature_stream import FeatureStream, FrameSource, KeptFeatures, plan_threads
 from .memory import MemoryParams, frames_to_keep, prune
 from .options import SessionOptions
 from .results import FrameResult, tracked_frame_result
@@ -59,11 +60,12 @@ class Propagator:
     """Runs the passes of one video's session over its objects (``state``), recording them in bounded mode."""
 
     def __init__(self, tracker: Tracker, source: FrameSource, state: SessionState, options: SessionOptions,
-                 on_features: Callable[[int, ImageFeatures], None] | None = None) -> None:
+                 kept: KeptFeatures, on_features: Callable[[int, ImageFeatures], None] | None = None) -> None:
         self.tracker = tracker
         self.source = source
         self.state = state
         self.options = options
+        self.kept = kept  # frames whose features are not streamed again
         self.passes: list[Pass] = []  # bounded mode: the passes since the tracking store was last cleared
         self.on_features = on_features  # told each tracked frame's features (the session keeps the newest)
 
@@ -111,9 +113,9 @@ class Propagator:
         self.tracker.warm_up(self.tracker.pass_patterns(cond_frames, order, reverse, num_frames))
         to_compute = [t for t in order if any(t not in obj.cond for obj in objects)]
         threads = plan_threads(self.options.overlap_encoder, self.tracker.device)
-        stream = FeatureStream(self.source, to_compute, self.tracker.encode, self.tracker.device,
-                               self.options.prefetch, self.options.encoder_batch, threads.overlap,
-                               threads.encoder_threads)
+        stream = FeatureStream(self.source, [t for t in to_compute if self.kept.get(t) is None], self.tracker.encode,
+                               self.tracker.device, self.options.prefetch, self.options.encoder_batch,
+                               threads.overlap, threads.encoder_threads)
         features = iter(stream)
         mark = BACKWARD if reverse else FORWARD
         try:
@@ -121,11 +123,13 @@ class Propagator:
                 tracked = [obj for obj in objects if frame_idx not in obj.cond]
                 low = {}
                 if tracked:
-                    item = next(features, None)
-                    if item is None:  # the source has no frame `frame_idx`: the video ends before it
-                        self._ended(frame_idx, reverse)
-                        return
-                    feats = item[1]
+                    feats = self.kept.get(frame_idx)
+                    if feats is None:
+                        item = next(features, None)
+                        if item is None:  # the source has no frame `frame_idx`: the video ends before it
+                            self._ended(frame_idx, reverse)
+                            return
+                        feats = item[1]
                     if self.on_features is not None:
                         self.on_features(frame_idx, feats)
                     with torch.inference_mode(), self.tracker.autocast():

@@ -34,7 +34,7 @@ import torch
 
 from sam2core.modeling.sam2 import ImageFeatures, SAM2Model
 
-from .feature_stream import FrameSource, host_frame, to_device
+from .feature_stream import FrameSource, KeptFeatures, features_nbytes, host_frame, to_device
 from .live import OPEN_END, LiveTracker, PushedFrames
 from .memory import MemoryParams
 from .options import COMPUTE_DTYPES, SessionOptions
@@ -81,9 +81,13 @@ class VideoSession:
                 raise ValueError("the video has no frames")
             self.source = source
             self._cached: tuple[int, ImageFeatures] | None = None  # (frame, features) of the frame encoded last
-        # on the same video the newest frame's features stay valid: they hold no tracking state
+            self._kept = KeptFeatures()  # prompted frames' features, and those handed over (keep_features)
+        else:
+            self._kept.drop_passing()  # the prompts those were kept for are gone
+        # on the same video the newest frame's features and the lasting kept ones stay valid: no tracking state
         self.state = SessionState(num_frames=self.source.num_frames if source is not None else self.state.num_frames)
-        self._propagator = Propagator(self._tracker, self.source, self.state, self.options, self._remember)
+        self._propagator = Propagator(self._tracker, self.source, self.state, self.options, self._kept,
+                                      self._remember)
         self._replay = Replay(self.state, self._propagator)
         pushed = self.source if isinstance(self.source, PushedFrames) else None
         self._live = None if pushed is None else LiveTracker(self._tracker, pushed, self.state, self.options,
@@ -122,12 +126,10 @@ class VideoSession:
         return self.state.obj_ids
 
     def state_nbytes(self) -> int:
-        """Bytes of tensors this session holds (tracking state plus the cached frame features)."""
-        total = self.state.nbytes() + self._replay.nbytes()
-        if self._cached is not None:
-            feats = self._cached[1]
-            tensors = [feats.feat, feats.pos, *feats.high_res]
-            total += sum(t.numel() * t.element_size() for t in tensors)
+        """Bytes of tensors this session holds (tracking state plus the cached and kept frame features)."""
+        total = self.state.nbytes() + self._replay.nbytes() + self._kept.nbytes
+        if self._cached is not None and self._kept.get(self._cached[0]) is not self._cached[1]:
+            total += features_nbytes(self._cached[1])
         return total
 
     def _remember(self, frame_idx: int, feats: ImageFeatures) -> None:
@@ -136,8 +138,12 @@ class VideoSession:
     def features(self, frame_idx: int) -> ImageFeatures:
         """Image features of one frame (raw backbone output, batch 1, in the session's compute dtype): the frame
         encoded last, whether for a prompt or as the last frame a propagation tracked, is reused, also across
-        ``reset()`` on the same video. So a prompt (or an automatic mask generator, see
-        ``AutomaticMaskGenerator.generate_masks``) on the frame a chunked propagation stopped at encodes nothing."""
+        ``reset()`` on the same video, and so are the kept frames' (prompted ones, ``keep_features``). So a prompt
+        (or an automatic mask generator, see ``AutomaticMaskGenerator.generate_masks``) on the frame a chunked
+        propagation stopped at encodes nothing."""
+        kept = self._kept.get(frame_idx)
+        if kept is not None:
+            return kept
         if self._cached is None or self._cached[0] != frame_idx:
             frame = next(iter(self.source.iter_frames([frame_idx])), None)
             if frame is None:
@@ -145,6 +151,12 @@ class VideoSession:
             frame = host_frame(frame, frame_idx, self.source, False)
             self._remember(frame_idx, self._tracker.encode(to_device([frame], self._device)))
         return self._cached[1]
+
+    def keep_features(self, frame_idx: int, feats: ImageFeatures) -> bool:
+        """Keep features of a frame of this video computed elsewhere (``features`` of it, e.g. on a keyframe object
+        discovery walked), for the prompts and passes that follow, also after ``reset()``, within the kept frames'
+        budget (``feature_stream.KeptFeatures``); whether they are kept. ``reset`` to another video drops them."""
+        return self._kept.keep(frame_idx, feats, lasting=True)
 
     def compute_context(self) -> contextlib.AbstractContextManager:
         """The context the session's model steps run in (autocast to its compute dtype; nothing for float32):
@@ -210,7 +222,7 @@ class VideoSession:
         store = obj if initial or keeps_window else self._replay.stores(frame_idx)[obj_id]
         previous = self._shown_output(obj, frame_idx, initial)
         prev_logits = previous.low_res if previous is not None else None
-        feats = self.features(frame_idx)
+        feats = self._prompt_features(frame_idx)
         with torch.inference_mode(), self._tracker.autocast():
             out = self._tracker.points_step(feats, store, frame_idx, prompt, prev_logits, initial, reverse,
                                             OPEN_END if self._live is not None else self.state.num_frames)
@@ -226,13 +238,21 @@ class VideoSession:
         mask_t = mask_prompt(f"object {obj_id}, frame {frame_idx}", mask, self._image_size, self._device)
         obj = self.state.get_or_new(obj_id)
         initial, _ = self._frame_role(obj, frame_idx)
-        feats = self.features(frame_idx)
+        feats = self._prompt_features(frame_idx)
         with torch.inference_mode(), self._tracker.autocast():
             out = self._tracker.mask_step(feats, mask_t)
         self.state.register(obj)
         obj.points.pop(frame_idx, None)
         obj.pending[(frame_idx, initial)] = out
         return self._prompt_result(frame_idx, initial)
+
+    def _prompt_features(self, frame_idx: int) -> ImageFeatures:
+        """``features`` of a prompted frame, kept (within budget) for its prompts' memories and the passes: pushed
+        frames are not read again and are not kept."""
+        feats = self.features(frame_idx)
+        if self._live is None:
+            self._kept.keep(frame_idx, feats)
+        return feats
 
     def _prompt_result(self, frame_idx: int, is_cond: bool) -> FrameResult:
         """All objects on a prompted frame (objects without an output there: -1024); video resolution on request."""

@@ -112,6 +112,29 @@ def test_the_walk_reads_only_its_keyframes_and_prompt_frames(model) -> None:
     assert sorted(r.frame_idx for r in session.propagate(direction="both")) == list(range(FRAMES))
 
 
+def test_the_final_pass_encodes_no_frame_the_walk_found_objects_on(model) -> None:
+    """The keyframes where objects were found are read (and encoded) by the walk only: their features are handed to
+    the session, and the final pass's prompts and propagation reuse them (every other frame is read once). Its masks
+    are those of a fresh session given the same prompts."""
+    generator = AutomaticMaskGenerator(model, points_per_side=4, pred_iou_thresh=0.0, stability_score_thresh=0.0)
+    source = Logged(video())
+    session = VideoSession(model, source)
+    found = discover_objects(session, generator, DiscoveryOptions(every=4, max_objects=9, min_area=1))
+    found_on = {d.frame_idx for d in found}
+    assert found_on and source.asked == [0, 4, 8]
+    source.asked.clear()
+    fresh = VideoSession(model, ArrayFrameSource(video()))
+    for s in (session, fresh):
+        for d in found:
+            s.add_mask(d.frame_idx, d.obj_id, d.mask)
+    ours = {r.frame_idx: r.mask_logits.clone() for r in session.propagate(direction="both")}
+    assert sorted(source.asked) == [t for t in range(FRAMES) if t not in found_on]
+    expected = {r.frame_idx: r.mask_logits.clone() for r in fresh.propagate(direction="both")}
+    assert sorted(ours) == list(range(FRAMES))
+    for t in expected:
+        assert torch.equal(ours[t], expected[t]), f"frame {t}"
+
+
 def test_a_bad_prompt_is_refused_naming_its_frame_of_the_video(model) -> None:
     session = VideoSession(model, ArrayFrameSource(video()))
     generator = AutomaticMaskGenerator(model, points_per_side=4, pred_iou_thresh=0.0, stability_score_thresh=0.0)

@@ -12,7 +12,7 @@ import torch
 from scipy import ndimage
 
 from sam2core.build import build_model
-from sam2core.video import ArrayFrameSource, PromptError, SessionOptions, VideoSession
+from sam2core.video import ArrayFrameSource, PromptError, SessionOptions, VideoSession, feature_stream
 from sam2core.video.postprocess import fill_holes, non_overlap
 from tests.sam2core.video_cases import (Case, compare, jpeg_roundtrip, oracle_pair, run_official, run_ours,
                                         shape_center, shape_mask, synthetic_video)
@@ -404,3 +404,26 @@ def test_chunked_walk_encodes_every_frame_once(model) -> None:
     torch.testing.assert_close(reused.feat, fresh.features(8).feat)
     session.reset(ArrayFrameSource(frames[::-1].copy()))  # another video: nothing of the old one is reused
     torch.testing.assert_close(session.features(8).feat, fresh.features(0).feat)
+
+
+def test_prompted_frames_are_encoded_once(model, monkeypatch) -> None:
+    """Objects prompted on two frames: every frame is read (and encoded) once, a prompted one for its prompts: its
+    features are kept for the prompts' memories and for tracking the frame's other objects. With no room to keep
+    them the prompted frames are read again, and the masks are the same."""
+    frames = synthetic_video(8)
+
+    def run() -> tuple[dict[int, torch.Tensor], int, int]:
+        source = CountingSource(frames)
+        session = VideoSession(model, source)
+        _prompt(session, 0)
+        session.add_mask(5, 3, shape_mask(5, 1))
+        return _run(session), source.produced, session.state_nbytes()
+
+    kept, produced, held = run()
+    assert sorted(kept) == list(range(8)) and produced == 8
+    monkeypatch.setattr(feature_stream, "KEPT_FEATURES_BYTES", 0)
+    again, produced_again, held_again = run()
+    assert produced_again == 8 + 4  # each prompted frame again for its prompts' memories and for the pass
+    assert held > held_again  # the kept frames count in what the session holds
+    for t in kept:
+        assert torch.equal(kept[t], again[t]), f"frame {t}"

@@ -22,6 +22,7 @@ from pipeline.actor.discovery import discover, discovery_options, prune
 from pipeline.io.masklets import MaskletBuilder, from_sav_json, to_sav_json
 from pipeline.specs import AutoSpec, SpecError
 from pipeline.plan.tasks import Prompt
+from sam2core.modeling.sam2 import ImageFeatures
 from sam2core.video.discovery import FoundObject, keyframes
 from sam2core.video.discovery import admit as device_admit
 
@@ -71,19 +72,26 @@ def admit(candidates: np.ndarray, known: list[np.ndarray], spec: AutoSpec, room:
                         discovery_options(spec), room)
 
 
+def frame_features(t: int) -> ImageFeatures:
+    """The tracker stand-in's features of the video's frame ``t``: one number, ``t``."""
+    code = torch.full((1, 1, 1, 1), float(t))
+    return ImageFeatures(code, code, (code, code))
+
+
 class TrueGenerator:
     """The true masks of the objects visible on a frame (largest last, to exercise the sort), clicks on known
     objects or not; counts calls and keeps the ``skip`` masks it was given. Its features are what the tracker
-    stand-in gives: the frame index."""
+    stand-in gives: the frame index (``frame_features``)."""
 
     def __init__(self, gt: np.ndarray) -> None:
         self.gt = gt
         self.frames: list[int] = []
         self.skips: dict[int, np.ndarray | None] = {}
 
-    def generate_masks(self, image: np.ndarray, features: int, skip: torch.Tensor | None = None) -> SimpleNamespace:
+    def generate_masks(self, image: np.ndarray, features: ImageFeatures,
+                       skip: torch.Tensor | None = None) -> SimpleNamespace:
         t = int(image[0, 0, 0])
-        assert t == features
+        assert t == int(features.feat)
         self.frames.append(t)
         self.skips[t] = None if skip is None else skip.numpy()
         masks = [m for m in self.gt[:, t] if m.any()][::-1]
@@ -101,12 +109,14 @@ class Result:
 class TrueTracker:
     """A VideoSession look-alike: an object prompted with a mask follows the true object it overlaps most. Like the
     session, it numbers the frames of its source (the walk's frames, 0..n-1, while discovery walks); the masks are
-    those of the video's frames; ``walked`` keeps the video's frames it was reset to."""
+    those of the video's frames; ``walked`` keeps the video's frames it was reset to, ``handed`` the frames whose
+    features it was handed for the final pass (``keep_features``, forgotten when its video changes)."""
 
     def __init__(self, gt: np.ndarray) -> None:
         self.gt = gt
         self.source = FrameSource(gt.shape[1])
         self.walked: list[list[int]] = []
+        self.handed: list[int] = []
         self.reset()
         self.max_prompted = 0
 
@@ -115,8 +125,13 @@ class TrueTracker:
         frames = getattr(self.source, "frames", None)
         return i if frames is None else frames[i]
 
-    def features(self, frame_idx: int) -> int:
-        return self._frame(frame_idx)
+    def features(self, frame_idx: int) -> ImageFeatures:
+        return frame_features(self._frame(frame_idx))
+
+    def keep_features(self, frame_idx: int, feats: ImageFeatures) -> bool:
+        assert int(feats.feat) == frame_idx  # the video's frame, not the walk's number
+        self.handed.append(frame_idx)
+        return True
 
     def compute_context(self) -> nullcontext:
         return nullcontext()
@@ -125,6 +140,7 @@ class TrueTracker:
         if source is not None:
             self.source = source
             self.walked.append([self._frame(i) for i in range(source.num_frames)])
+            self.handed = []
         self.truth: dict[int, int] = {}
         self.prompt_frames: dict[int, int] = {}
 
@@ -187,9 +203,11 @@ def test_keyframes_follow_the_cadence() -> None:
 def test_each_entering_object_gets_one_id_and_starts_where_it_appears() -> None:
     gt = synthetic_video()
     generator = TrueGenerator(gt)
-    found = discover(TrueTracker(gt), generator, AutoSpec(min_area=1))
+    session = TrueTracker(gt)
+    found = discover(session, generator, AutoSpec(min_area=1))
     assert generator.frames == keyframes(T, 4)
     assert [(d.obj_id, d.frame_idx) for d in found] == [(0, 0), (1, 8), (2, 12), (3, 20)]
+    assert session.handed == [0, 8, 12, 20]  # the final pass prompts there: those frames are not encoded again
     assert found[1].stability == pytest.approx(0.9)  # the score the generator gave that mask
     builder, tracker = final_pass(gt, found)
     assert sorted(tracker.truth.values()) == [0, 1, 2, 3]  # every true object once: nothing duplicated
