@@ -33,7 +33,7 @@ caller's: typically prompt each one where it was found and ``propagate(direction
 from __future__ import annotations
 
 from bisect import bisect_left
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Collection, Iterator, Sequence
 from dataclasses import dataclass, replace
 
 import numpy as np
@@ -41,8 +41,9 @@ import torch
 
 from sam2core.automatic import AutomaticMaskGenerator
 from sam2core.mask_ops import mask_boxes
+from sam2core.modeling.sam2 import ImageFeatures
 
-from .feature_stream import FrameSource, KeptFeatures
+from .feature_stream import KEPT_FEATURES_BYTES, FrameSource, KeptFeatures, features_nbytes
 from .results import FrameResult
 from .session import VideoSession
 
@@ -204,11 +205,22 @@ def _result_masks(result: FrameResult) -> dict[int, torch.Tensor]:
     return {o: masks[j] for j, o in enumerate(result.obj_ids)}
 
 
+def _keep(session: VideoSession, frame_idx: int, feats: ImageFeatures) -> None:
+    """Give the session a walk frame's features until its next reset: it then reads no frame while the walk's
+    stream is reading the video (a decoder is not shared between threads)."""
+    if not session.keep_features(frame_idx, feats, lasting=False):
+        raise RuntimeError(f"one frame's image features ({features_nbytes(feats)} bytes) exceed what a session "
+                           f"keeps ({KEPT_FEATURES_BYTES} bytes): the image size is too large for discovery")
+
+
 def _track(session: VideoSession, start: int, end: int, known: dict[int, torch.Tensor],
-           prompts: Sequence[ObjectPrompt]) -> dict[int, torch.Tensor]:
+           prompts: Sequence[ObjectPrompt], feats: tuple[ImageFeatures, ImageFeatures]) -> dict[int, torch.Tensor]:
     """Masks of the objects at ``end`` after tracking from ``start`` (prompted there with ``known`` and the
-    ``prompts`` of that frame); objects with an empty mask at ``start`` stay empty."""
+    ``prompts`` of that frame), on the two frames' features ``feats`` (the step encodes nothing); objects with an
+    empty mask at ``start`` stay empty."""
     session.reset()
+    _keep(session, start, feats[0])
+    _keep(session, end, feats[1])
     prompted = {p.obj_id for p in prompts}
     nonempty = torch.stack([m.any() for m in known.values()]).tolist() if known else []
     for (obj_id, mask), present in zip(known.items(), nonempty):
@@ -225,9 +237,12 @@ def _track(session: VideoSession, start: int, end: int, known: dict[int, torch.T
     return out
 
 
-def _prompted_masks(session: VideoSession, prompts: Sequence[ObjectPrompt]) -> dict[int, torch.Tensor]:
-    """The masks the ``prompts`` of one frame give their objects there (a throwaway session state)."""
+def _prompted_masks(session: VideoSession, prompts: Sequence[ObjectPrompt],
+                    feats: ImageFeatures) -> dict[int, torch.Tensor]:
+    """The masks the ``prompts`` of one frame (whose features are ``feats``) give their objects there, on the
+    session's video (a throwaway session state)."""
     session.reset()
+    _keep(session, prompts[0].frame_idx, feats)
     result = None
     for p in prompts:
         result = p.apply(session)
@@ -239,15 +254,17 @@ class _WalkFrames:
     numbered 0..n-1: the session tracks from one to the next directly. Frames past the source's count (one that
     was lowered when a read ended early) are not part of it.
 
-    The frame yielded last is kept and given again when asked first: the session's step and the generator both
-    need each keyframe, and a second read of a frame a video decoder has passed would restart it at the keyframe
-    of the file before it (up to a whole group of pictures decoded again)."""
+    The pictures of the frames ``held`` (the keyframes' numbers) are kept from when they are read (the walk's
+    feature stream reads ahead) until the walk ``take``s them for the generator: a second read of a frame a video
+    decoder has passed would restart it at the keyframe of the file before it (up to a whole group of pictures
+    decoded again)."""
 
-    def __init__(self, source: FrameSource, frames: Sequence[int]) -> None:
+    def __init__(self, source: FrameSource, frames: Sequence[int], held: Collection[int]) -> None:
         self.source = source
         self.frames = list(frames)
         self.height, self.width = source.height, source.width
-        self._last: tuple[int, np.ndarray | torch.Tensor] | None = None
+        self._held = set(held)
+        self._pictures: dict[int, np.ndarray | torch.Tensor] = {}
 
     @property
     def num_frames(self) -> int:
@@ -255,12 +272,14 @@ class _WalkFrames:
 
     def iter_frames(self, indices: Sequence[int]) -> Iterator[np.ndarray | torch.Tensor]:
         indices = list(indices)
-        if indices and self._last is not None and self._last[0] == indices[0]:
-            yield self._last[1]
-            indices = indices[1:]
         for i, frame in zip(indices, self.source.iter_frames([self.frames[i] for i in indices])):
-            self._last = (i, frame)
+            if i in self._held:
+                self._pictures[i] = frame
             yield frame
+
+    def take(self, i: int) -> np.ndarray | torch.Tensor:
+        """The picture of held frame ``i``, read by the stream (it is forgotten here)."""
+        return self._pictures.pop(i)
 
 
 def discover_objects(session: VideoSession, generator: AutomaticMaskGenerator, options: DiscoveryOptions,
@@ -277,30 +296,33 @@ def discover_objects(session: VideoSession, generator: AutomaticMaskGenerator, o
     by_frame: dict[int, list[ObjectPrompt]] = {}
     for p in prompts:
         by_frame.setdefault(p.frame_idx, []).append(p)
-    walk = _WalkFrames(source, sorted(keys | {f for f in by_frame if 0 <= f < n}))
+    boundaries = sorted(keys | {f for f in by_frame if 0 <= f < n})
+    walk = _WalkFrames(source, boundaries, [i for i, b in enumerate(boundaries) if b in keys])
     next_id = max((p.obj_id for p in prompts), default=-1) + 1
     known: dict[int, torch.Tensor] = {}  # every known object's mask at the current boundary
     found: list[FoundObject] = []
     found_on = KeptFeatures()  # features of the keyframes where objects were found, for the final pass
     session.reset(walk)
+    stream = session.stream_features(range(walk.num_frames))
+    features = iter(stream)
     try:
+        ahead = next(features, None)  # the boundary's features; the stream encodes the next ones meanwhile
         for i, b in enumerate(walk.frames):
             # a source that claimed more frames than it has: a read that ended early lowered its count (a pipeline
             # decoder), or it yields nothing past its end
-            frame = next(iter(walk.iter_frames([i])), None) if b < source.num_frames and b in keys else None
-            if b >= source.num_frames or (b in keys and frame is None):
+            if ahead is None or ahead[0] != i:
                 break  # the video ends before this boundary
+            feats = ahead[1]
             if on_frame is not None:
                 on_frame(b)
             if b in by_frame:  # given on the video, so that a bad prompt's error names the video's frame
                 session.reset(source)
-                known.update(_prompted_masks(session, by_frame[b]))
+                known.update(_prompted_masks(session, by_frame[b], feats))  # no read: the stream is reading
                 session.reset(walk)
             here = [replace(p, frame_idx=i) for p in by_frame.get(b, [])]  # in the walk's numbering
             if b in keys:
-                image = np.array(frame)  # a writable copy
+                image = np.array(walk.take(i))  # a writable copy
                 stacked = torch.stack(list(known.values())) if known else None
-                feats = session.features(i)
                 with torch.inference_mode(), session.compute_context():
                     masks = generator.generate_masks(image, feats,
                                                      skip=None if stacked is None else stacked.any(dim=0))
@@ -315,9 +337,11 @@ def discover_objects(session: VideoSession, generator: AutomaticMaskGenerator, o
                     found_on.keep(b, feats, lasting=True)
             if len(found) >= options.max_objects:
                 break  # nothing later can be admitted: tracking on would find nothing
-            if i + 1 < len(walk.frames) and known:
-                known = _track(session, i, i + 1, known, here)
+            ahead = next(features, None)
+            if ahead is not None and known:
+                known = _track(session, i, i + 1, known, here, (feats, ahead[1]))
     finally:
+        stream.close()
         session.reset(source)
     for b, feats in found_on.lasting():
         session.keep_features(b, feats)

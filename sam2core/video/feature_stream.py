@@ -114,6 +114,8 @@ def to_device(frames: list[torch.Tensor], device: torch.device) -> torch.Tensor:
 
 
 def _decoded(source: FrameSource, indices: list[int], pin: bool) -> Iterator[torch.Tensor]:
+    if not indices:
+        return  # nothing asked: the source is not touched (another stream may be reading it)
     for frame_idx, frame in zip(indices, source.iter_frames(indices)):
         yield host_frame(frame, frame_idx, source, pin)
 

@@ -56,6 +56,15 @@ def mirror_frames(start: int, num_frames: int, params: MemoryParams) -> tuple[se
     return ptr | ptr_before, mem | mem_before
 
 
+def feature_stream(tracker: Tracker, source: FrameSource, indices: Sequence[int],
+                   options: SessionOptions) -> FeatureStream:
+    """The features of ``indices`` of ``source`` in order, decoded and encoded ahead as a pass does (the encoder
+    thread when a core is spare, on CUDA its own stream)."""
+    threads = plan_threads(options.overlap_encoder, tracker.device)
+    return FeatureStream(source, indices, tracker.encode, tracker.device, options.prefetch, options.encoder_batch,
+                         threads.overlap, threads.encoder_threads)
+
+
 class Propagator:
     """Runs the passes of one video's session over its objects (``state``), recording them in bounded mode."""
 
@@ -112,10 +121,8 @@ class Propagator:
         num_cond = self.tracker.pass_cond(cond_frames)
         self.tracker.warm_up(self.tracker.pass_patterns(cond_frames, order, reverse, num_frames))
         to_compute = [t for t in order if any(t not in obj.cond for obj in objects)]
-        threads = plan_threads(self.options.overlap_encoder, self.tracker.device)
-        stream = FeatureStream(self.source, [t for t in to_compute if self.kept.get(t) is None], self.tracker.encode,
-                               self.tracker.device, self.options.prefetch, self.options.encoder_batch,
-                               threads.overlap, threads.encoder_threads)
+        stream = feature_stream(self.tracker, self.source, [t for t in to_compute if self.kept.get(t) is None],
+                                self.options)
         features = iter(stream)
         mark = BACKWARD if reverse else FORWARD
         try:

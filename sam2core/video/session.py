@@ -26,7 +26,7 @@ Semantics are those of the official ``SAM2VideoPredictor`` (sam2 1.1.0, per-obje
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Collection, Iterator, Mapping
+from collections.abc import Collection, Iterator, Mapping, Sequence
 
 import numpy as np
 import numpy.typing as npt
@@ -34,12 +34,12 @@ import torch
 
 from sam2core.modeling.sam2 import ImageFeatures, SAM2Model
 
-from .feature_stream import FrameSource, KeptFeatures, features_nbytes, host_frame, to_device
+from .feature_stream import FeatureStream, FrameSource, KeptFeatures, features_nbytes, host_frame, to_device
 from .live import OPEN_END, LiveTracker, PushedFrames
 from .memory import MemoryParams
 from .options import COMPUTE_DTYPES, SessionOptions
 from .prompts import PromptError, mask_prompt, point_prompt
-from .propagation import Propagator, pass_frames
+from .propagation import Propagator, feature_stream, pass_frames
 from .replay import Replay
 from .results import FrameResult, prompted_frame_result
 from .state import BACKWARD, UNTRACKED, FrameOutput, ObjectState, PointPrompt, SessionState
@@ -152,11 +152,19 @@ class VideoSession:
             self._remember(frame_idx, self._tracker.encode(to_device([frame], self._device)))
         return self._cached[1]
 
-    def keep_features(self, frame_idx: int, feats: ImageFeatures) -> bool:
-        """Keep features of a frame of this video computed elsewhere (``features`` of it, e.g. on a keyframe object
-        discovery walked), for the prompts and passes that follow, also after ``reset()``, within the kept frames'
-        budget (``feature_stream.KeptFeatures``); whether they are kept. ``reset`` to another video drops them."""
-        return self._kept.keep(frame_idx, feats, lasting=True)
+    def keep_features(self, frame_idx: int, feats: ImageFeatures, lasting: bool = True) -> bool:
+        """Keep features of a frame of this video computed elsewhere (from ``features`` or ``stream_features``, e.g.
+        on a keyframe object discovery walked) for the prompts and passes that follow, within the kept frames'
+        budget (``feature_stream.KeptFeatures``); whether they are kept. ``lasting`` ones outlive ``reset()``, the
+        others are dropped by it, as a prompted frame's are; ``reset`` to another video drops them all."""
+        return self._kept.keep(frame_idx, feats, lasting)
+
+    def stream_features(self, indices: Sequence[int]) -> FeatureStream:
+        """Features of the frames ``indices`` of the session's video, in order, decoded and encoded ahead of the
+        caller as a pass does (on the encoder thread when a core is spare; on CUDA on its own stream); iterate it
+        for ``(frame_idx, features)``, ``close()`` it when done. Object discovery walks its keyframes with it: the
+        next one is encoded while the generator works on the current one."""
+        return feature_stream(self._tracker, self.source, indices, self.options)
 
     def compute_context(self) -> contextlib.AbstractContextManager:
         """The context the session's model steps run in (autocast to its compute dtype; nothing for float32):

@@ -92,9 +92,9 @@ class Logged(ArrayFrameSource):
 
 def test_the_walk_reads_only_its_keyframes_and_prompt_frames(model) -> None:
     """The walk tracks from boundary to boundary directly: the frames between them are never read (nor encoded),
-    each keyframe is read once (the generator gets the frame the session's step read: a video decoder would
-    restart for a second read), a prompt frame twice (its prompts are given on the video itself), and the session
-    is left on its own video, every frame of it there for the final pass."""
+    and each boundary is read once, in one stream ahead of the walk (the generator gets the picture the stream read,
+    and a prompt given on the video its features: a video decoder would restart for a second read, and is not
+    shared between threads); the session is left on its own video, every frame of it there for the final pass."""
     source = Logged(video())
     session = VideoSession(model, source)
     generator = AutomaticMaskGenerator(model, points_per_side=4, pred_iou_thresh=0.0, stability_score_thresh=0.0)
@@ -104,7 +104,7 @@ def test_the_walk_reads_only_its_keyframes_and_prompt_frames(model) -> None:
     source.asked.clear()
     prompts = [ObjectPrompt(2, 3, points=[[45.0, 47.0]], labels=[1])]
     found = discover_objects(session, generator, options, prompts)
-    assert source.asked == [0, 2, 2, 4, 8]
+    assert source.asked == [0, 2, 4, 8]
     assert session.source is source and not session.obj_ids
     source.asked.clear()
     for d in found:

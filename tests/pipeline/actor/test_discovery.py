@@ -106,6 +106,13 @@ class Result:
     mask_logits: torch.Tensor
 
 
+class Stream(list):
+    """A feature stream stand-in: the items, and ``close``."""
+
+    def close(self) -> None:
+        pass
+
+
 class TrueTracker:
     """A VideoSession look-alike: an object prompted with a mask follows the true object it overlaps most. Like the
     session, it numbers the frames of its source (the walk's frames, 0..n-1, while discovery walks); the masks are
@@ -128,10 +135,16 @@ class TrueTracker:
     def features(self, frame_idx: int) -> ImageFeatures:
         return frame_features(self._frame(frame_idx))
 
-    def keep_features(self, frame_idx: int, feats: ImageFeatures) -> bool:
-        assert int(feats.feat) == frame_idx  # the video's frame, not the walk's number
-        self.handed.append(frame_idx)
+    def keep_features(self, frame_idx: int, feats: ImageFeatures, lasting: bool = True) -> bool:
+        assert int(feats.feat) == self._frame(frame_idx)
+        if lasting:
+            self.handed.append(frame_idx)
         return True
+
+    def stream_features(self, indices):
+        """The features of the source's frames ``indices``, read from it in one go (as the session's stream)."""
+        indices = list(indices)
+        return Stream((i, self.features(i)) for i, _ in zip(indices, self.source.iter_frames(indices)))
 
     def compute_context(self) -> nullcontext:
         return nullcontext()
