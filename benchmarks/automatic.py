@@ -24,10 +24,11 @@ are run as it runs them (``sam2core.video.discovery``: the walk over keyframes w
 session's features, then the final pass, which reuses the features of the keyframes the walk found objects on); the
 prompted baseline is that final pass alone on the video as new (the discovered objects prompted where they were
 found, propagated both ways), i.e. a manifest job that already knew them; the two take turns three times (fastest of
-each). Figures: seconds of both, the overhead ratio (auto over prompted), the walk's
-share spent in the generator and in its mask decoder, the clicks it decoded (those on known objects are skipped),
-and the ratio the walk would give with the generator's post-processing free (what is left is the official per-click
-decoder arithmetic and the walk's own tracking). With random weights the tracked masks are empty, so no click is
+each). On a CPU the case's process keeps freed memory, as the pipeline's CPU replicas do (``sam2core.host_memory``).
+Figures: seconds of both, the overhead ratio (auto over prompted), the walk's share spent in the generator and in its
+mask decoder, the clicks it decoded (those on known objects are skipped), and the ratio the walk would give with the
+generator's post-processing free (what is left is the official per-click decoder arithmetic and the walk's own
+tracking). With random weights the tracked masks are empty, so no click is
 skipped and every keyframe finds its generator's mask new again until ``max_objects``: the walk is nearly all
 generator, more than a trained model's walk (which skips the clicks on what it tracks) would be.
 
@@ -144,9 +145,12 @@ def measure_video(arch: str, image_size: int, frames: int, every: int, points_pe
     from benchmarks.harness import sync
     from benchmarks.video import synthetic_video
     from sam2core import AutomaticMaskGenerator, build_model
+    from sam2core.host_memory import keep_freed_memory
     from sam2core.video import ArrayFrameSource, SessionOptions, VideoSession
     from sam2core.video.discovery import DiscoveryOptions, discover_objects
 
+    if device == "cpu":
+        keep_freed_memory()  # as a CPU replica of the pipeline does (this process is the case's own)
     torch.manual_seed(seed)
     model = build_model(arch, image_size=image_size, device=device).eval()
     source = ArrayFrameSource(synthetic_video(frames, max_objects, image_size, image_size))

@@ -18,6 +18,7 @@ from pipeline.actor.decoding import InputUnavailable
 from pipeline.records import ClaimLost, Fault, WorkerIdentity, WorkerStartError, WorkerStatus
 from pipeline.specs import ModelSpec
 from sam2core.build import build_model
+from sam2core.host_memory import keep_freed_memory
 
 _DEVICE_ERRORS = ("CUDA error", "CUBLAS_STATUS", "CUDNN_STATUS", "cuDNN error", "device-side assert",
                   "an illegal memory access")
@@ -87,6 +88,8 @@ class Replica:
 
     def __init__(self, model: ModelSpec, device: torch.device, dtype: str) -> None:
         torch.manual_seed(model.seed)
+        if device.type == "cpu":
+            keep_freed_memory()  # the actor's process is the replica's: its CPU steps reuse freed memory
         self.device = device
         self.model = build_model(model.name, model.checkpoint, image_size=model.image_size, device=device,
                                  storage_options=model.storage_options, cache_dir=model.cache_dir)
