@@ -37,7 +37,7 @@ Figures: frames/s and init seconds of every variant; the speed ratio (fps over f
 |Δ logit| and the smallest mask IoU between each of ours and the baseline over every frame and object (on a grid of
 at most ``COMPARE_GRID`` pixels a side: every k-th pixel of larger videos, so the reference stays small). On CPU the
 comparison is made at each intra-op thread count of ``threads`` (1 and 2 by default: ours splits that budget between
-its encoder thread and tracking, see ``sam2core.video.feature_stream.plan_threads``). The official package is imported here
+its encoder thread and tracking, see ``sam2core.thread_plan.plan_threads``). The official package is imported here
 alone, inside the measuring process: comparing with it is this benchmark's purpose, and no product code depends on it.
 """
 

@@ -24,6 +24,7 @@ Semantics worth knowing (all as in sam2 1.1.0):
 
 from __future__ import annotations
 
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any
 
@@ -31,10 +32,11 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from sam2core.mask_ops import (batched_nms, box_area, coco_rle, crop_boxes, layer_point_grids, mask_boxes,
+from sam2core.mask_ops import (batched_nms, box_area, coco_rle, crop_boxes, layer_point_grids, logit_boxes,
                                small_components, stability_score, uncompressed_rle)
 from sam2core.image_predictor import decode, encode_images, prepare_image
 from sam2core.modeling.sam2 import ImageFeatures, SAM2Model
+from sam2core.thread_plan import plan_threads
 
 OUTPUT_MODES = ("binary_mask", "uncompressed_rle", "coco_rle")
 LOGIT_CLAMP = 32.0  # mask logits fed back as an m2m mask prompt are clamped to +-32
@@ -268,16 +270,39 @@ class AutomaticMaskGenerator:
             if len(points) == 0:
                 side = self.model.sam_prompt_encoder.mask_size
                 return _CropMasks.empty((side, side), points.device)
-        parts = [self._process_batch(feats, points[i:i + self.options.points_per_batch], crop_hw, box, image_hw)
-                 for i in range(0, len(points), self.options.points_per_batch)]
-        found = _CropMasks.cat(parts)
+        batches = [points[i:i + self.options.points_per_batch]
+                   for i in range(0, len(points), self.options.points_per_batch)]
+        found = _CropMasks.cat(self._decode_and_score(feats, batches, crop_hw, box, image_hw))
         keep = batched_nms(found.boxes.float(), found.iou, torch.zeros_like(found.boxes[:, 0]),
                            self.options.box_nms_thresh)
         return found.select(keep)
 
-    def _process_batch(self, feats: ImageFeatures, points: torch.Tensor, crop_hw: tuple[int, int],
-                       box: list[int], image_hw: tuple[int, int]) -> _CropMasks:
-        """Decode one batch of clicks (crop pixels) and keep the candidates that pass every filter."""
+    def _decode_and_score(self, feats: ImageFeatures, batches: list[torch.Tensor], crop_hw: tuple[int, int],
+                          box: list[int], image_hw: tuple[int, int]) -> list[_CropMasks]:
+        """Each batch of clicks (crop pixels) decoded, and its candidates that pass every filter.
+
+        On a CPU with a core spare beside the caller's threads (``sam2core.thread_plan``), a batch's candidates are
+        scored on a thread of its own while the next batch is decoded, one batch behind (the decoder would leave
+        that core idle). The results are the same: scoring does the same exact work on either thread."""
+        device = self.model.device
+        plan = plan_threads(device.type == "cpu", device)
+        if not plan.overlap or len(batches) < 2:
+            return [self._score(*self._candidates(feats, b, crop_hw), crop_hw, box, image_hw) for b in batches]
+        scored: list[_CropMasks] = []
+        with ThreadPoolExecutor(1, "generator-scoring", torch.set_num_threads, (plan.side_threads,)) as side:
+            pending: Future[_CropMasks] | None = None
+            for b in batches:
+                candidates = self._candidates(feats, b, crop_hw)
+                if pending is not None:
+                    scored.append(pending.result())  # at most one batch waits: its logits are freed as it goes
+                pending = side.submit(self._score_inference, *candidates, crop_hw, box, image_hw)
+            scored.append(pending.result())
+        return scored
+
+    def _candidates(self, feats: ImageFeatures, points: torch.Tensor,
+                    crop_hw: tuple[int, int]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """One batch of clicks (crop pixels) decoded: the candidates' low-resolution logits, predicted IoU and
+        click, those under ``pred_iou_thresh`` left out."""
         low, iou = self._decode(feats, self._model_coords(points, crop_hw), None, self.options.multimask_output)
         per_point = low.shape[1]
         low, iou = low.flatten(0, 1), iou.flatten(0, 1)
@@ -292,12 +317,23 @@ class AutomaticMaskGenerator:
         if self.options.pred_iou_thresh > 0.0:
             keep = iou > self.options.pred_iou_thresh
             low, iou, points = low[keep], iou[keep], points[keep]
+        return low, iou, points
+
+    def _score(self, low: torch.Tensor, iou: torch.Tensor, points: torch.Tensor, crop_hw: tuple[int, int],
+               box: list[int], image_hw: tuple[int, int]) -> _CropMasks:
+        """The candidates of one batch that pass the stability and crop-edge filters, upsampled and scored a chunk
+        at a time."""
         step = self._upsample_step(low.device, crop_hw)
         parts = [self._score_and_box(low[i:i + step], iou[i:i + step], points[i:i + step], crop_hw, box, image_hw)
                  for i in range(0, len(low), step)]
         if not parts:
             return self._score_and_box(low, iou, points, crop_hw, box, image_hw)
         return _CropMasks.cat(parts)
+
+    @torch.inference_mode()
+    def _score_inference(self, *args: Any) -> _CropMasks:
+        """``_score`` on the scoring thread, in inference mode as the caller's thread is."""
+        return self._score(*args)
 
     def _score_and_box(self, low: torch.Tensor, iou: torch.Tensor, points: torch.Tensor, crop_hw: tuple[int, int],
                        box: list[int], image_hw: tuple[int, int]) -> _CropMasks:
@@ -308,7 +344,7 @@ class AutomaticMaskGenerator:
         if self.options.stability_score_thresh > 0.0:
             keep = stability >= self.options.stability_score_thresh
             low, logits, iou, points, stability = low[keep], logits[keep], iou[keep], points[keep], stability[keep]
-        boxes = mask_boxes(logits > self.options.mask_threshold)
+        boxes = logit_boxes(logits, self.options.mask_threshold)
         keep = ~self._cut_by_crop(boxes, box, image_hw)
         return _CropMasks(low[keep], iou[keep], stability[keep], points[keep], boxes[keep])
 

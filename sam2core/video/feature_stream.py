@@ -10,9 +10,7 @@ on CPU both threads compute at once and on CUDA the encoder's kernels run on a s
 
 from __future__ import annotations
 
-import os
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass
 from itertools import islice
 from typing import Callable, Protocol, runtime_checkable
 
@@ -59,31 +57,6 @@ class ArrayFrameSource:
     def iter_frames(self, indices: Sequence[int]) -> Iterator[np.ndarray]:
         for i in indices:
             yield np.asarray(self._frames[i])
-
-
-@dataclass(frozen=True)
-class ThreadPlan:
-    """How a pass uses the CPU: whether the encoder runs on its own thread, and that thread's intra-op threads
-    (None: the process's setting)."""
-
-    overlap: bool
-    encoder_threads: int | None = None
-
-
-def plan_threads(overlap: bool, device: torch.device) -> ThreadPlan:
-    """Keep the encoder overlap from oversubscribing the CPU: with ``T`` intra-op threads on the calling thread and
-    ``C`` cores, the encoder thread gets ``min(T, C - T)`` threads of its own when a core is spare, and the pass is
-    serial otherwise (measured: at 2 threads on 2 cores, two one-thread stages are slower than one two-thread
-    stage, as intra-op parallelism scales well there). On accelerators the threads only launch kernels: the overlap
-    stays as asked."""
-    if not overlap or device.type != "cpu":
-        return ThreadPlan(overlap)
-    budget = torch.get_num_threads()
-    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
-    spare = cores - budget
-    if spare < 1:
-        return ThreadPlan(False)
-    return ThreadPlan(True, min(budget, spare))
 
 
 def host_frame(frame: np.ndarray | torch.Tensor, frame_idx: int, source: FrameSource, pin: bool) -> torch.Tensor:
@@ -179,7 +152,7 @@ class FeatureStream:
     """Image features for a sequence of frames, encoded ``batch`` frames per call.
 
     A daemon thread decodes up to ``prefetch`` frames ahead. With ``overlap`` a second one (with
-    ``encoder_threads`` intra-op threads on CPU, see ``plan_threads``) also preprocesses and encodes the next batch
+    ``encoder_threads`` intra-op threads on CPU, see ``sam2core.thread_plan``) also preprocesses and encodes the next batch
     while the caller tracks the current one (one batch waits in a queue, one is being
     encoded; on CUDA on its own stream, handed over through an event). Without it the caller encodes. ``encode`` maps
     a [B,H,W,3] uint8 tensor on the model device to the batch's ``ImageFeatures``. Iterating yields

@@ -21,7 +21,9 @@ import torch
 
 from sam2core.modeling.sam2 import ImageFeatures
 
-from .feature_stream import FeatureStream, FrameSource, KeptFeatures, plan_threads
+from sam2core.thread_plan import plan_threads
+
+from .feature_stream import FeatureStream, FrameSource, KeptFeatures
 from .memory import MemoryParams, frames_to_keep, prune
 from .options import SessionOptions
 from .results import FrameResult, tracked_frame_result
@@ -62,7 +64,7 @@ def feature_stream(tracker: Tracker, source: FrameSource, indices: Sequence[int]
     thread when a core is spare, on CUDA its own stream)."""
     threads = plan_threads(options.overlap_encoder, tracker.device)
     return FeatureStream(source, indices, tracker.encode, tracker.device, options.prefetch, options.encoder_batch,
-                         threads.overlap, threads.encoder_threads)
+                         threads.overlap, threads.side_threads)
 
 
 class Propagator:

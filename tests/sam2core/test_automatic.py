@@ -9,6 +9,8 @@ perturbed to make masks depend on the click (see ``_diversify``) and the thresho
 
 from __future__ import annotations
 
+import threading
+
 import numpy as np
 import pytest
 import scipy.ndimage
@@ -17,7 +19,8 @@ import torch.nn.functional as F
 
 from sam2core import AutomaticMaskGenerator
 from sam2core.video import ArrayFrameSource, SessionOptions, VideoSession
-from sam2core.mask_ops import batched_nms, mask_boxes, nms, small_components, uncompressed_rle
+from sam2core.mask_ops import (batched_nms, logit_boxes, mask_boxes, nms, small_components, stability_score,
+                               uncompressed_rle)
 from testkit import torchvision_standin
 from tests.oracle import official_and_ours, report_parity
 
@@ -153,6 +156,30 @@ def test_upsampling_one_candidate_at_a_time_matches_official(models, image, monk
     monkeypatch.setattr(automatic, "CPU_UPSAMPLE_BYTES", 1)
     assert_same_records("one at a time", _official_records(official, image, **LOW),
                         AutomaticMaskGenerator(ours, dynamic_multimask_via_stability=False, **LOW).generate(image))
+
+
+@pytest.mark.parametrize("overlap", [True, False], ids=["scoring-beside-decoding", "serial"])
+def test_scoring_on_its_own_thread_or_not_matches_official(models, image, monkeypatch, overlap):
+    """With a core spare the candidates of one batch are scored on a thread of their own while the next batch is
+    decoded (this suite runs one intra-op thread, so every other case here does that on a 2-core machine); without
+    one, in turn. Both give the official records."""
+    import sam2core.automatic as automatic
+    from sam2core.thread_plan import ThreadPlan
+
+    official, ours = models
+    monkeypatch.setattr(automatic, "plan_threads", lambda wanted, device: ThreadPlan(overlap and wanted, 1))
+    scored_on: set[str] = set()
+    score = automatic.AutomaticMaskGenerator._score
+
+    def logged(self, *args):
+        scored_on.add(threading.current_thread().name)
+        return score(self, *args)
+
+    monkeypatch.setattr(automatic.AutomaticMaskGenerator, "_score", logged)
+    assert_same_records("scoring beside decoding" if overlap else "serial", _official_records(official, image, **LOW),
+                        AutomaticMaskGenerator(ours, dynamic_multimask_via_stability=False, **LOW).generate(image))
+    main = {threading.main_thread().name}
+    assert main.isdisjoint(scored_on) if overlap else scored_on == main
 
 
 def test_official_defaults_match(models, image):
@@ -332,6 +359,26 @@ def test_mask_boxes_and_rle():
     for m in masks.numpy():
         rle = uncompressed_rle(m)
         assert np.array_equal(mask_utils.decode(mask_utils.frPyObjects(rle, 7, 9)).astype(bool), m)
+
+
+def test_scores_and_boxes_from_logits_are_those_of_the_binary_masks():
+    """The generator's CPU shortcuts count and box exactly what the official comparisons do: stability from 0/1
+    floats (also with logits exactly at the cuts and an empty pair, NaN), boxes from row and column maxima."""
+    g = torch.Generator().manual_seed(0)
+    logits = (torch.randn(6, 33, 47, generator=g) * 4).round() / 2  # many logits exactly at -1, 0 and 1
+    logits[4] = -5.0  # both masks empty
+    logits[5] = -5.0
+    logits[5, 3, 40] = 0.5  # one pixel above the cut only
+    inner = (logits > 1.0).flatten(1).sum(dim=1, dtype=torch.int32)
+    outer = (logits > -1.0).flatten(1).sum(dim=1, dtype=torch.int32)
+    expected = inner.float() / outer.float()
+    scores = stability_score(logits, 0.0, 1.0)
+    torch.testing.assert_close(scores, expected, rtol=0, atol=0, equal_nan=True)
+    assert torch.isnan(scores[4]) and scores[5] == 0.0
+    for threshold in (-1.0, 0.0, 0.5, 1.0):
+        assert torch.equal(logit_boxes(logits, threshold), mask_boxes(logits > threshold))
+    assert logit_boxes(logits, 0.0)[4].tolist() == [0, 0, 0, 0]
+    assert logit_boxes(logits, 0.0)[5].tolist() == [40, 3, 40, 3]
 
 
 def test_small_components_match_scipy():

@@ -358,17 +358,17 @@ def test_thread_budget_never_oversubscribes(monkeypatch) -> None:
     threads as cores runs serially, and the encoder thread runs with its share."""
     import os
 
-    from sam2core.video import feature_stream
+    from sam2core import thread_plan
 
     cpu = torch.device("cpu")
     for threads, cores, expected in ((1, 2, (True, 1)), (2, 2, (False, None)), (1, 1, (False, None)),
                                      (2, 8, (True, 2)), (4, 6, (True, 2))):
         monkeypatch.setattr(torch, "get_num_threads", lambda t=threads: t)
         monkeypatch.setattr(os, "sched_getaffinity", lambda pid, c=cores: set(range(c)), raising=False)
-        plan = feature_stream.plan_threads(True, cpu)
-        assert (plan.overlap, plan.encoder_threads) == expected, (threads, cores)
-    assert not feature_stream.plan_threads(False, cpu).overlap
-    assert feature_stream.plan_threads(True, torch.device("cuda")) == feature_stream.ThreadPlan(True)
+        plan = thread_plan.plan_threads(True, cpu)
+        assert (plan.overlap, plan.side_threads) == expected, (threads, cores)
+    assert not thread_plan.plan_threads(False, cpu).overlap
+    assert thread_plan.plan_threads(True, torch.device("cuda")) == thread_plan.ThreadPlan(True)
     monkeypatch.undo()
 
     seen = []
