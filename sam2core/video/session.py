@@ -14,6 +14,9 @@ Semantics are those of the official ``SAM2VideoPredictor`` (sam2 1.1.0, per-obje
   input).
   ``keep_history=True`` keeps every tracked output instead, exactly like the official predictor (no replay, memory
   grows with the video);
+- a prompted frame is encoded once: its features are kept (within a byte budget, ``feature_stream.KeptFeatures``)
+  for its prompts' memories and for the passes, as are features handed over with ``keep_features`` (object
+  discovery's keyframes);
 - in "both" the start frame is yielded once (the official yields it again from its backward pass);
 - memories are cast to the compute dtype, so fp32 does not crash where the official one does (it meets fp32
   memories with bf16 weights on a late prompt);
