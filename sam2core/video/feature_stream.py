@@ -102,6 +102,21 @@ def features_nbytes(feats: ImageFeatures) -> int:
     return sum(t.numel() * t.element_size() for t in _feature_tensors(feats))
 
 
+def _owned(feats: ImageFeatures) -> ImageFeatures:
+    """``feats`` with tensors that hold only their own bytes: a frame's slice of a batch encoded together
+    (``encoder_batch`` > 1) is copied, so that keeping one frame does not keep its whole batch."""
+    def shares(t: torch.Tensor) -> bool:
+        return t.untyped_storage().nbytes() > t.numel() * t.element_size()
+
+    if not any(shares(t) for t in _feature_tensors(feats)):
+        return feats
+
+    def own(t: torch.Tensor) -> torch.Tensor:
+        return t.clone() if shares(t) else t
+
+    return ImageFeatures(own(feats.feat), own(feats.pos), (own(feats.high_res[0]), own(feats.high_res[1])))
+
+
 KEPT_FEATURES_BYTES = 256 << 20  # about 25 frames at 1024 px in bfloat16, 400 at 256 px in float32
 
 
@@ -134,7 +149,7 @@ class KeptFeatures:
         size = features_nbytes(feats)
         if self.nbytes + size > self.budget:
             return False
-        self._frames[frame_idx] = (feats, lasting)
+        self._frames[frame_idx] = (_owned(feats), lasting)
         self.nbytes += size
         return True
 

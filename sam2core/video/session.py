@@ -131,7 +131,8 @@ class VideoSession:
     def state_nbytes(self) -> int:
         """Bytes of tensors this session holds (tracking state plus the cached and kept frame features)."""
         total = self.state.nbytes() + self._replay.nbytes() + self._kept.nbytes
-        if self._cached is not None and self._kept.get(self._cached[0]) is not self._cached[1]:
+        kept = None if self._cached is None else self._kept.get(self._cached[0])
+        if self._cached is not None and (kept is None or kept.feat is not self._cached[1].feat):
             total += features_nbytes(self._cached[1])
         return total
 

@@ -12,6 +12,7 @@ import torch
 from scipy import ndimage
 
 from sam2core.build import build_model
+from sam2core.modeling.sam2 import ImageFeatures
 from sam2core.video import ArrayFrameSource, PromptError, SessionOptions, VideoSession, feature_stream
 from sam2core.video.postprocess import fill_holes, non_overlap
 from tests.sam2core.video_cases import (Case, compare, jpeg_roundtrip, oracle_pair, run_official, run_ours,
@@ -427,3 +428,20 @@ def test_prompted_frames_are_encoded_once(model, monkeypatch) -> None:
     assert held > held_again  # the kept frames count in what the session holds
     for t in kept:
         assert torch.equal(kept[t], again[t]), f"frame {t}"
+
+
+def test_a_kept_frame_of_a_batch_holds_its_own_bytes_only() -> None:
+    """A frame encoded in a batch (``encoder_batch`` > 1) is a slice of it: keeping it copies the slice, so the kept
+    bytes are the frame's (what the budget counts), not the batch's; a single frame's features are kept as they are."""
+    batch = ImageFeatures(torch.randn(3, 8, 4, 4), torch.randn(3, 8, 4, 4), (torch.randn(3, 2, 16, 16),
+                                                                            torch.randn(3, 4, 8, 8)))
+    kept = feature_stream.KeptFeatures()
+    one = batch.index(1)
+    assert kept.keep(5, one)
+    held = kept.get(5)
+    for mine, theirs in zip((held.feat, held.pos, *held.high_res), (one.feat, one.pos, *one.high_res)):
+        assert torch.equal(mine, theirs)
+        assert mine.untyped_storage().nbytes() == mine.numel() * mine.element_size()
+    assert kept.nbytes == feature_stream.features_nbytes(one)
+    alone = ImageFeatures(*(t.clone() for t in (one.feat, one.pos)), tuple(t.clone() for t in one.high_res))
+    assert kept.keep(6, alone) and kept.get(6) is alone
