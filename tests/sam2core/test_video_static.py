@@ -359,6 +359,7 @@ def test_thread_budget_never_oversubscribes(monkeypatch) -> None:
     import os
 
     from sam2core import thread_plan
+    from sam2core.video import feature_stream
 
     cpu = torch.device("cpu")
     for threads, cores, expected in ((1, 2, (True, 1)), (2, 2, (False, None)), (1, 1, (False, None)),
@@ -382,7 +383,7 @@ def test_thread_budget_never_oversubscribes(monkeypatch) -> None:
     torch.set_num_threads(2)
     try:
         stream = feature_stream.FeatureStream(source, [0, 1, 2], encode, cpu, prefetch=1, batch=1, overlap=True,
-                                      encoder_threads=1)
+                                              encoder_threads=1)
         assert [t for t, _ in stream] == [0, 1, 2]
         assert seen == [1, 1, 1] and torch.get_num_threads() == 2
     finally:
