@@ -136,9 +136,9 @@ def stability_score(logits: torch.Tensor, threshold: float, offset: float) -> to
     """IoU of the masks ``logits > threshold + offset`` and ``logits > threshold - offset`` (the first lies inside
     the second) for ``[N, H, W]`` logits; fp32 ``[N]`` (NaN where both are empty).
 
-    The pixel counts are exact either way. On a CPU they are made as 0/1 floats in one reused buffer (a comparison
-    into bool is not vectorised there, one into float is: 2x faster) and summed in fp32, exact below 2**24 pixels
-    per mask; larger masks, and other devices, count bools in int32."""
+    The pixel counts are exact either way. On a CPU they are made as 0/1 floats in one buffer for both cuts (a
+    comparison into bool is not vectorised there, one into float is: 2x faster) and summed in fp32, exact below
+    2**24 pixels per mask; larger masks, and other devices, count bools in int32."""
     if logits.device.type == "cpu" and logits.shape[1:].numel() < FLOAT_COUNT_LIMIT:
         flags = torch.empty(logits.shape, dtype=torch.float32)
         inner = torch.gt(logits, threshold + offset, out=flags).flatten(1).sum(dim=1)

@@ -18,13 +18,15 @@ Given prompts (``ObjectPrompt``: clicks, a box or a mask of one object on one fr
 their first prompt frame on; a prompt frame is also a boundary of the walk, where the prompt replaces the tracked
 mask. New ids start above the prompted ones; ``max_objects`` counts discovered objects only.
 
-Each boundary frame is encoded once: a step stops on the next boundary, whose features the session keeps
-(``VideoSession.features``), and the generator (in the session's compute dtype) and the next step's prompts reuse
-them. The features of the keyframes where objects were found are handed to the session when the walk ends
-(``VideoSession.keep_features``, within its budget for kept frames): the final pass prompts those objects there, and
-neither the prompts nor the pass encode those frames again. Masks stay tensors on the model's device: tracked masks are the session's video-resolution logits > 0, and the
-matching runs there too; only the admission decisions come back to the host. What to do with the found objects is the
-caller's: typically prompt each one where it was found and ``propagate(direction="both")`` over the whole video.
+Each boundary frame is read and encoded once, by one feature stream ahead of the walk
+(``VideoSession.stream_features``: the next keyframe is encoded while the generator works on the current one); the
+generator (in the session's compute dtype), the step's prompts and its tracking all use those features. The features
+of the keyframes where objects were found are handed to the session when the walk ends (``VideoSession.keep_features``,
+within its budget for kept frames): the final pass prompts those objects there, and neither the prompts nor the pass
+encode those frames again. Masks stay tensors on the model's device: tracked masks are the session's video-resolution
+logits > 0, and the matching runs there too; only the admission decisions come back to the host. What to do with the
+found objects is the caller's: typically prompt each one where it was found and ``propagate(direction="both")``
+over the whole video.
 
     from sam2core import AutomaticMaskGenerator, DiscoveryOptions, discover_objects
     found = discover_objects(session, AutomaticMaskGenerator(model), DiscoveryOptions(every=4, max_objects=20))

@@ -167,10 +167,10 @@ class FeatureStream:
     """Image features for a sequence of frames, encoded ``batch`` frames per call.
 
     A daemon thread decodes up to ``prefetch`` frames ahead. With ``overlap`` a second one (with
-    ``encoder_threads`` intra-op threads on CPU, see ``sam2core.thread_plan``) also preprocesses and encodes the next batch
-    while the caller tracks the current one (one batch waits in a queue, one is being
-    encoded; on CUDA on its own stream, handed over through an event). Without it the caller encodes. ``encode`` maps
-    a [B,H,W,3] uint8 tensor on the model device to the batch's ``ImageFeatures``. Iterating yields
+    ``encoder_threads`` intra-op threads on CPU, see ``sam2core.thread_plan``) also preprocesses and encodes the
+    next batch while the caller tracks the current one (one batch waits in a queue, one is being encoded; on CUDA on
+    its own stream, handed over through an event). Without it the caller encodes. ``encode`` maps a [B,H,W,3] uint8
+    tensor on the model device to the batch's ``ImageFeatures``. Iterating yields
     ``(frame_idx, features_of_that_frame)``; errors name the frames; ``close`` stops the threads early. A source
     that stops yielding before the last frame asked (its video ends early) ends the stream after the last frame it
     gave.
